@@ -1,0 +1,92 @@
+"""Shared config pieces: arg-string parsing, the default field groups, runlocal.
+
+Experiment files call ``parse_arg`` on their arg string, start from
+``base_config()``, set what the experiment is about, and apply ``runlocal``
+when asked, so tests and laptops use the real config shrunk, never a hand-built
+one.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from video_dit.models.registry import SIZES
+
+
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+  """'variant=S,frames=16,runlocal' -> ConfigDict typed like ``spec``'s defaults.
+
+  A bare name sets a bool to True; unknown keys raise, listing the known ones.
+  """
+  out = ml_collections.ConfigDict(spec)
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, eq, value = item.partition("=")
+    if key not in spec:
+      raise ValueError(f"unknown config arg '{key}' in '{arg}'; known: {sorted(spec)}")
+    default = spec[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"config arg '{key}' needs a value ({key}=...)")
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config arg {key}={value} is not a bool (true/false)")
+      out[key] = value.lower() in ("true", "1")
+    else:
+      try:
+        out[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"config arg {key}={value} is not a {type(default).__name__}") from None
+  return out
+
+
+def parse_patch(text: str) -> tuple[int, int, int]:
+  """'2x4x4' -> (2, 4, 4)."""
+  parts = text.lower().split("x")
+  if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    raise ValueError(f"patch='{text}' must look like PTxPHxPW, e.g. 2x4x4")
+  return tuple(int(p) for p in parts)
+
+
+def set_size(config: ml_collections.ConfigDict, variant: str) -> None:
+  if variant not in SIZES:
+    raise ValueError(f"model variant '{variant}' is unknown; use one of {list(SIZES)}")
+  config.model.variant = variant
+  config.model.update(SIZES[variant])
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field group with its default; experiments override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 100_000
+
+  c.model = dict(
+      variant="S", width=384, depth=12, num_heads=6, mlp_ratio=4.0,
+      patch=(1, 2, 2), channels=3, learn_sigma=False,
+      rope=True, rope_split=(), rope_theta=10000.0,   # () = default (t, h, w) split
+      sincos=False, dtype="bfloat16", remat="none", attention="einsum")
+  c.text = dict(encoder="trainable", vocab_size=8192, max_len=32, width=256, depth=2,
+                num_heads=4, pooled_to_adaln=True)
+  c.identity = dict(
+      mode="separate", gate="zero", scale=1.0, every=1, pooled_to_adaln=False,
+      face_size=64, face_patch=8, embed_dim=0, embed_tokens=4,
+      width=256, depth=4, num_heads=4, num_tokens=16, resampler_depth=2)
+  c.data = dict(data_dir="data/synthetic_faces", frames=16, height=64, width=64,
+                batch_size=32)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.ckpt = dict(every_steps=1000, keep=3)
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config for a 2-core laptop and for tests (seconds to compile)."""
+  set_size(c, "mu")
+  c.model.patch = (2, 8, 8)
+  c.model.dtype = "float32"
+  c.text.update(vocab_size=256, max_len=16, width=32, depth=1, num_heads=2)
+  c.identity.update(face_size=32, face_patch=8, width=32, depth=1, num_heads=2,
+                    num_tokens=4, resampler_depth=1)
+  c.data.update(frames=8, height=32, width=32, batch_size=8)
+  c.total_steps = 20
+  c.ckpt.update(every_steps=10, keep=2)

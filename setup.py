@@ -1,0 +1,30 @@
+"""video_dit: identity-consistent video diffusion transformers in JAX."""
+
+import setuptools
+
+# Versions that are known to install and work together (see README).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "chex==0.1.92",
+    "absl-py",
+    "numpy",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest", "pytest-xdist"],
+}
+
+setuptools.setup(
+    name="video_dit",
+    version="0.1.0",
+    description="Identity-consistent video diffusion transformers in JAX.",
+    packages=setuptools.find_packages(include=["video_dit", "video_dit.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,1 @@
+"""video_dit: identity-consistent video diffusion transformers in JAX."""

@@ -1,0 +1,204 @@
+"""VideoDiT: a diffusion transformer over spacetime patches with identity conditioning.
+
+    video (B, T, H, W, C) --patchify--> tokens (B, L, pt*ph*pw*C) --linear--> (B, L, D)
+    t --sinusoid+MLP--> c (B, D);  + pooled text;  (+ pooled identity)
+    text ids  --text encoder--> (B, Lt, D) + mask;  null tokens where text is dropped
+    face      --identity encoder--> (B, K, D);      null tokens where identity is dropped
+    N x DiTBlock:  x += gate_msa * SelfAttn(adaLN(x), 3D RoPE)      full spacetime
+                   x += TextCrossAttn(LN(x), text)
+                   x += gate_id * IdCrossAttn(LN(x), identity)        every n-th block
+                   x += gate_mlp * MLP(adaLN(x))
+    FinalLayer: adaLN + linear to pt*ph*pw*C (x2 with learned sigma) --unpatchify--> video
+
+adaLN-Zero: every modulation, the text cross-attention output and the final
+layer start at zero, so a fresh model outputs exactly zero and a fresh block is
+the identity (up to the identity branch, see ``ModelConfig.identity_gate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from video_dit.models import layers
+from video_dit.models.identity import IdentityEncoder, IdentityEncoderConfig
+from video_dit.models.layers import dense, layer_norm, logical, modulate, zeros
+from video_dit.models.patching import grid_positions, grid_shape, patchify, unpatchify
+from video_dit.models.rope import rope_angles, sincos_nd
+from video_dit.models.text import TextEncoder, TextEncoderConfig
+from video_dit.sharding import constrain
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_ACT = ("act_batch", "act_len", "act_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything the network needs; built and validated by ``registry.model_config``."""
+  width: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  mlp_ratio: float = 4.0
+  patch: tuple[int, int, int] = (1, 2, 2)
+  channels: int = 3
+  learn_sigma: bool = False
+  rope: bool = True
+  rope_split: tuple[int, int, int] = (16, 24, 24)   # (t, h, w) shares of head_dim
+  rope_theta: float = 10000.0
+  sincos: bool = False                              # fixed absolute 3D embedding
+  dtype: str = "float32"                            # compute dtype; params are f32
+  remat: str = "none"
+  attention: str = "einsum"
+  text: TextEncoderConfig = TextEncoderConfig()
+  text_pooled_to_adaln: bool = True
+  identity: IdentityEncoderConfig = IdentityEncoderConfig()
+  identity_mode: str = "separate"                   # or "decoupled" (IP-Adapter style)
+  identity_gate: str = "zero"                       # zero-initialised gate, or "none"
+  identity_scale: float = 1.0                       # decoupled mode: weight of identity
+  identity_every: int = 1                           # identity attention in every n-th block
+  identity_pooled_to_adaln: bool = False
+
+
+class DiTBlock(nn.Module):
+  cfg: ModelConfig
+  has_identity: bool
+
+  @nn.compact
+  def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    attn_kw = dict(num_heads=cfg.num_heads, dtype=dt, impl=cfg.attention)
+    # adaLN-Zero: zero-init so every gate starts closed and the block is the identity.
+    mod = dense(6 * cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln")(nn.silu(c_bd))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
+
+    h = modulate(layer_norm(dt, affine=False, name="norm1")(x_bld), shift_msa, scale_msa)
+    x_bld = x_bld + gate_msa[:, None] * layers.SelfAttention(**attn_kw, name="attn")(h, angles)
+    x_bld = constrain(x_bld, _ACT)
+
+    decoupled = self.has_identity and cfg.identity_mode == "decoupled"
+    h = layer_norm(dt, name="norm_text")(x_bld)
+    x_bld = x_bld + layers.CrossAttention(
+        **attn_kw, zero_out=True, extra_gate=cfg.identity_gate == "zero",
+        name="text_attn")(h, text_btd, text_mask_bt, id_bkd if decoupled else None,
+                          cfg.identity_scale)
+
+    if self.has_identity and not decoupled:
+      h = layer_norm(dt, name="norm_id")(x_bld)
+      out = layers.CrossAttention(**attn_kw, name="id_attn")(h, id_bkd)  # (B, L, D)
+      if cfg.identity_gate == "zero":
+        # Closed at init: identity can join an already trained model as a no-op.
+        out = out * self.param("id_gate", logical(zeros, "embed"), (cfg.width,)).astype(dt)
+      x_bld = x_bld + out
+
+    h = modulate(layer_norm(dt, affine=False, name="norm2")(x_bld), shift_mlp, scale_mlp)
+    x_bld = x_bld + gate_mlp[:, None] * layers.Mlp(int(cfg.width * cfg.mlp_ratio), dtype=dt,
+                                                   name="mlp")(h)
+    return constrain(x_bld, _ACT)
+
+
+class FinalLayer(nn.Module):
+  cfg: ModelConfig
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x_bld, c_bd):
+    dt = jnp.dtype(self.cfg.dtype)
+    # Zero-init: a fresh model predicts exactly zero.
+    shift, scale = jnp.split(
+        dense(2 * self.cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln")(nn.silu(c_bd)),
+        2, -1)
+    h = modulate(layer_norm(dt, affine=False, name="norm")(x_bld), shift, scale)
+    return dense(self.out_dim, ("embed", "patch"), dt, init=zeros, name="linear")(h)
+
+
+def _masked_mean(x_bld, mask_bl):
+  w = mask_bl.astype(jnp.float32)[..., None]
+  return (x_bld.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+class VideoDiT(nn.Module):
+  """Predicts the diffusion target for a noisy video given t, text and identity."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_bthwc, t_b, text_ids_bl=None, face_bhwc=None, face_embed_be=None,
+               drop_text_b=None, drop_id_b=None):
+    """Args:
+      x_bthwc: (B, T, H, W, C) noisy video (or latents).
+      t_b: (B,) diffusion time in [0, 1].
+      text_ids_bl: (B, Lt) token ids (0 = padding); None means "no text".
+      face_bhwc / face_embed_be: reference face crop (B, S, S, 3) and/or face
+        embedding (B, E), as the identity encoder is configured; both None means
+        "no identity".
+      drop_text_b / drop_id_b: (B,) bool; True swaps in the learned null tokens
+        (condition dropout in training, the unconditional branches of guidance).
+    Returns:
+      (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
+    """
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    b = x_bthwc.shape[0]
+    grid = grid_shape(x_bthwc.shape[1:4], cfg.patch)
+    positions = grid_positions(grid)  # (L, 3) in token order
+
+    x = patchify(x_bthwc, cfg.patch).astype(dt)  # (B, L, pt*ph*pw*C)
+    x = dense(cfg.width, ("patch", "embed"), dt, name="patch_embed")(x)  # (B, L, D)
+    if cfg.sincos:
+      x = x + sincos_nd(positions, cfg.width).astype(dt)
+    x = constrain(x, _ACT)
+    angles = rope_angles(positions, cfg.rope_split, cfg.rope_theta) if cfg.rope else None
+
+    c = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")(t_b)  # (B, D)
+
+    # Text: encoder tokens -> width; null tokens where dropped or absent.
+    null_text = self.param("null_text", logical(nn.initializers.normal(0.02), None, "embed"),
+                           (cfg.text.max_len, cfg.width))
+    if text_ids_bl is None:
+      drop_text_b = jnp.ones((b,), bool)
+      text_ids_bl = jnp.zeros((b, 1), jnp.int32)
+    text_emb, text_mask = TextEncoder(cfg.text, dt, cfg.attention, name="text_encoder")(
+        text_ids_bl)
+    text = layers.Mlp(cfg.width, cfg.width, dt, name="text_proj")(text_emb)  # (B, Lt, D)
+    if drop_text_b is not None:
+      drop = drop_text_b[:, None]
+      text = jnp.where(drop[..., None], null_text[:text.shape[1]].astype(dt), text)
+      text_mask = text_mask | drop
+    text = constrain(text, ("act_batch", "act_text_len", "act_embed"))
+    if cfg.text_pooled_to_adaln:
+      c = c + dense(cfg.width, ("embed", "mlp"), dt, name="text_pool")(
+          _masked_mean(text, text_mask).astype(dt))
+
+    # Identity: K tokens from the reference face; null tokens where dropped or absent.
+    null_id = self.param("null_id", logical(nn.initializers.normal(0.02), None, "embed"),
+                         (cfg.identity.num_tokens, cfg.width))
+    if face_bhwc is None and face_embed_be is None:
+      ident = jnp.broadcast_to(null_id.astype(dt), (b,) + null_id.shape)
+    else:
+      ident = IdentityEncoder(cfg.identity, cfg.width, dt, cfg.attention,
+                              name="identity_encoder")(face_bhwc, face_embed_be)
+      if drop_id_b is not None:
+        ident = jnp.where(drop_id_b[:, None, None], null_id.astype(dt), ident)
+    ident = constrain(ident, ("act_batch", "act_id_len", "act_embed"))
+    if cfg.identity_pooled_to_adaln:
+      c = c + dense(cfg.width, ("embed", "mlp"), dt, name="id_pool")(ident.mean(1))
+
+    block = DiTBlock
+    if cfg.remat != "none":
+      block = nn.remat(DiTBlock, policy=REMAT_POLICIES[cfg.remat])
+    for i in range(cfg.depth):
+      x = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
+          x, c, angles, text, text_mask, ident)
+
+    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
+    x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
+    return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
+
+
+def patchify_dim(cfg: ModelConfig) -> int:
+  pt, ph, pw = cfg.patch
+  return pt * ph * pw * cfg.channels

@@ -1,0 +1,70 @@
+"""Analytic matmul FLOPs of a VideoDiT forward pass (2 * M * N * K per matmul).
+
+Counts every dense layer and attention product, not elementwise work; a
+training step costs about 3x the forward (forward + two matmuls per backward).
+XLA's own count of a compiled step (``compiled.cost_analysis()``) also includes
+elementwise work, so the two differ most on tiny models.
+"""
+
+from __future__ import annotations
+
+from video_dit.models.dit import ModelConfig, patchify_dim
+
+
+def _encoder_layer(n, d, r):
+  """Pre-LN self-attention + MLP layer over n tokens of width d."""
+  return 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * int(r * d)
+
+
+def _cross(lq, lk, d_q, d_kv):
+  """q from lq tokens, k/v from lk tokens (width d_kv), output back to d_q."""
+  return 2 * lq * d_q * d_q + 4 * lk * d_kv * d_q + 4 * lq * lk * d_q + 2 * lq * d_q * d_q
+
+
+def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
+  """Matmul FLOPs of one forward pass for ONE sample of ``video_shape`` (T, H, W, C)."""
+  t, h, w = video_shape[:3]
+  pt, ph, pw = cfg.patch
+  n = (t // pt) * (h // ph) * (w // pw)
+  d, r, k = cfg.width, cfg.mlp_ratio, cfg.identity.num_tokens
+  p = patchify_dim(cfg)
+  total = 2 * n * p * d + 2 * 256 * d + 2 * d * d  # patch embed, timestep MLP
+
+  tx = cfg.text
+  total += sum(_encoder_layer(text_len, tx.width, tx.mlp_ratio) for _ in range(tx.depth))
+  total += 2 * text_len * tx.width * d + 2 * text_len * d * d  # text_proj MLP
+  total += 2 * d * d if cfg.text_pooled_to_adaln else 0
+
+  idc = cfg.identity
+  ctx = 0
+  if idc.face_size:
+    ctx = (idc.face_size // idc.face_patch) ** 2
+    total += 2 * ctx * idc.face_patch ** 2 * 3 * idc.width
+    total += idc.depth * _encoder_layer(ctx, idc.width, idc.mlp_ratio)
+  if idc.embed_dim:
+    ctx += idc.embed_tokens
+    total += 2 * idc.embed_dim * idc.embed_tokens * idc.width
+  total += idc.resampler_depth * (_cross(k, ctx + k, idc.width, idc.width)
+                                  + 4 * k * idc.width * int(idc.mlp_ratio * idc.width))
+  total += 2 * k * idc.width * d
+  total += 2 * d * d if cfg.identity_pooled_to_adaln else 0
+
+  for i in range(cfg.depth):
+    total += 2 * d * 6 * d                                       # adaLN
+    total += 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d   # self-attention
+    total += _cross(n, text_len, d, d)                           # text cross-attention
+    if i % cfg.identity_every == 0:
+      if cfg.identity_mode == "decoupled":
+        total += 4 * k * d * d + 4 * n * k * d                   # extra k/v + attention
+      else:
+        total += _cross(n, k, d, d)                              # identity cross-attention
+    total += 4 * n * d * int(r * d)                              # MLP
+  out = p * (2 if cfg.learn_sigma else 1)
+  total += 2 * d * 2 * d + 2 * n * d * out                       # final layer
+  return int(total)
+
+
+def num_tokens(cfg: ModelConfig, video_shape) -> int:
+  t, h, w = video_shape[:3]
+  pt, ph, pw = cfg.patch
+  return (t // pt) * (h // ph) * (w // pw)

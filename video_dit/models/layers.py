@@ -1,0 +1,184 @@
+"""Building blocks shared by the DiT, the text encoder and the identity encoder.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``);
+``video_dit.sharding`` maps them to the mesh. Parameters are float32; ``dtype``
+is the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from video_dit.models.rope import apply_rope, sincos_1d
+from video_dit.sharding import constrain
+
+Dtype = Any
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros_init()
+
+
+def logical(init: Callable, *names) -> Callable:
+  return nn.with_logical_partitioning(init, names)
+
+
+def dense(features, names, dtype, init=xavier, axis=-1, name=None, use_bias=True):
+  """DenseGeneral whose kernel is annotated ``names`` and bias the output names."""
+  n_out = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(features, axis=axis, dtype=dtype, use_bias=use_bias,
+                         kernel_init=logical(init, *names),
+                         bias_init=logical(zeros, *names[-n_out:]), name=name)
+
+
+def layer_norm(dtype, affine=True, axis_name="embed", name=None):
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, use_scale=affine, use_bias=affine,
+                      scale_init=logical(nn.initializers.ones_init(), axis_name),
+                      bias_init=logical(zeros, axis_name), name=name)
+
+
+def modulate(x_bld, shift_bd, scale_bd):
+  return x_bld * (1 + scale_bd[:, None]) + shift_bd[:, None]
+
+
+def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
+  """Multi-head attention; ``mask_bk`` marks the keys that may be attended to.
+
+  ``einsum`` is plain XLA (fastest on CPU, softmax in float32); ``xla`` and
+  ``cudnn`` go through ``jax.nn.dot_product_attention`` (cudnn: fused flash
+  attention on NVIDIA GPUs, bf16/fp16 only).
+  """
+  if impl == "einsum":
+    scale = 1.0 / math.sqrt(q_bqhd.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd, k_bkhd,
+                        preferred_element_type=jnp.float32) * scale
+    if mask_bk is not None:
+      logits = jnp.where(mask_bk[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v_bkhd.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bkhd)
+  if impl in ("xla", "cudnn"):
+    mask = None if mask_bk is None else mask_bk[:, None, None, :]
+    return jax.nn.dot_product_attention(q_bqhd, k_bkhd, v_bkhd, mask=mask,
+                                        implementation=impl)
+  raise ValueError(f"attention implementation '{impl}' is unknown; use one of "
+                   f"{ATTENTION_IMPLS}.")
+
+
+_HEADS = ("act_batch", "act_len", "act_heads", None)
+
+
+class SelfAttention(nn.Module):
+  """Fused-qkv multi-head self-attention with optional RoPE angles (L, head_dim/2)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+
+  @nn.compact
+  def __call__(self, x_bld, rope_angles=None, mask_bl=None):
+    d = x_bld.shape[-1]
+    head_dim = d // self.num_heads
+    qkv = dense((3, self.num_heads, head_dim), (self.embed_axis, None, "heads", "head_dim"),
+                self.dtype, name="qkv")(x_bld)  # (B, L, 3, H, Dh)
+    q, k, v = (constrain(qkv[:, :, i], _HEADS) for i in range(3))
+    if rope_angles is not None:
+      q, k = apply_rope(q, rope_angles), apply_rope(k, rope_angles)
+    o = constrain(attention(q, k, v, mask_bl, self.impl), _HEADS)
+    return dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
+                 name="out")(o)
+
+
+class CrossAttention(nn.Module):
+  """Queries from x, keys/values from a context sequence.
+
+  With ``extra`` (the decoupled, IP-Adapter-style identity mode) the same
+  queries also attend to a second context through their own k/v projections
+  (``extra_kv``); the two results are summed, the second times ``extra_scale``
+  and, if ``extra_gate``, a zero-initialised (heads, head_dim) gate.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+  zero_out: bool = False      # zero-init output projection: a fresh layer adds nothing
+  extra_gate: bool = False
+
+  @nn.compact
+  def __call__(self, x_bld, ctx_bkd, ctx_mask_bk=None, extra_bmd=None, extra_scale=1.0):
+    d = x_bld.shape[-1]
+    head_dim = d // self.num_heads
+    heads = (self.num_heads, head_dim)
+    q = constrain(dense(heads, (self.embed_axis, "heads", "head_dim"), self.dtype,
+                        name="q")(x_bld), _HEADS)
+    kv = dense((2,) + heads, (self.embed_axis, None, "heads", "head_dim"), self.dtype,
+               name="kv")(ctx_bkd)
+    o = attention(q, kv[:, :, 0], kv[:, :, 1], ctx_mask_bk, self.impl)
+    if extra_bmd is not None:
+      ekv = dense((2,) + heads, (self.embed_axis, None, "heads", "head_dim"), self.dtype,
+                  name="extra_kv")(extra_bmd)
+      eo = attention(q, ekv[:, :, 0], ekv[:, :, 1], None, self.impl)
+      if self.extra_gate:
+        eo = eo * self.param("extra_gate", logical(zeros, "heads", "head_dim"), heads)
+      o = o + extra_scale * eo
+    o = constrain(o, _HEADS)
+    return dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
+                 init=zeros if self.zero_out else xavier, name="out")(o)
+
+
+class Mlp(nn.Module):
+  """Dense -> GELU(tanh) -> Dense."""
+  hidden: int
+  out: int | None = None
+  dtype: Dtype = jnp.float32
+  embed_axis: str = "embed"
+  out_axis: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    out = self.out or x.shape[-1]
+    h = dense(self.hidden, (self.embed_axis, "mlp"), self.dtype, name="fc1")(x)
+    h = nn.gelu(h, approximate=True)
+    if h.ndim == 3:
+      h = constrain(h, ("act_batch", "act_len", "act_mlp"))
+    return dense(out, ("mlp", self.out_axis or self.embed_axis), self.dtype, name="fc2")(h)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LN transformer layer: self-attention (optional key mask) and MLP."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+
+  @nn.compact
+  def __call__(self, x_bld, mask_bl=None, rope_angles=None):
+    d = x_bld.shape[-1]
+    h = layer_norm(self.dtype, axis_name=self.embed_axis, name="norm1")(x_bld)
+    x_bld = x_bld + SelfAttention(self.num_heads, self.dtype, self.impl, self.embed_axis,
+                                  name="attn")(h, rope_angles, mask_bl)
+    h = layer_norm(self.dtype, axis_name=self.embed_axis, name="norm2")(x_bld)
+    return x_bld + Mlp(int(d * self.mlp_ratio), dtype=self.dtype,
+                       embed_axis=self.embed_axis, name="mlp")(h)
+
+
+class TimestepEmbedder(nn.Module):
+  """t in [0, 1] -> sinusoidal features of 1000 t -> MLP, as DiT does for steps."""
+  width: int
+  freq_dim: int = 256
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t_b):
+    freqs = sincos_1d(1000.0 * t_b, self.freq_dim)  # (B, freq_dim)
+    init = logical(nn.initializers.normal(0.02), None, "embed")
+    h = nn.Dense(self.width, dtype=self.dtype, kernel_init=init,
+                 bias_init=logical(zeros, "embed"), name="fc1")(freqs)
+    h = nn.silu(h)
+    return dense(self.width, ("mlp", "embed"), self.dtype,
+                 init=nn.initializers.normal(0.02), name="fc2")(h)

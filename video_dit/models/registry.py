@@ -1,0 +1,124 @@
+"""Model sizes, and the one place an experiment config becomes a validated model.
+
+``build(config)`` checks every model-side config value and raises one clear
+error naming the bad value and the fix *before* anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
+from video_dit.models.identity import IdentityEncoderConfig
+from video_dit.models.layers import ATTENTION_IMPLS
+from video_dit.models.patching import grid_shape
+from video_dit.models.rope import check_split, default_split
+from video_dit.models.text import TextEncoderConfig
+
+# DiT sizes (width, depth, heads), plus "mu" for tests and the quickstart.
+SIZES = {
+    "mu": dict(width=64, depth=2, num_heads=4),
+    "S": dict(width=384, depth=12, num_heads=6),
+    "B": dict(width=768, depth=12, num_heads=12),
+    "L": dict(width=1024, depth=24, num_heads=16),
+    "XL": dict(width=1152, depth=28, num_heads=16),
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not one of {tuple(choices)}.")
+
+
+def _heads(name, width, heads):
+  if heads <= 0 or width % heads:
+    raise ValueError(f"{name}: width={width} is not divisible by num_heads={heads}; "
+                     "choose a head count that divides the width.")
+  return width // heads
+
+
+def video_shape(config) -> tuple[int, int, int, int]:
+  """(T, H, W, C) of what the DiT sees (pixels here; latents once a VAE is in use)."""
+  return (config.data.frames, config.data.height, config.data.width, config.model.channels)
+
+
+def model_config(config) -> ModelConfig:
+  """Validates ``config.model/text/identity/data`` and returns the ModelConfig."""
+  m, tx, idc = config.model, config.text, config.identity
+  head_dim = _heads("model", m.width, m.num_heads)
+  patch = tuple(int(p) for p in m.patch)
+  if len(patch) != 3 or min(patch) < 1:
+    raise ValueError(f"model.patch={m.patch} must be three positive tubelet sizes (pt, ph, pw).")
+  grid_shape(video_shape(config)[:3], patch)  # raises when not divisible
+  _choice("model.dtype", m.dtype, DTYPES)
+  _choice("model.remat", m.remat, REMAT_POLICIES)
+  _choice("model.attention", m.attention, ATTENTION_IMPLS)
+  if m.attention == "cudnn" and m.dtype == "float32":
+    raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' (or float16); "
+                     "use attention='einsum' or 'xla' for float32.")
+  if not (m.rope or m.sincos):
+    raise ValueError("the model has no position information; set model.rope=True "
+                     "and/or model.sincos=True.")
+  split = (0, 0, 0)
+  if m.rope:
+    split = check_split(m.rope_split, head_dim) if m.rope_split else default_split(head_dim)
+  _heads("text", tx.width, tx.num_heads)
+  _choice("text.encoder", tx.encoder, ("trainable",))
+  _heads("identity", idc.width, idc.num_heads)
+  _choice("identity.mode", idc.mode, ("separate", "decoupled"))
+  _choice("identity.gate", idc.gate, ("zero", "none"))
+  if idc.every < 1:
+    raise ValueError(f"identity.every={idc.every} must be >= 1 (1 = every block).")
+  if not (idc.face_size or idc.embed_dim):
+    raise ValueError("the identity encoder has no input; set identity.face_size (face crop "
+                     "side) and/or identity.embed_dim (external face-embedding size).")
+  if idc.face_size and idc.face_size % idc.face_patch:
+    raise ValueError(f"identity.face_size={idc.face_size} is not divisible by "
+                     f"identity.face_patch={idc.face_patch}; use a multiple of it.")
+  if idc.num_tokens < 1:
+    raise ValueError(f"identity.num_tokens={idc.num_tokens} must be >= 1.")
+
+  text = TextEncoderConfig(vocab_size=tx.vocab_size, max_len=tx.max_len, width=tx.width,
+                           depth=tx.depth, num_heads=tx.num_heads)
+  ident = IdentityEncoderConfig(
+      face_size=idc.face_size, face_patch=idc.face_patch, embed_dim=idc.embed_dim,
+      embed_tokens=idc.embed_tokens, width=idc.width, depth=idc.depth,
+      num_heads=idc.num_heads, num_tokens=idc.num_tokens,
+      resampler_depth=idc.resampler_depth)
+  return ModelConfig(
+      width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+      patch=patch, channels=m.channels, learn_sigma=m.learn_sigma, rope=m.rope,
+      rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
+      remat=m.remat, attention=m.attention, text=text,
+      text_pooled_to_adaln=tx.pooled_to_adaln, identity=ident, identity_mode=idc.mode,
+      identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
+      identity_pooled_to_adaln=idc.pooled_to_adaln)
+
+
+def build(config) -> tuple[VideoDiT, ModelConfig]:
+  """The validated model of an experiment config."""
+  cfg = model_config(config)
+  return VideoDiT(cfg), cfg
+
+
+def dummy_inputs(config, batch: int) -> dict[str, Any]:
+  """Zero inputs of the right shapes for every input the model is configured with."""
+  cfg = model_config(config)
+  inputs = dict(x_bthwc=jnp.zeros((batch,) + video_shape(config), jnp.float32),
+                t_b=jnp.zeros((batch,), jnp.float32),
+                text_ids_bl=jnp.ones((batch, cfg.text.max_len), jnp.int32))
+  if cfg.identity.face_size:
+    s = cfg.identity.face_size
+    inputs["face_bhwc"] = jnp.zeros((batch, s, s, 3), jnp.float32)
+  if cfg.identity.embed_dim:
+    inputs["face_embed_be"] = jnp.zeros((batch, cfg.identity.embed_dim), jnp.float32)
+  return inputs
+
+
+def describe(cfg: ModelConfig) -> dict[str, Any]:
+  """A flat, JSON-friendly summary of a ModelConfig."""
+  return dataclasses.asdict(cfg)
