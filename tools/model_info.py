@@ -30,19 +30,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = config.data.batch_size.")
 
 
-def random_batch(config, batch: int, seed: int) -> dict[str, np.ndarray]:
-  """Random model inputs plus a regression target, on the host."""
-  rng = np.random.default_rng(seed)
-  inputs = {k: np.asarray(v) for k, v in registry.dummy_inputs(config, batch).items()}
-  out = {k: rng.uniform(-1, 1, v.shape).astype(np.float32) for k, v in inputs.items()}
-  out["x_bthwc"] = rng.standard_normal(inputs["x_bthwc"].shape, dtype=np.float32)
-  out["t_b"] = rng.uniform(0, 1, (batch,)).astype(np.float32)
-  out["text_ids_bl"] = rng.integers(1, config.text.vocab_size, inputs["text_ids_bl"].shape,
-                                    dtype=np.int32)
-  out["target"] = rng.standard_normal(inputs["x_bthwc"].shape, dtype=np.float32)
-  return out
-
-
 def run(config, batch: int = 0) -> dict:
   """One sharded forward/backward of the config's model; returns the measurements."""
   mesh = sharding.make_mesh(config.mesh)
@@ -53,7 +40,10 @@ def run(config, batch: int = 0) -> dict:
   key = jax.random.key(config.seed)
   init_inputs = registry.dummy_inputs(config, 1)
   params, param_shardings = sharding.jit_init(lambda k: model.init(k, **init_inputs), mesh, key)
-  data = sharding.shard_batch(random_batch(config, batch, config.seed), mesh)
+  host = registry.random_inputs(config, batch, config.seed)
+  host["target"] = np.random.default_rng(config.seed + 1).standard_normal(
+      host["x_bthwc"].shape).astype(np.float32)
+  data = sharding.shard_batch(host, mesh)
 
   def loss_fn(p, d):
     inputs = {k: v for k, v in d.items() if k != "target"}
@@ -70,6 +60,7 @@ def run(config, batch: int = 0) -> dict:
     t0 = time.perf_counter()
     compiled = fwd_bwd.lower(params, data).compile()
     compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, data))  # warm-up
     t0 = time.perf_counter()
     loss, _, grad_norm = jax.block_until_ready(compiled(params, data))
     step_s = time.perf_counter() - t0
@@ -83,7 +74,9 @@ def run(config, batch: int = 0) -> dict:
       mesh=dict(mesh.shape), batch=batch, video_shape=list(shape),
       tokens_per_clip=flops_lib.num_tokens(cfg, shape),
       params=sum(counts.values()), params_by_module=counts,
-      flops_per_step_xla=float(cost.get("flops", float("nan"))),
+      # XLA counts the per-device program; summed over devices (replicated work
+      # such as the small encoders counts once per device).
+      flops_per_step_xla=float(cost.get("flops", float("nan"))) * mesh.size,
       flops_per_step_analytic=3 * batch * flops_lib.forward_flops(cfg, shape,
                                                                  cfg.text.max_len),
       compile_s=compile_s, step_s=step_s, loss=float(loss), grad_norm=float(grad_norm),

@@ -160,7 +160,7 @@ class VideoDiT(nn.Module):
                            (cfg.text.max_len, cfg.width))
     if text_ids_bl is None:
       drop_text_b = jnp.ones((b,), bool)
-      text_ids_bl = jnp.zeros((b, 1), jnp.int32)
+      text_ids_bl = jnp.zeros((b, cfg.text.max_len), jnp.int32)
     text_emb, text_mask = TextEncoder(cfg.text, dt, cfg.attention, name="text_encoder")(
         text_ids_bl)
     text = layers.Mlp(cfg.width, cfg.width, dt, name="text_proj")(text_emb)  # (B, Lt, D)

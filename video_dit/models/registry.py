@@ -6,10 +6,10 @@ error naming the bad value and the fix *before* anything is traced or compiled.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
@@ -119,6 +119,18 @@ def dummy_inputs(config, batch: int) -> dict[str, Any]:
   return inputs
 
 
-def describe(cfg: ModelConfig) -> dict[str, Any]:
-  """A flat, JSON-friendly summary of a ModelConfig."""
-  return dataclasses.asdict(cfg)
+def random_inputs(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random host inputs of ``dummy_inputs``' shapes: video ~ N(0, 1), t ~ U(0, 1),
+  token ids in [1, vocab), face crop / embedding ~ U(-1, 1)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, v in dummy_inputs(config, batch).items():
+    if k == "x_bthwc":
+      out[k] = rng.standard_normal(v.shape, dtype=np.float32)
+    elif k == "t_b":
+      out[k] = rng.uniform(0, 1, v.shape).astype(np.float32)
+    elif k == "text_ids_bl":
+      out[k] = rng.integers(1, config.text.vocab_size, v.shape, dtype=np.int32)
+    else:
+      out[k] = rng.uniform(-1, 1, v.shape).astype(np.float32)
+  return out

@@ -1,0 +1,54 @@
+import pytest
+
+from configs import common, synthetic_faces
+from tests import helpers
+from video_dit.models import registry
+
+
+def test_parse_arg_types_bools_and_unknown_keys():
+  arg = common.parse_arg("variant=B,frames=32,runlocal", variant="S", frames=16,
+                         runlocal=False, scale=1.0)
+  assert (arg.variant, arg.frames, arg.runlocal, arg.scale) == ("B", 32, True, 1.0)
+  with pytest.raises(ValueError, match="unknown config arg 'frame'"):
+    common.parse_arg("frame=3", frames=16)
+  with pytest.raises(ValueError, match="frames=x is not a int"):
+    common.parse_arg("frames=x", frames=16)
+  with pytest.raises(ValueError, match="patch='2x4' must look like"):
+    common.parse_patch("2x4")
+
+
+def test_variants_and_runlocal():
+  config = synthetic_faces.get_config("variant=B,frames=32,res=128,patch=2x8x8")
+  assert (config.model.width, config.model.depth, config.model.num_heads) == (768, 12, 12)
+  assert config.model.patch == (2, 8, 8) and config.data.frames == 32
+  local = synthetic_faces.get_config("runlocal")
+  assert local.model.variant == "mu" and local.data.frames == 8
+  for field in ("seed", "total_steps"):
+    assert field in local
+  assert {"every_steps", "keep"} <= set(local.ckpt) and "data_dir" in local.data
+  assert set(local.mesh) == {"data", "fsdp", "tensor"}
+  with pytest.raises(ValueError, match="model variant 'Q' is unknown"):
+    synthetic_faces.get_config("variant=Q")
+  with pytest.raises(AttributeError):  # locked: typos in field names fail
+    local.model.widht = 3
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    ({"data.frames": 9}, "frames=9 is not divisible by the tubelet size 2"),
+    ({"data.height": 36}, "height=36 is not divisible"),
+    ({"model.width": 62}, "model: width=62 is not divisible by num_heads=4"),
+    ({"model.rope_split": (4, 4, 4)}, "rope split \\(4, 4, 4\\) does not fit head_dim=16"),
+    ({"model.rope_split": (3, 7, 6)}, "does not fit head_dim=16"),
+    ({"model.attention": "flash"}, "model.attention='flash' is not one of"),
+    ({"model.attention": "cudnn"}, "needs model.dtype='bfloat16'"),
+    ({"model.rope": False}, "no position information"),
+    ({"identity.gate": "tanh"}, "identity.gate='tanh' is not one of"),
+    ({"identity.face_size": 30}, "identity.face_size=30 is not divisible"),
+    ({"identity.face_size": 0}, "the identity encoder has no input"),
+    ({"identity.every": 0}, "identity.every=0 must be >= 1"),
+    ({"text.width": 33}, "text: width=33 is not divisible by num_heads=2"),
+])
+def test_bad_configs_raise_before_compiling(overrides, msg):
+  config = helpers.runlocal_config(**overrides)
+  with pytest.raises(ValueError, match=msg):
+    registry.build(config)

@@ -1,0 +1,65 @@
+"""Shared helpers: the runlocal config, jitted init, and param perturbation."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import synthetic_faces
+from video_dit.models import registry
+
+
+def runlocal_config(**overrides):
+  """The real config's runlocal branch; ``overrides`` are 'group.field' -> value."""
+  config = synthetic_faces.get_config("runlocal")
+  for path, value in overrides.items():
+    group, field = path.split(".")
+    config[group][field] = value
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_init(model):
+  return jax.jit(lambda key, inputs: nn.unbox(model.init(key, **inputs)))
+
+
+def init(config, seed: int = 0):
+  """(model, params) with params initialised under jit."""
+  model, _ = registry.build(config)
+  params = _jit_init(model)(jax.random.key(seed), registry.dummy_inputs(config, 1))
+  return model, params
+
+
+@functools.lru_cache(maxsize=None)
+def jit_apply(model):
+  """One compiled apply per model (and input signature), shared across tests."""
+  return jax.jit(lambda params, inputs: model.apply(params, **inputs))
+
+
+def apply(model, params, inputs, **extra):
+  return np.asarray(jit_apply(model)(params, dict(inputs, **extra)))
+
+
+def perturb_zeros(params, seed: int = 1, keep=("id_gate", "extra_gate"), scale=0.05):
+  """Replaces all-zero leaves (adaLN-Zero, zero-init outputs, biases) with noise,
+  except those whose path names one of ``keep``, so outputs become non-trivial."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  out = []
+  for (path, x), k in zip(leaves, keys):
+    name = jax.tree_util.keystr(path)
+    if not np.any(np.asarray(x)) and not any(s in name for s in keep):
+      x = scale * jax.random.normal(k, x.shape, x.dtype)
+    out.append(x)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def set_leaves(params, name: str, value: float):
+  """Sets every leaf whose path contains ``name`` to ``value``."""
+  def f(path, x):
+    return jnp.full_like(x, value) if name in jax.tree_util.keystr(path) else x
+  return jax.tree_util.tree_map_with_path(f, params)

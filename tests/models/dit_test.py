@@ -1,0 +1,175 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import helpers
+from video_dit.models import dit, registry
+
+
+def _other_face(inputs, seed=7):
+  other = dict(inputs)
+  other["face_bhwc"] = np.random.default_rng(seed).uniform(
+      -1, 1, inputs["face_bhwc"].shape).astype(np.float32)
+  return other
+
+
+@pytest.fixture(scope="module")
+def base():
+  config = helpers.runlocal_config()
+  model, params = helpers.init(config)
+  inputs = registry.random_inputs(config, 2)
+  return config, model, params, inputs
+
+
+def test_output_shape_dtype_and_exactly_zero_at_init(base):
+  config, model, params, inputs = base
+  out = helpers.apply(model, params, inputs)
+  assert out.shape == (2,) + registry.video_shape(config) and out.dtype == np.float32
+  assert np.all(out == 0.0)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+def test_fresh_block_is_the_identity(base):
+  config, model, params, inputs = base
+  cfg = registry.model_config(config)
+  block = dit.DiTBlock(cfg, has_identity=True)
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 64, cfg.width)), jnp.float32)
+  args = (x, jnp.ones((2, cfg.width)), None, jnp.ones((2, 5, cfg.width)),
+          jnp.ones((2, 5), bool), jnp.ones((2, 4, cfg.width)))
+  block_params = nn.unbox(block.init(jax.random.key(0), *args))
+  np.testing.assert_array_equal(np.asarray(block.apply(block_params, *args)), np.asarray(x))
+
+
+def test_perturbed_output_is_nontrivial_and_depends_on_text(base):
+  _, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  out = helpers.apply(model, p, inputs)
+  assert np.all(np.isfinite(out)) and np.abs(out).mean() > 1e-3
+  other = dict(inputs, text_ids_bl=inputs["text_ids_bl"][::-1])
+  assert np.abs(helpers.apply(model, p, other) - out).max() > 1e-5
+  # Dropped text means the null tokens: the ids no longer matter.
+  drop = np.ones((2,), bool)
+  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_text_b=drop),
+                                helpers.apply(model, p, other, drop_text_b=drop))
+
+
+def test_zero_gate_closes_identity_until_opened(base):
+  _, model, params, inputs = base
+  p = helpers.perturb_zeros(params)  # everything non-trivial except the gates
+  np.testing.assert_array_equal(helpers.apply(model, p, inputs), helpers.apply(model, p, _other_face(inputs)))
+  opened = helpers.set_leaves(p, "id_gate", 0.5)
+  diff = np.abs(helpers.apply(model, opened, inputs) - helpers.apply(model, opened, _other_face(inputs)))
+  assert diff.max() > 1e-4
+
+
+def test_no_gate_depends_on_identity_from_the_start():
+  config = helpers.runlocal_config(**{"identity.gate": "none"})
+  model, params = helpers.init(config)
+  assert not any("id_gate" in jax.tree_util.keystr(k)
+                 for k, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+  p = helpers.perturb_zeros(params)
+  inputs = registry.random_inputs(config, 2)
+  diff = np.abs(helpers.apply(model, p, inputs) - helpers.apply(model, p, _other_face(inputs)))
+  assert diff.max() > 1e-4
+  drop = np.ones((2,), bool)  # null identity tokens: the face no longer matters
+  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_id_b=drop),
+                                helpers.apply(model, p, _other_face(inputs), drop_id_b=drop))
+
+
+@pytest.mark.parametrize("gate,scale,depends", [
+    ("none", 0.0, False), ("none", 0.7, True), ("zero", 0.7, False)])
+def test_decoupled_mode(gate, scale, depends):
+  config = helpers.runlocal_config(**{"identity.mode": "decoupled", "identity.gate": gate,
+                                      "identity.scale": scale})
+  model, params = helpers.init(config)
+  assert "id_attn" not in params["params"]["block_0"]
+  assert "extra_kv" in params["params"]["block_0"]["text_attn"]
+  p = helpers.perturb_zeros(params)
+  inputs = registry.random_inputs(config, 2)
+  diff = np.abs(helpers.apply(model, p, inputs) - helpers.apply(model, p, _other_face(inputs))).max()
+  assert (diff > 1e-4) if depends else (diff == 0.0)
+
+
+def test_identity_every_nth_block_and_pooled_identity():
+  config = helpers.runlocal_config(**{"model.depth": 3, "identity.every": 2,
+                                      "identity.pooled_to_adaln": True})
+  _, params = helpers.init(config)
+  blocks = params["params"]
+  assert ["id_attn" in blocks[f"block_{i}"] for i in range(3)] == [True, False, True]
+  assert "id_pool" in blocks
+
+
+def test_face_embedding_branch_alone_and_with_image():
+  for face_size in (0, 32):
+    config = helpers.runlocal_config(**{"identity.embed_dim": 128,
+                                        "identity.face_size": face_size,
+                                        "identity.gate": "none"})
+    model, params = helpers.init(config)
+    p = helpers.perturb_zeros(params)
+    inputs = registry.random_inputs(config, 2)
+    other = dict(inputs, face_embed_be=inputs["face_embed_be"][::-1])
+    assert np.abs(helpers.apply(model, p, inputs) - helpers.apply(model, p, other)).max() > 1e-4
+
+
+def test_no_retracing_and_finite_gradients(base):
+  _, model, params, inputs = base
+  traces = []
+
+  def loss(p, i):
+    traces.append(1)
+    return jnp.mean((model.apply(p, **i) - 1.0) ** 2)
+
+  grad_fn = jax.jit(jax.grad(loss))
+  g1 = grad_fn(params, inputs)
+  g2 = grad_fn(params, registry.random_inputs(helpers.runlocal_config(), 2, seed=5))
+  assert len(traces) == 1
+  leaves = jax.tree.leaves(g1) + jax.tree.leaves(g2)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+  # adaLN-Zero: the zero-initialised final layer gets gradient at init.
+  assert np.abs(np.asarray(g1["params"]["final"]["linear"]["kernel"])).max() > 0
+
+
+def test_remat_and_attention_impls_match_reference(base):
+  config, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  ref = helpers.apply(model, p, inputs)
+  grad_of = lambda m: jax.jit(jax.grad(lambda q: jnp.sum(m.apply(q, **inputs) ** 2)))
+  ref_grad = grad_of(model)(p)
+  for override in ({"model.remat": "full"}, {"model.remat": "dots_saveable"},
+                   {"model.attention": "xla"}):
+    other, _ = registry.build(helpers.runlocal_config(**override))
+    np.testing.assert_allclose(helpers.apply(other, p, inputs), ref, atol=1e-5, rtol=1e-5)
+    if "model.remat" in override:
+      grad = grad_of(other)(p)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                   grad, ref_grad)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_output(base):
+  config, _, params, inputs = base
+  model, _ = registry.build(helpers.runlocal_config(**{"model.dtype": "bfloat16"}))
+  p = helpers.perturb_zeros(params)
+  out = helpers.apply(model, p, inputs)
+  ref = helpers.apply(base[1], p, inputs)
+  assert out.dtype == np.float32 and np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_learn_sigma_and_sincos_only():
+  config = helpers.runlocal_config(**{"model.learn_sigma": True, "model.rope": False,
+                                      "model.sincos": True})
+  model, params = helpers.init(config)
+  out = helpers.apply(model, params, registry.random_inputs(config, 2))
+  assert out.shape[-1] == 2 * config.model.channels
+
+
+def test_missing_conditions_use_null_tokens(base):
+  _, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  bare = {"x_bthwc": inputs["x_bthwc"], "t_b": inputs["t_b"]}
+  both_dropped = helpers.apply(model, p, inputs, drop_text_b=np.ones(2, bool),
+                        drop_id_b=np.ones(2, bool))
+  np.testing.assert_allclose(helpers.apply(model, p, bare), both_dropped, atol=1e-6)
