@@ -72,6 +72,12 @@ def base_config() -> ml_collections.ConfigDict:
       mode="separate", gate="zero", scale=1.0, every=1, pooled_to_adaln=False,
       face_size=64, face_patch=8, embed_dim=0, embed_tokens=4,
       width=256, depth=4, num_heads=4, num_tokens=16, resampler_depth=2)
+  c.diffusion = dict(
+      objective="flow", prediction="velocity", t_sampling="logit_normal", t_mean=0.0,
+      t_std=1.0, shift=1.0, shift_base_tokens=256, schedule="linear", num_timesteps=1000,
+      weighting="none", min_snr_gamma=5.0)
+  c.sample = dict(sampler="euler", num_steps=50, shift=0.0, eta=0.0, text_scale=4.0,
+                  face_scale=2.0, interval=(0.0, 1.0))
   c.data = dict(data_dir="data/synthetic_faces", frames=16, height=64, width=64,
                 batch_size=32)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
@@ -88,5 +94,6 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.identity.update(face_size=32, face_patch=8, width=32, depth=1, num_heads=2,
                     num_tokens=4, resampler_depth=1)
   c.data.update(frames=8, height=32, width=32, batch_size=8)
+  c.sample.num_steps = 8
   c.total_steps = 20
   c.ckpt.update(every_steps=10, keep=2)

@@ -1,5 +1,7 @@
 r"""Builds the model of a config and runs one sharded forward/backward on random video.
 
+The loss is the config's diffusion loss on random "clean" video and conditions.
+
 Prints parameter counts, tokens per clip, FLOPs (XLA's count of the compiled
 step and the analytic matmul count), compile and step time, as text and as one
 final JSON line.
@@ -19,9 +21,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
 from video_dit import sharding
+from video_dit.diffusion import Diffusion
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 
@@ -40,14 +42,16 @@ def run(config, batch: int = 0) -> dict:
   key = jax.random.key(config.seed)
   init_inputs = registry.dummy_inputs(config, 1)
   params, param_shardings = sharding.jit_init(lambda k: model.init(k, **init_inputs), mesh, key)
+  shape = registry.video_shape(config)
+  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
   host = registry.random_inputs(config, batch, config.seed)
-  host["target"] = np.random.default_rng(config.seed + 1).standard_normal(
-      host["x_bthwc"].shape).astype(np.float32)
+  del host["t_b"]  # the diffusion loss draws times itself
   data = sharding.shard_batch(host, mesh)
 
   def loss_fn(p, d):
-    inputs = {k: v for k, v in d.items() if k != "target"}
-    return jnp.mean((model.apply(p, **inputs) - d["target"]) ** 2)
+    cond = {k: v for k, v in d.items() if k != "x_bthwc"}
+    model_fn = lambda x, t, c: model.apply(p, x, t, **c)
+    return diffusion.loss(model_fn, d["x_bthwc"], cond, jax.random.key(config.seed))[0]
 
   def step(p, d):
     loss, grads = jax.value_and_grad(loss_fn)(p, d)
@@ -69,7 +73,6 @@ def run(config, batch: int = 0) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = {name: int(sum(x.size for x in jax.tree.leaves(sub)))
             for name, sub in params["params"].items()}
-  shape = registry.video_shape(config)
   return dict(
       mesh=dict(mesh.shape), batch=batch, video_shape=list(shape),
       tokens_per_clip=flops_lib.num_tokens(cfg, shape),

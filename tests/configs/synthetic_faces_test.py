@@ -2,6 +2,7 @@ import pytest
 
 from configs import common, synthetic_faces
 from tests import helpers
+from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.models import registry
 
 
@@ -52,3 +53,16 @@ def test_bad_configs_raise_before_compiling(overrides, msg):
   config = helpers.runlocal_config(**overrides)
   with pytest.raises(ValueError, match=msg):
     registry.build(config)
+
+
+def test_diffusion_and_sampler_come_from_the_config():
+  config = synthetic_faces.get_config("runlocal")
+  diffusion = Diffusion.from_config(config.diffusion, num_tokens=1024)
+  assert diffusion.config.objective == "flow"
+  assert diffusion.shift == 2.0  # sqrt(1024 / shift_base_tokens=256)
+  sampler = SamplerConfig.from_config(config.sample)
+  assert sampler.interval is None and sampler.num_steps == 8
+  sampler.check(diffusion.config.objective)
+  config.diffusion.prediction = "eps"
+  with pytest.raises(ValueError, match="does not fit objective 'flow'"):
+    Diffusion.from_config(config.diffusion, 64)

@@ -14,7 +14,8 @@ def test_one_sharded_forward_backward_reports_real_numbers():
   assert r["params_by_module"]["block_0"] > 0 and "identity_encoder" in r["params_by_module"]
   # XLA's count of the compiled step and the analytic matmul count agree.
   assert 0.8 < r["flops_per_step_xla"] / r["flops_per_step_analytic"] < 1.25
-  assert np.isfinite(r["loss"]) and r["loss"] > 0.5  # zero prediction vs N(0, 1) target
+  # A fresh model predicts zero; the flow target eps - x0 has variance 1 + 1.
+  assert 1.5 < r["loss"] < 2.5
   assert r["grad_norm"] > 0
 
 

@@ -1,0 +1,98 @@
+"""Losses and conversions against closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.diffusion import gaussian
+from video_dit.diffusion import Diffusion, DiffusionConfig, schedules
+
+MU, SIGMA = 0.3, 0.8
+
+
+@pytest.mark.parametrize("cfg", [
+    DiffusionConfig("flow", "velocity"),
+    DiffusionConfig("flow", "x0", t_mean=1.0),
+    DiffusionConfig("flow", "velocity", t_sampling="uniform"),
+    DiffusionConfig("ddpm", "eps", schedule="linear"),
+    DiffusionConfig("ddpm", "v", schedule="cosine"),
+    DiffusionConfig("ddpm", "x0", schedule="cosine"),
+])
+def test_optimal_predictor_reaches_the_analytic_minimum(cfg):
+  x0 = MU + SIGMA * jax.random.normal(jax.random.key(0), (64, 8, 32, 32))
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  loss, aux = jax.jit(lambda k: Diffusion(cfg).loss(fn, x0, {}, k))(jax.random.key(1))
+  expected = gaussian.min_loss(cfg, np.asarray(aux["t"]), SIGMA)
+  np.testing.assert_allclose(np.asarray(aux["per_example"]), expected, rtol=0.06, atol=1e-4)
+  np.testing.assert_allclose(float(loss), expected.mean(), rtol=0.02)
+  # Any other predictor does worse.
+  worse, _ = Diffusion(cfg).loss(lambda x, t, c: fn(x, t, c) * 1.1, x0, {}, jax.random.key(1))
+  assert float(worse) > float(loss)
+
+
+def test_min_snr_weighting_matches_its_definition():
+  cfg = DiffusionConfig("ddpm", "eps", weighting="min_snr", min_snr_gamma=5.0)
+  x0 = jnp.zeros((16, 4, 4))
+  loss, aux = Diffusion(cfg).loss(lambda x, t, c: jnp.zeros_like(x), x0, {}, jax.random.key(2))
+  table = schedules.ddpm_alphas_cumprod("linear")
+  abar = table[np.round(np.asarray(aux["t"]) * 1000).astype(int)]
+  snr = abar / (1 - abar)
+  np.testing.assert_allclose(float(loss), np.mean(np.minimum(snr, 5.0) / snr
+                                                  * np.asarray(aux["per_example"])), rtol=1e-5)
+
+
+def test_conversions_round_trip():
+  rng = np.random.default_rng(0)
+  x0, eps = (jnp.asarray(rng.standard_normal((4, 10)), jnp.float32) for _ in range(2))
+  abar = jnp.asarray([0.999, 0.7, 0.2, 0.01])
+  x_t = schedules.ddpm_interpolate(x0, eps, abar)
+  for prediction in ("eps", "x0", "v"):
+    target = schedules.ddpm_target(x0, eps, abar, prediction)
+    got_x0, got_eps = schedules.ddpm_x0_eps(target, x_t, abar, prediction)
+    np.testing.assert_allclose(got_x0, x0, atol=2e-4)
+    np.testing.assert_allclose(got_eps, eps, atol=2e-4)
+  t = jnp.asarray([0.05, 0.3, 0.6, 0.95])
+  x_t = schedules.flow_interpolate(x0, eps, t)
+  for prediction, pred in (("velocity", eps - x0), ("x0", x0)):
+    got_x0, got_eps = schedules.flow_x0_from(pred, x_t, t, prediction)
+    np.testing.assert_allclose(got_x0, x0, atol=1e-4)
+    np.testing.assert_allclose(got_eps, eps, atol=1e-4)
+    np.testing.assert_allclose(schedules.flow_velocity(pred, x_t, t, prediction), eps - x0,
+                               atol=1e-4)
+
+
+def test_time_shift_and_token_scaling():
+  t = np.linspace(0, 1, 11)
+  np.testing.assert_allclose(schedules.time_shift(t, 1.0), t)
+  shifted = schedules.time_shift(t, 3.0)
+  assert shifted[0] == 0 and shifted[-1] == 1 and np.all(shifted[1:-1] > t[1:-1])
+  assert schedules.shift_for_tokens(1024, 1.0, 256) == pytest.approx(2.0)
+  assert schedules.shift_for_tokens(1024, 1.5, 0) == 1.5
+  assert Diffusion(DiffusionConfig(shift_base_tokens=64), num_tokens=256).shift == 2.0
+  # Shifted training times spend more time at high noise.
+  k = jax.random.key(0)
+  t_plain = schedules.logit_normal(k, (4096,))
+  assert float(schedules.time_shift(t_plain, 3.0).mean()) > float(t_plain.mean()) + 0.1
+
+
+def test_same_key_same_loss():
+  cfg = DiffusionConfig("flow", "velocity")
+  x0 = jnp.ones((4, 8))
+  fn = lambda x, t, c: x * 0.5
+  a = Diffusion(cfg).loss(fn, x0, {}, jax.random.key(7))[0]
+  b = Diffusion(cfg).loss(fn, x0, {}, jax.random.key(7))[0]
+  c = Diffusion(cfg).loss(fn, x0, {}, jax.random.key(8))[0]
+  assert float(a) == float(b) and float(a) != float(c)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(objective="score"), "diffusion.objective='score' is unknown"),
+    (dict(objective="flow", prediction="eps"), "does not fit objective 'flow'"),
+    (dict(objective="ddpm", prediction="eps", schedule="sqrt"), "schedule 'sqrt' is unknown"),
+    (dict(weighting="p2"), "diffusion.weighting='p2' is unknown"),
+    (dict(shift=0.0), "must be > 0"),
+])
+def test_bad_diffusion_config_raises(kw, msg):
+  with pytest.raises(ValueError, match=msg):
+    DiffusionConfig(**kw)

@@ -1,0 +1,117 @@
+"""Samplers against the closed-form optimal denoiser of Gaussian data."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.diffusion import gaussian
+from video_dit import sharding
+from video_dit.diffusion import Diffusion, DiffusionConfig, SamplerConfig
+
+MU, SIGMA = 0.7, 0.5
+SHAPE = (8, 16, 32)
+
+
+@functools.lru_cache(maxsize=None)
+def _noise():
+  return jax.random.normal(jax.random.key(0), SHAPE)
+
+
+def _sample(cfg, name, steps, **kw):
+  d = Diffusion(cfg)
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  sampler = SamplerConfig(name=name, num_steps=steps, **kw)
+  return jax.jit(lambda z: d.sample(fn, SHAPE, {}, jax.random.key(1), sampler, noise=z))(
+      _noise())
+
+
+def _transport_error(cfg, name, steps):
+  """Max distance to the exact ODE solution, which maps noise z to MU + SIGMA z."""
+  return float(jnp.abs(_sample(cfg, name, steps) - (MU + SIGMA * _noise())).max())
+
+
+CASES = [
+    (DiffusionConfig("flow", "velocity"), "euler", "heun"),
+    (DiffusionConfig("flow", "x0"), "euler", "heun"),
+    (DiffusionConfig("ddpm", "eps", schedule="cosine"), "ddim", "dpmpp_2m"),
+    (DiffusionConfig("ddpm", "v", schedule="linear"), "ddim", "dpmpp_2m"),
+    (DiffusionConfig("ddpm", "x0", schedule="cosine"), "ddim", "dpmpp_2m"),
+]
+
+
+@pytest.mark.parametrize("cfg,first,second", CASES)
+def test_samples_match_gaussian_and_converge(cfg, first, second):
+  for name in (first, second):
+    x = np.asarray(_sample(cfg, name, 50))
+    assert abs(x.mean() - MU) < 0.03 and abs(x.std() - SIGMA) < 0.03, (name, x.mean(), x.std())
+    errors = [_transport_error(cfg, name, n) for n in (10, 20, 40)]
+    assert errors[0] > errors[1] > errors[2] or errors[2] < 1e-2, (name, errors)
+  # The higher-order sampler is more accurate at the same number of steps.
+  assert _transport_error(cfg, second, 10) < _transport_error(cfg, first, 10)
+  assert _transport_error(cfg, second, 20) < 0.5 * _transport_error(cfg, first, 20)
+
+
+def test_first_order_samplers_converge_linearly_and_heun_quadratically():
+  cfg = DiffusionConfig("flow", "velocity")
+  e = {name: [_transport_error(cfg, name, n) for n in (10, 20, 40)]
+       for name in ("euler", "heun")}
+  assert 1.7 < e["euler"][1] / e["euler"][2] < 2.3  # error ~ 1/N
+  assert e["heun"][1] / e["heun"][2] > 3.0           # error ~ 1/N^2
+
+
+def test_ddim_with_noise_keeps_the_distribution():
+  cfg = DiffusionConfig("ddpm", "eps", schedule="cosine")
+  x = np.asarray(_sample(cfg, "ddim", 100, eta=1.0))
+  assert abs(x.mean() - MU) < 0.03 and abs(x.std() - SIGMA) < 0.03
+  deterministic = np.asarray(_sample(cfg, "ddim", 100))
+  assert np.abs(x - deterministic).max() > 0.1  # eta=1 really adds noise
+
+
+def test_ddim_inversion_round_trip():
+  # The linear schedule: the cosine one ends at abar ~ 2e-9, too ill-conditioned
+  # in float32 for an exact round trip through its last step.
+  cfg = DiffusionConfig("ddpm", "eps", schedule="linear")
+  d = Diffusion(cfg)
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  x0 = MU + SIGMA * jax.random.normal(jax.random.key(3), SHAPE)
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def round_trip_error(steps, refine):
+    sampler = SamplerConfig(name="ddim", num_steps=steps)
+    z = d.ddim_invert(fn, x0, {}, sampler, refine=refine)
+    back = d.sample(fn, SHAPE, {}, jax.random.key(0), sampler, noise=z)
+    return jnp.abs(back - x0).max(), z.std()
+
+  errors = [float(round_trip_error(n, 0)[0]) for n in (25, 50, 100)]
+  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.1  # plain inversion: O(1/N)
+  error, z_std = round_trip_error(25, 10)
+  assert float(error) < 1e-4 and abs(float(z_std) - 1.0) < 0.2  # refined: exact in f32
+
+
+def test_same_key_same_samples_and_sharded_equals_single_device():
+  cfg = DiffusionConfig("flow", "velocity")
+  d = Diffusion(cfg)
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  sampler = SamplerConfig(name="heun", num_steps=8)
+  run = jax.jit(lambda key: d.sample(fn, SHAPE, {}, key, sampler))
+  a, b = run(jax.random.key(5)), run(jax.random.key(5))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.abs(np.asarray(run(jax.random.key(6)) - a)).max() > 0.1
+  mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
+  with jax.set_mesh(mesh):
+    sharded = jax.jit(lambda key: d.sample(fn, SHAPE, {}, key, sampler))(jax.random.key(5))
+  assert sharded.sharding.spec[0] == ("data", "fsdp")
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(a), atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg,name,msg", [
+    (DiffusionConfig("flow", "velocity"), "ddim", "sampler 'ddim' does not fit objective"),
+    (DiffusionConfig("ddpm", "eps"), "heun", "sampler 'heun' does not fit objective"),
+])
+def test_sampler_objective_mismatch_raises(cfg, name, msg):
+  with pytest.raises(ValueError, match=msg):
+    Diffusion(cfg).sample(lambda x, t, c: x, SHAPE, {}, jax.random.key(0),
+                          SamplerConfig(name=name))

@@ -1,0 +1,74 @@
+"""Diffusion objectives, samplers and guidance: pure functions of arrays.
+
+The trainer and the sampler share one small interface::
+
+    diffusion = Diffusion(DiffusionConfig(...), num_tokens=L)
+    loss, aux = diffusion.loss(model_fn, x0, cond, key)
+    video = diffusion.sample(model_fn, shape, cond, key, SamplerConfig(...))
+
+with ``model_fn(x_t, t, cond) -> prediction`` and model time t in [0, 1]
+(1 = pure noise). ``cond`` is a dict of batched arrays passed through to the
+model; guidance adds ``drop_text_b`` / ``drop_id_b``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from video_dit.diffusion import guidance, samplers, schedules
+from video_dit.diffusion.losses import DiffusionConfig, diffusion_loss
+from video_dit.diffusion.samplers import SamplerConfig
+from video_dit.sharding import constrain
+
+__all__ = ["Diffusion", "DiffusionConfig", "SamplerConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+  config: DiffusionConfig = DiffusionConfig()
+  num_tokens: int = 0   # tokens per sample, for the token-dependent time shift
+
+  @classmethod
+  def from_config(cls, config_diffusion, num_tokens: int) -> "Diffusion":
+    return cls(DiffusionConfig.from_config(config_diffusion), num_tokens)
+
+  @property
+  def shift(self) -> float:
+    c = self.config
+    return schedules.shift_for_tokens(self.num_tokens, c.shift, c.shift_base_tokens)
+
+  def loss(self, model_fn: Callable, x0, cond: Any, key):
+    """(scalar loss, aux) of the configured objective; see ``losses.diffusion_loss``."""
+    return diffusion_loss(self.config, self.shift, model_fn, x0, cond, key)
+
+  def sample(self, model_fn: Callable, shape, cond: Any, key, sampler: SamplerConfig,
+             noise=None):
+    """Samples a batch of ``shape`` from noise (or from ``noise``), with guidance."""
+    cfg = self.config
+    sampler.check(cfg.objective)
+    k_noise, k_steps = jax.random.split(key)
+    x = jax.random.normal(k_noise, shape, jnp.float32) if noise is None else noise
+    x = constrain(x.astype(jnp.float32), ("act_batch",) + (None,) * (len(shape) - 1))
+    fn = guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval)
+    if cfg.objective == "flow":
+      shift = sampler.shift or self.shift
+      return samplers.flow_sample(cfg, fn, x, cond, samplers.flow_grid(sampler.num_steps, shift),
+                                  sampler.name)
+    grid = samplers.ddpm_grid(sampler.num_steps, cfg.num_timesteps)
+    if sampler.name == "ddim":
+      return samplers.ddim_sample(cfg, fn, x, cond, grid, sampler.eta, k_steps)
+    return samplers.dpmpp_2m_sample(cfg, fn, x, cond, grid)
+
+  def ddim_invert(self, model_fn: Callable, x0, cond: Any, sampler: SamplerConfig,
+                  refine: int = 0):
+    """Clean data -> noise that deterministic DDIM on the same grid maps back to x0
+    (``refine`` fixed-point iterations per step make it near-exact)."""
+    if self.config.objective != "ddpm":
+      raise ValueError("ddim_invert needs diffusion.objective='ddpm'.")
+    fn = guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval)
+    grid = samplers.ddpm_grid(sampler.num_steps, self.config.num_timesteps)
+    return samplers.ddim_invert(self.config, fn, x0, cond, grid, refine)

@@ -1,0 +1,106 @@
+"""Diffusion configuration and the training loss shared by every objective."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from video_dit.diffusion import schedules
+
+OBJECTIVES = {"flow": ("velocity", "x0"), "ddpm": ("eps", "x0", "v")}
+WEIGHTINGS = ("none", "min_snr")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+  """What is learned and how training times are drawn."""
+  objective: str = "flow"          # 'flow' (rectified flow) or 'ddpm'
+  prediction: str = "velocity"     # flow: velocity | x0; ddpm: eps | x0 | v
+  # flow: t = time_shift(sigmoid(t_mean + t_std n), shift); 'uniform' draws t ~ U(0, 1)
+  t_sampling: str = "logit_normal"
+  t_mean: float = 0.0
+  t_std: float = 1.0
+  shift: float = 1.0               # base shift (flow)
+  shift_base_tokens: int = 0       # >0: shift grows as sqrt(tokens / shift_base_tokens)
+  schedule: str = "linear"         # ddpm: linear | cosine
+  num_timesteps: int = 1000        # ddpm
+  weighting: str = "none"          # none | min_snr (Hang et al. 2023, in x0 space)
+  min_snr_gamma: float = 5.0
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"diffusion.objective='{self.objective}' is unknown; use one of "
+                       f"{tuple(OBJECTIVES)}.")
+    if self.prediction not in OBJECTIVES[self.objective]:
+      raise ValueError(f"diffusion.prediction='{self.prediction}' does not fit objective "
+                       f"'{self.objective}'; use one of {OBJECTIVES[self.objective]}.")
+    if self.t_sampling not in ("logit_normal", "uniform"):
+      raise ValueError(f"diffusion.t_sampling='{self.t_sampling}' is unknown; use "
+                       "'logit_normal' or 'uniform'.")
+    if self.weighting not in WEIGHTINGS:
+      raise ValueError(f"diffusion.weighting='{self.weighting}' is unknown; use one of "
+                       f"{WEIGHTINGS}.")
+    if self.shift <= 0 or self.t_std <= 0:
+      raise ValueError(f"diffusion.shift={self.shift} and diffusion.t_std={self.t_std} "
+                       "must be > 0.")
+    if self.objective == "ddpm":
+      schedules.ddpm_alphas_cumprod(self.schedule, 2)  # raises on an unknown schedule
+      if self.num_timesteps < 2:
+        raise ValueError(f"diffusion.num_timesteps={self.num_timesteps} must be >= 2.")
+
+  @classmethod
+  def from_config(cls, c) -> "DiffusionConfig":
+    """From a ``config.diffusion`` ConfigDict (or any mapping with these fields)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(c) - names
+    if unknown:
+      raise ValueError(f"config.diffusion has unknown fields {sorted(unknown)}; "
+                       f"known: {sorted(names)}")
+    return cls(**{k: c[k] for k in c})
+
+
+def x0_error_scale2(cfg: DiffusionConfig, t, abar):
+  """c^2 with |pred - target|^2 = c^2 |x0_hat - x0|^2 for the configured prediction."""
+  if cfg.objective == "flow":
+    return 1.0 / jnp.square(t) if cfg.prediction == "velocity" else jnp.ones_like(t)
+  s = schedules.snr("ddpm", abar)
+  return {"eps": s, "x0": jnp.ones_like(s), "v": s + 1.0}[cfg.prediction]
+
+
+def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, cond: Any,
+                   key) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean squared error to the objective's target at random times.
+
+  Returns (scalar loss, aux) where aux has the per-example model time ``t`` and
+  unweighted ``per_example`` errors.
+  """
+  k_t, k_eps = jax.random.split(key)
+  b = x0.shape[0]
+  x0 = x0.astype(jnp.float32)
+  eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+  if cfg.objective == "flow":
+    if cfg.t_sampling == "uniform":
+      t = jax.random.uniform(k_t, (b,), minval=1e-5, maxval=1.0)
+    else:
+      t = schedules.logit_normal(k_t, (b,), cfg.t_mean, cfg.t_std)
+    t = jnp.clip(schedules.time_shift(t, shift), 1e-5, 1.0)
+    x_t = schedules.flow_interpolate(x0, eps, t)
+    target = eps - x0 if cfg.prediction == "velocity" else x0
+    model_t, abar, snr = t, None, schedules.snr("flow", t)
+  else:
+    table = jnp.asarray(schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps),
+                        jnp.float32)
+    i = jax.random.randint(k_t, (b,), 0, cfg.num_timesteps)
+    abar = table[i]
+    x_t = schedules.ddpm_interpolate(x0, eps, abar)
+    target = schedules.ddpm_target(x0, eps, abar, cfg.prediction)
+    model_t, snr = i.astype(jnp.float32) / cfg.num_timesteps, schedules.snr("ddpm", abar)
+  pred = model_fn(x_t, model_t, cond).astype(jnp.float32)
+  per_example = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, x0.ndim)))
+  weight = jnp.ones_like(per_example)
+  if cfg.weighting == "min_snr":
+    weight = jnp.minimum(snr, cfg.min_snr_gamma) / x0_error_scale2(cfg, model_t, abar)
+  return jnp.mean(weight * per_example), dict(t=model_t, per_example=per_example)

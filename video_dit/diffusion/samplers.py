@@ -1,0 +1,172 @@
+"""Samplers, each one ``lax.scan`` over its time grid (jit the caller once).
+
+Flow: Euler and Heun (second order; Euler on the last step into t = 0).
+DDPM: DDIM (``eta`` = 0 deterministic, 1 ancestral-like) and DPM-Solver++(2M)
+(Lu et al. 2022, data prediction, multistep; first order on the first and last
+steps). Every sampler calls ``model_fn(x, t, cond)`` with model time t in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from video_dit.diffusion import schedules
+from video_dit.diffusion.losses import DiffusionConfig
+
+SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "dpmpp_2m")}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  name: str = "euler"
+  num_steps: int = 50
+  shift: float = 0.0              # flow grid shift; 0 = the training shift
+  eta: float = 0.0                # DDIM noise
+  text_scale: float = 1.0
+  id_scale: float = 1.0
+  interval: tuple[float, float] | None = None   # guidance only for t in [lo, hi]
+
+  @classmethod
+  def from_config(cls, c) -> "SamplerConfig":
+    """From a ``config.sample`` ConfigDict; interval (0, 1) means 'always guide'."""
+    interval = tuple(float(v) for v in c.interval)
+    return cls(name=c.sampler, num_steps=c.num_steps, shift=c.shift, eta=c.eta,
+               text_scale=c.text_scale, id_scale=c.face_scale,
+               interval=None if interval == (0.0, 1.0) else interval)
+
+  def check(self, objective: str) -> None:
+    if self.name not in SAMPLERS[objective]:
+      raise ValueError(f"sampler '{self.name}' does not fit objective '{objective}'; use "
+                       f"one of {SAMPLERS[objective]}.")
+    if self.num_steps < 1:
+      raise ValueError(f"sampler num_steps={self.num_steps} must be >= 1.")
+
+
+def flow_grid(num_steps: int, shift: float) -> np.ndarray:
+  """t_0 = 1 > t_1 > ... > t_N = 0, uniform then shifted toward noise."""
+  return np.asarray(schedules.time_shift(np.linspace(1.0, 0.0, num_steps + 1), shift),
+                    np.float32)
+
+
+def ddpm_grid(num_steps: int, num_timesteps: int) -> np.ndarray:
+  """Integer timesteps, 'trailing' spacing: T-1, ..., T/N - 1 (then clean)."""
+  if num_steps > num_timesteps:
+    raise ValueError(f"num_steps={num_steps} exceeds the {num_timesteps} DDPM timesteps.")
+  steps = np.round(num_timesteps - np.arange(num_steps) * num_timesteps / num_steps) - 1
+  return steps.astype(np.int32)
+
+
+def _flow_velocity_fn(cfg: DiffusionConfig, fn: Callable, cond):
+  def velocity(x, t):
+    t_b = jnp.full((x.shape[0],), t, jnp.float32)
+    return schedules.flow_velocity(fn(x, t_b, cond).astype(jnp.float32), x, t_b,
+                                   cfg.prediction)
+  return velocity
+
+
+def flow_sample(cfg: DiffusionConfig, fn: Callable, x, cond, grid: np.ndarray,
+                method: str):
+  velocity = _flow_velocity_fn(cfg, fn, cond)
+
+  def step(x, ts):
+    t, t_next = ts
+    dt = t_next - t
+    v = velocity(x, t)
+    if method == "euler":
+      return x + dt * v, None
+    x_euler = x + dt * v
+    heun = lambda: x + dt * 0.5 * (v + velocity(x_euler, t_next))
+    return jax.lax.cond(t_next > 0, heun, lambda: x_euler), None
+
+  x, _ = jax.lax.scan(step, x, (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])))
+  return x
+
+
+def _ddpm_tables(cfg: DiffusionConfig, grid: np.ndarray):
+  table = schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps)
+  abar = table[grid]
+  abar_next = np.append(table[grid[1:]], 1.0)  # the last step lands on clean data
+  return (jnp.asarray(grid / cfg.num_timesteps, jnp.float32), jnp.asarray(abar, jnp.float32),
+          jnp.asarray(abar_next, jnp.float32))
+
+
+def _x0_eps(cfg, fn, cond, x, t, abar):
+  t_b = jnp.full((x.shape[0],), t, jnp.float32)
+  return schedules.ddpm_x0_eps(fn(x, t_b, cond).astype(jnp.float32), x, abar,
+                               cfg.prediction)
+
+
+def ddim_sample(cfg: DiffusionConfig, fn: Callable, x, cond, grid, eta: float, key):
+  ts, abars, abars_next = _ddpm_tables(cfg, grid)
+
+  def step(x, inp):
+    t, abar, abar_next, k = inp
+    x0, eps = _x0_eps(cfg, fn, cond, x, t, abar)
+    sigma = eta * jnp.sqrt((1 - abar_next) / (1 - abar) * (1 - abar / abar_next))
+    x = (jnp.sqrt(abar_next) * x0 + jnp.sqrt(jnp.maximum(1 - abar_next - sigma ** 2, 0.0)) * eps
+         + sigma * jax.random.normal(k, x.shape, x.dtype))
+    return x, None
+
+  keys = jax.random.split(key, len(grid))
+  x, _ = jax.lax.scan(step, x, (ts, abars, abars_next, keys))
+  return x
+
+
+def dpmpp_2m_sample(cfg: DiffusionConfig, fn: Callable, x, cond, grid):
+  ts, abars, abars_next = _ddpm_tables(cfg, grid)
+  last = len(grid) - 1
+
+  def lam(abar):  # half log-SNR, log(alpha / sigma)
+    return 0.5 * (jnp.log(abar) - jnp.log1p(-abar))
+
+  def step(carry, inp):
+    x, x0_prev, h_prev = carry
+    i, t, abar, abar_next = inp
+    x0, _ = _x0_eps(cfg, fn, cond, x, t, abar)
+    final = i == last
+    safe_next = jnp.where(final, abar, abar_next)  # keeps the unused branch finite
+    h = lam(safe_next) - lam(abar)
+    r = h_prev / h
+    d = jnp.where(i == 0, x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev)
+    x_next = (jnp.sqrt((1 - safe_next) / (1 - abar)) * x
+              - jnp.sqrt(safe_next) * jnp.expm1(-h) * d)
+    return (jnp.where(final, x0, x_next), x0, h), None
+
+  init = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
+  (x, _, _), _ = jax.lax.scan(step, init, (jnp.arange(len(grid)), ts, abars, abars_next))
+  return x
+
+
+def ddim_invert(cfg: DiffusionConfig, fn: Callable, x0, cond, grid: np.ndarray,
+                refine: int = 0):
+  """Deterministic DDIM run backwards: clean data -> the noise that DDIM (eta=0)
+  on the same grid maps back to it.
+
+  Each step needs the prediction at the (unknown) noisier point; plain inversion
+  uses the current point instead (error O(1/steps)). ``refine`` > 0 fixed-point
+  iterations solve for the noisier point, so each step inverts the sampler's
+  step almost exactly (one more model call per iteration).
+  """
+  up = grid[::-1]                                   # T/N - 1, ..., T - 1
+  table = schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps)
+  abar_cur = jnp.asarray(np.concatenate([[1.0], table[up[:-1]]]), jnp.float32)
+  abar_next = jnp.asarray(table[up], jnp.float32)
+  ts = jnp.asarray(up / cfg.num_timesteps, jnp.float32)
+
+  def step(x, inp):
+    t, a_cur, a_next = inp
+
+    def update(guess):
+      _, eps = _x0_eps(cfg, fn, cond, guess, t, a_next)
+      x0_hat = (x - jnp.sqrt(1 - a_cur) * eps) / jnp.sqrt(a_cur)
+      return jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps
+
+    return jax.lax.fori_loop(0, refine, lambda _, g: update(g), update(x)), None
+
+  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), (ts, abar_cur, abar_next))
+  return x
