@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = dict(
       variant="S", width=384, depth=12, num_heads=6, mlp_ratio=4.0,
-      patch=(1, 2, 2), channels=3, learn_sigma=False,
+      patch=(1, 2, 2), channels=3,
       rope=True, rope_split=(), rope_theta=10000.0,   # () = default (t, h, w) split
       sincos=False, dtype="bfloat16", remat="none", attention="einsum")
   c.text = dict(encoder="trainable", vocab_size=8192, max_len=32, width=256, depth=2,
@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion = dict(
       objective="flow", prediction="velocity", t_sampling="logit_normal", t_mean=0.0,
       t_std=1.0, shift=1.0, shift_base_tokens=256, schedule="linear", num_timesteps=1000,
-      weighting="none", min_snr_gamma=5.0)
+      weighting="none", min_snr_gamma=5.0, learn_sigma=False, vlb_weight=1.0)
   c.sample = dict(sampler="euler", num_steps=50, shift=0.0, eta=0.0, text_scale=4.0,
                   face_scale=2.0, interval=(0.0, 1.0))
   c.data = dict(data_dir="data/synthetic_faces", frames=16, height=64, width=64,

@@ -65,3 +65,11 @@ def test_guidance_with_the_video_dit():
   assert np.abs(np.asarray(ti - tu)).max() > 1e-4 and np.abs(np.asarray(tu - uu)).max() > 1e-4
   batched = jax.jit(guidance.guided(model_fn, 2.5, 1.5))(x, t, inputs)
   np.testing.assert_allclose(batched, uu + 2.5 * (tu - uu) + 1.5 * (ti - tu), atol=1e-5)
+
+
+def test_guiding_only_the_prediction_channels(inputs):
+  x, t, cond = inputs
+  uu, tu, ti = (np.asarray(v) for v in guidance.separate_calls(toy_model, x, t, cond))
+  out = np.asarray(guidance.guided(toy_model, 3.0, 2.0, channels=4)(x, t, cond))
+  np.testing.assert_allclose(out[:, :4], (uu + 3 * (tu - uu) + 2 * (ti - tu))[:, :4], atol=1e-5)
+  np.testing.assert_allclose(out[:, 4:], ti[:, 4:], atol=1e-6)

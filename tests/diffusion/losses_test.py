@@ -92,7 +92,35 @@ def test_same_key_same_loss():
     (dict(objective="ddpm", prediction="eps", schedule="sqrt"), "schedule 'sqrt' is unknown"),
     (dict(weighting="p2"), "diffusion.weighting='p2' is unknown"),
     (dict(shift=0.0), "must be > 0"),
+    (dict(objective="flow", learn_sigma=True), "learn_sigma=True needs objective='ddpm'"),
 ])
 def test_bad_diffusion_config_raises(kw, msg):
   with pytest.raises(ValueError, match=msg):
     DiffusionConfig(**kw)
+
+
+def test_learned_sigma_vlb_is_zero_only_for_the_true_posterior():
+  cfg = DiffusionConfig("ddpm", "eps", schedule="linear", learn_sigma=True)
+  table = jnp.asarray(schedules.ddpm_alphas_cumprod("linear"), jnp.float32)
+  x0 = MU + SIGMA * jax.random.normal(jax.random.key(0), (16, 8, 4))
+
+  def oracle(var_out):
+    """Knows x0, so its eps is exact; var_out -1 is the posterior variance."""
+    def model_fn(x_t, t, cond):
+      abar = table[jnp.round(t * 1000).astype(jnp.int32)][:, None, None]
+      eps = (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
+      return jnp.concatenate([eps, jnp.full_like(eps, var_out)], -1)
+    return model_fn
+
+  loss, aux = Diffusion(cfg).loss(oracle(-1.0), x0, {}, jax.random.key(1))
+  np.testing.assert_allclose(np.asarray(aux["vlb"]), 0.0, atol=1e-4)
+  assert float(loss) < 1e-4
+  _, aux = Diffusion(cfg).loss(oracle(1.0), x0, {}, jax.random.key(1))
+  assert np.all(np.asarray(aux["vlb"]) >= 0) and float(np.max(aux["vlb"])) > 1e-3
+
+  # The bound trains only the variance channel: the mean half gets no gradient from it.
+  def vlb_only(scale):
+    fn = lambda x, t, c: oracle(0.0)(x, t, c) * jnp.concatenate(
+        [jnp.full(x.shape, scale), jnp.ones(x.shape)], -1)
+    return jnp.mean(Diffusion(cfg).loss(fn, x0, {}, jax.random.key(1))[1]["vlb"])
+  assert float(jax.grad(vlb_only)(1.0)) == 0.0

@@ -115,3 +115,30 @@ def test_sampler_objective_mismatch_raises(cfg, name, msg):
   with pytest.raises(ValueError, match=msg):
     Diffusion(cfg).sample(lambda x, t, c: x, SHAPE, {}, jax.random.key(0),
                           SamplerConfig(name=name))
+
+
+def test_ancestral_ddpm_sampler_converges_to_the_distribution():
+  cfg = DiffusionConfig("ddpm", "eps", schedule="cosine")
+  stats = {}
+  for n in (25, 1000):
+    x = np.asarray(_sample(cfg, "ddpm", n))
+    stats[n] = (abs(x.mean() - MU), abs(x.std() - SIGMA))
+  assert stats[1000][0] < 0.02 and stats[1000][1] < 0.02
+  assert stats[1000][1] < stats[25][1]  # the posterior-variance sampler under-disperses
+
+
+def test_learned_sigma_sampler_uses_the_variance_output():
+  cfg = DiffusionConfig("ddpm", "eps", schedule="cosine", learn_sigma=True)
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  d = Diffusion(cfg)
+
+  def with_var(frac):
+    model = lambda x, t, c: jnp.concatenate([fn(x, t, c), jnp.full_like(x, 2 * frac - 1)], -1)
+    sampler = SamplerConfig(name="ddpm", num_steps=25, text_scale=3.0, id_scale=2.0)
+    cond = {"dummy": jnp.zeros((SHAPE[0],))}
+    return np.asarray(jax.jit(lambda k: d.sample(model, SHAPE, cond, k, sampler))(
+        jax.random.key(0)))
+
+  small, large = with_var(0.0), with_var(1.0)  # posterior variance vs beta
+  assert small.std() < large.std()
+  assert abs(large.std() - SIGMA) < abs(small.std() - SIGMA)  # beta fits better at 25 steps

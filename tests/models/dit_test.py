@@ -159,7 +159,9 @@ def test_bfloat16_compute_keeps_float32_params_and_output(base):
 
 
 def test_learn_sigma_and_sincos_only():
-  config = helpers.runlocal_config(**{"model.learn_sigma": True, "model.rope": False,
+  config = helpers.runlocal_config(**{"diffusion.objective": "ddpm",
+                                      "diffusion.prediction": "eps",
+                                      "diffusion.learn_sigma": True, "model.rope": False,
                                       "model.sincos": True})
   model, params = helpers.init(config)
   out = helpers.apply(model, params, registry.random_inputs(config, 2))

@@ -53,7 +53,7 @@ class Diffusion:
     k_noise, k_steps = jax.random.split(key)
     x = jax.random.normal(k_noise, shape, jnp.float32) if noise is None else noise
     x = constrain(x.astype(jnp.float32), ("act_batch",) + (None,) * (len(shape) - 1))
-    fn = guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval)
+    fn = self._guided(model_fn, sampler, shape[-1])
     if cfg.objective == "flow":
       shift = sampler.shift or self.shift
       return samplers.flow_sample(cfg, fn, x, cond, samplers.flow_grid(sampler.num_steps, shift),
@@ -61,7 +61,15 @@ class Diffusion:
     grid = samplers.ddpm_grid(sampler.num_steps, cfg.num_timesteps)
     if sampler.name == "ddim":
       return samplers.ddim_sample(cfg, fn, x, cond, grid, sampler.eta, k_steps)
+    if sampler.name == "ddpm":
+      return samplers.ddpm_ancestral_sample(cfg, fn, x, cond, grid, k_steps)
     return samplers.dpmpp_2m_sample(cfg, fn, x, cond, grid)
+
+  def _guided(self, model_fn, sampler: SamplerConfig, channels: int):
+    # With learned sigma only the prediction half is guided; the variance half
+    # comes from the fully conditional branch.
+    return guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval,
+                           channels if self.config.learn_sigma else None)
 
   def ddim_invert(self, model_fn: Callable, x0, cond: Any, sampler: SamplerConfig,
                   refine: int = 0):
@@ -69,6 +77,6 @@ class Diffusion:
     (``refine`` fixed-point iterations per step make it near-exact)."""
     if self.config.objective != "ddpm":
       raise ValueError("ddim_invert needs diffusion.objective='ddpm'.")
-    fn = guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval)
+    fn = self._guided(model_fn, sampler, x0.shape[-1])
     grid = samplers.ddpm_grid(sampler.num_steps, self.config.num_timesteps)
     return samplers.ddim_invert(self.config, fn, x0, cond, grid, refine)

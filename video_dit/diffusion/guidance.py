@@ -19,7 +19,8 @@ ModelFn = Callable  # (x_t (B, ...), t (B,), cond dict) -> prediction (B, ...)
 
 
 def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
-           interval: tuple[float, float] | None = None) -> ModelFn:
+           interval: tuple[float, float] | None = None,
+           channels: int | None = None) -> ModelFn:
   """Wraps ``model_fn`` with dual guidance.
 
   Args:
@@ -28,6 +29,8 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
     text_scale, id_scale: guidance scales (floats or traced scalars).
     interval: (t_lo, t_hi): guide only where t_lo <= t <= t_hi (model time, 1 =
       noise); elsewhere the fully conditional prediction is used.
+    channels: guide only the first ``channels`` output channels (the rest, e.g.
+      a learned variance, comes from the fully conditional branch).
   """
   if (interval is None and isinstance(text_scale, (int, float))
       and isinstance(id_scale, (int, float)) and text_scale == 1 and id_scale == 1):
@@ -43,6 +46,8 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
     out = model_fn(tile(x), tile(t), cond3)
     uu, tu, ti = jnp.split(out, 3, axis=0)
     g = uu + text_scale * (tu - uu) + id_scale * (ti - tu)
+    if channels is not None:
+      g = jnp.concatenate([g[..., :channels], ti[..., channels:]], axis=-1)
     if interval is not None:
       inside = (t >= interval[0]) & (t <= interval[1])
       g = jnp.where(inside.reshape((b,) + (1,) * (g.ndim - 1)), g, ti)

@@ -29,6 +29,8 @@ class DiffusionConfig:
   num_timesteps: int = 1000        # ddpm
   weighting: str = "none"          # none | min_snr (Hang et al. 2023, in x0 space)
   min_snr_gamma: float = 5.0
+  learn_sigma: bool = False        # ddpm: the model also outputs its log-variance,
+  vlb_weight: float = 1.0          # trained by the variational bound (x num_timesteps/1000)
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -46,6 +48,9 @@ class DiffusionConfig:
     if self.shift <= 0 or self.t_std <= 0:
       raise ValueError(f"diffusion.shift={self.shift} and diffusion.t_std={self.t_std} "
                        "must be > 0.")
+    if self.learn_sigma and self.objective != "ddpm":
+      raise ValueError("diffusion.learn_sigma=True needs objective='ddpm' (a flow has no "
+                       "variance to learn); set learn_sigma=False.")
     if self.objective == "ddpm":
       schedules.ddpm_alphas_cumprod(self.schedule, 2)  # raises on an unknown schedule
       if self.num_timesteps < 2:
@@ -99,8 +104,35 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
     target = schedules.ddpm_target(x0, eps, abar, cfg.prediction)
     model_t, snr = i.astype(jnp.float32) / cfg.num_timesteps, schedules.snr("ddpm", abar)
   pred = model_fn(x_t, model_t, cond).astype(jnp.float32)
-  per_example = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, x0.ndim)))
+  aux = {}
+  if cfg.learn_sigma:
+    pred, var_out = jnp.split(pred, 2, axis=-1)
+    aux["vlb"] = cfg.vlb_weight * _vlb(cfg, i, x0, x_t, abar, pred, var_out)
+  dims = tuple(range(1, x0.ndim))
+  per_example = jnp.mean(jnp.square(pred - target), axis=dims)
   weight = jnp.ones_like(per_example)
   if cfg.weighting == "min_snr":
     weight = jnp.minimum(snr, cfg.min_snr_gamma) / x0_error_scale2(cfg, model_t, abar)
-  return jnp.mean(weight * per_example), dict(t=model_t, per_example=per_example)
+  loss = jnp.mean(weight * per_example) + (jnp.mean(aux["vlb"]) if aux else 0.0)
+  return loss, dict(aux, t=model_t, per_example=per_example)
+
+
+def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out):
+  """Per-example KL(q(x_prev | x_t, x0) || p(x_prev | x_t)) in bits per dimension.
+
+  The mean comes from the stopped prediction, so this term trains only the
+  variance output v in [-1, 1]: log var = f log beta + (1 - f) log beta_tilde,
+  f = (v + 1) / 2 (Nichol & Dhariwal 2021). At i = 0 the clipped posterior
+  variance stands in for the discretised decoder likelihood.
+  """
+  tables = {k: jnp.asarray(v, jnp.float32)[i] for k, v in schedules.posterior_tables(
+      schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps)).items()}
+  b = lambda v: schedules._bcast(v, x0)  # pylint: disable=protected-access
+  x0_hat, _ = schedules.ddpm_x0_eps(jax.lax.stop_gradient(pred), x_t, abar, cfg.prediction)
+  mean_q = b(tables["coef_x0"]) * x0 + b(tables["coef_xt"]) * x_t
+  mean_p = b(tables["coef_x0"]) * x0_hat + b(tables["coef_xt"]) * x_t
+  frac = (var_out + 1.0) / 2.0
+  log_var_p = frac * b(jnp.log(tables["beta"])) + (1.0 - frac) * b(tables["log_var"])
+  kl = schedules.gaussian_kl(mean_q, b(tables["log_var"]), mean_p, log_var_p)
+  return jnp.mean(kl, axis=tuple(range(1, x0.ndim))) / jnp.log(2.0) * (
+      cfg.num_timesteps / 1000.0)

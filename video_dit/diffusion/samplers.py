@@ -1,9 +1,10 @@
 """Samplers, each one ``lax.scan`` over its time grid (jit the caller once).
 
 Flow: Euler and Heun (second order; Euler on the last step into t = 0).
-DDPM: DDIM (``eta`` = 0 deterministic, 1 ancestral-like) and DPM-Solver++(2M)
+DDPM: DDIM (``eta`` = 0 deterministic, 1 ancestral-like), DPM-Solver++(2M)
 (Lu et al. 2022, data prediction, multistep; first order on the first and last
-steps). Every sampler calls ``model_fn(x, t, cond)`` with model time t in [0, 1].
+steps) and ancestral DDPM sampling on the respaced grid (with the model's
+learned variance when it has one, else the posterior variance). Every sampler calls ``model_fn(x, t, cond)`` with model time t in [0, 1].
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from video_dit.diffusion import schedules
 from video_dit.diffusion.losses import DiffusionConfig
 
-SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "dpmpp_2m")}
+SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "dpmpp_2m", "ddpm")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +96,35 @@ def _ddpm_tables(cfg: DiffusionConfig, grid: np.ndarray):
           jnp.asarray(abar_next, jnp.float32))
 
 
-def _x0_eps(cfg, fn, cond, x, t, abar):
+def _x0_eps(cfg, fn, cond, x, t, abar, with_var=False):
   t_b = jnp.full((x.shape[0],), t, jnp.float32)
-  return schedules.ddpm_x0_eps(fn(x, t_b, cond).astype(jnp.float32), x, abar,
-                               cfg.prediction)
+  out = fn(x, t_b, cond).astype(jnp.float32)
+  pred, var_out = out[..., :x.shape[-1]], out[..., x.shape[-1]:]  # learned sigma: 2C
+  x0, eps = schedules.ddpm_x0_eps(pred, x, abar, cfg.prediction)
+  return (x0, eps, var_out) if with_var else (x0, eps)
+
+
+def ddpm_ancestral_sample(cfg: DiffusionConfig, fn: Callable, x, cond, grid, key):
+  """x_prev ~ q(x_prev | x_t, x0_hat) with the respaced grid's posterior."""
+  ts, abars, _ = _ddpm_tables(cfg, grid)
+  table = schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps)
+  post = schedules.posterior_tables(table[grid[::-1]])  # in time order (ascending)
+  post = {k: jnp.asarray(v[::-1], jnp.float32) for k, v in post.items()}  # grid order
+  last = jnp.arange(len(grid)) == len(grid) - 1
+
+  def step(x, inp):
+    t, abar, coef_x0, coef_xt, log_var, beta, is_last, k = inp
+    x0, _, var_out = _x0_eps(cfg, fn, cond, x, t, abar, with_var=True)
+    if cfg.learn_sigma:
+      frac = (var_out + 1.0) / 2.0
+      log_var = frac * jnp.log(beta) + (1.0 - frac) * log_var
+    noise = jnp.exp(0.5 * log_var) * jax.random.normal(k, x.shape, x.dtype)
+    return coef_x0 * x0 + coef_xt * x + jnp.where(is_last, 0.0, noise), None
+
+  keys = jax.random.split(key, len(grid))
+  x, _ = jax.lax.scan(step, x, (ts, abars, post["coef_x0"], post["coef_xt"],
+                                post["log_var"], post["beta"], last, keys))
+  return x
 
 
 def ddim_sample(cfg: DiffusionConfig, fn: Callable, x, cond, grid, eta: float, key):

@@ -117,6 +117,28 @@ def ddpm_x0_eps(pred, x_t, abar, prediction: str):
   raise ValueError(f"DDPM prediction '{prediction}' is unknown; use 'eps', 'x0' or 'v'.")
 
 
+def posterior_tables(abar: np.ndarray) -> dict[str, np.ndarray]:
+  """q(x_prev | x_t, x0) for a (possibly respaced) abar sequence in time order.
+
+  x_prev = coef_x0 * x0 + coef_xt * x_t + sqrt(var) z. ``log_var`` is clipped at
+  the first step (where the posterior variance is 0), as in Nichol & Dhariwal.
+  """
+  abar = np.asarray(abar, np.float64)
+  abar_prev = np.concatenate([[1.0], abar[:-1]])
+  beta = 1.0 - abar / abar_prev
+  var = beta * (1.0 - abar_prev) / (1.0 - abar)
+  log_var = np.log(np.concatenate([var[1:2], var[1:]]) if len(var) > 1 else beta)
+  return dict(beta=beta, var=var, log_var=log_var,
+              coef_x0=np.sqrt(abar_prev) * beta / (1.0 - abar),
+              coef_xt=np.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar))
+
+
+def gaussian_kl(mean1, log_var1, mean2, log_var2):
+  """KL(N(mean1, e^log_var1) || N(mean2, e^log_var2)), elementwise, in nats."""
+  return 0.5 * (-1.0 + log_var2 - log_var1 + jnp.exp(log_var1 - log_var2)
+                + jnp.square(mean1 - mean2) * jnp.exp(-log_var2))
+
+
 def snr(objective: str, t_or_abar):
   """Signal-to-noise ratio: abar / (1 - abar) (DDPM) or ((1 - t) / t)^2 (flow)."""
   if objective == "flow":

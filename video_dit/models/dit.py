@@ -33,7 +33,7 @@ from video_dit.sharding import constrain
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 _ACT = ("act_batch", "act_len", "act_embed")
 
@@ -47,7 +47,7 @@ class ModelConfig:
   mlp_ratio: float = 4.0
   patch: tuple[int, int, int] = (1, 2, 2)
   channels: int = 3
-  learn_sigma: bool = False
+  learn_sigma: bool = False        # DDPM: also output the interpolated log-variance
   rope: bool = True
   rope_split: tuple[int, int, int] = (16, 24, 24)   # (t, h, w) shares of head_dim
   rope_theta: float = 10000.0

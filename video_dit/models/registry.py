@@ -91,7 +91,7 @@ def model_config(config) -> ModelConfig:
       resampler_depth=idc.resampler_depth)
   return ModelConfig(
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-      patch=patch, channels=m.channels, learn_sigma=m.learn_sigma, rope=m.rope,
+      patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
       remat=m.remat, attention=m.attention, text=text,
       text_pooled_to_adaln=tx.pooled_to_adaln, identity=ident, identity_mode=idc.mode,
