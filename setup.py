@@ -13,10 +13,17 @@ INSTALL_REQUIRES = [
     "chex==0.1.92",
     "absl-py",
     "numpy",
+    "pillow",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "av",
 ]
 
+FACES = ["opencv-python-headless<5"]
 EXTRAS_REQUIRE = {
-    "test": ["pytest", "pytest-xdist"],
+    "faces": FACES,
+    "test": ["pytest", "pytest-xdist", "scikit-video"] + FACES,
 }
 
 setuptools.setup(

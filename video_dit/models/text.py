@@ -8,11 +8,37 @@ pretrained one, or embeddings precomputed into the dataset) can replace it.
 from __future__ import annotations
 
 import dataclasses
+import re
+import zlib
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from video_dit.models import layers
+
+
+class HashTokenizer:
+  """The trainable encoder's tokenizer: lower-cased words and punctuation, each
+  hashed (crc32) into [1, vocab_size); 0 pads. Stable across runs and machines,
+  needs no vocabulary file; rare collisions only merge two words."""
+
+  def __init__(self, vocab_size: int, max_len: int, pad_id: int = 0):
+    if vocab_size < 2:
+      raise ValueError(f"text.vocab_size={vocab_size} must be >= 2")
+    self.vocab_size, self.max_len, self.pad_id = vocab_size, max_len, pad_id
+
+  def words(self, text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+  def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    """(N,) strings -> (N, max_len) int32 ids, truncated and padded."""
+    ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
+    for i, text in enumerate(texts):
+      for j, word in enumerate(self.words(text)[:self.max_len]):
+        ids[i, j] = 1 + zlib.crc32(word.encode()) % (self.vocab_size - 1)
+    return ids
 
 
 @dataclasses.dataclass(frozen=True)

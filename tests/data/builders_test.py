@@ -1,0 +1,150 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from video_dit import video_io
+from video_dit.data import builders, synthetic
+
+SPEC = synthetic.SyntheticSpec(num_identities=5, clips_per_identity=2, frames=8, height=32,
+                               width=32, face_size=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("synthetic"))
+  report = builders.SyntheticFaces(data_dir=data_dir, spec=SPEC).prepare()
+  assert report["built"] == {"train": 8, "test": 2} and not report["skipped"]
+  return data_dir
+
+
+def test_synthetic_round_trip(synthetic_dir):
+  for split in ("train", "test"):
+    source = builders.data_source(synthetic_dir, split)
+    assert len(source) == len(SPEC.identity_ids(split)) * SPEC.clips_per_identity
+    for record in source:
+      key = record["key"].decode()
+      identity, clip = int(key[2:8]), int(key[-4:])
+      want = synthetic.make_example(SPEC, identity, clip)
+      np.testing.assert_array_equal(video_io.decode_frames(record["frames"]), want["video"])
+      np.testing.assert_array_equal(video_io.decode_image(record["face"]), want["face"])
+      assert record["caption"].decode() == want["caption"]
+      assert (record["identity_index"], record["action"]) == (identity, want["action"])
+      assert identity in SPEC.identity_ids(split)
+
+
+def test_find_dataset_errors_and_ignores_incomplete_builds(tmp_path, synthetic_dir):
+  with pytest.raises(FileNotFoundError, match="no prepared dataset under .*make_dataset"):
+    builders.find_dataset(str(tmp_path))
+  # A build killed half-way (TFDS's incomplete.* folder) is never picked up.
+  partial = tmp_path / "synthetic_faces" / "cfg" / "incomplete.ABC_1.0.0"
+  partial.mkdir(parents=True)
+  (partial / "dataset_info.json").write_text("{}")
+  with pytest.raises(FileNotFoundError):
+    builders.find_dataset(str(tmp_path))
+  assert builders.find_dataset(synthetic_dir).endswith("1.0.0")
+  with pytest.raises(ValueError, match="split 'validation' is not in"):
+    builders.data_source(synthetic_dir, "validation")
+
+
+def test_killed_build_leaves_nothing_readable(tmp_path):
+  class Crashing(builders.SyntheticFaces):
+    def _generate_examples(self, split):
+      for i, ex in enumerate(super()._generate_examples(split)):
+        if i == 3:
+          raise KeyboardInterrupt("killed")
+        yield ex
+
+  with pytest.raises(KeyboardInterrupt):
+    Crashing(data_dir=str(tmp_path), spec=SPEC).prepare()
+  with pytest.raises(FileNotFoundError):
+    builders.find_dataset(str(tmp_path))
+  builders.SyntheticFaces(data_dir=str(tmp_path), spec=SPEC).prepare()  # a rebuild works
+  assert len(builders.data_source(str(tmp_path), "train")) == 8
+
+
+def _write_folder(root):
+  """A dataset folder with good clips and one record for every bad-input case."""
+  rng = np.random.default_rng(0)
+  os.makedirs(root / "clips")
+  os.makedirs(root / "faces")
+  attrs = synthetic.identity_attributes(0, 0)
+  clip = synthetic.render_frames(attrs, synthetic.action_poses(0, 12),
+                                 synthetic._background(rng, 48, 64))  # pylint: disable=protected-access
+  video_io.write_video(str(root / "clips/good.mp4"), clip, fps=8)
+  video_io.write_video(str(root / "clips/short.mp4"), clip[:4], fps=8)
+  video_io.write_video(str(root / "clips/flat.mp4"), np.full((12, 48, 64, 3), 128, np.uint8), 8)
+  (root / "clips/corrupt.mp4").write_bytes(b"not a video at all" * 10)
+  face = synthetic.render_reference(attrs, 40, rng)
+  with open(root / "faces/p1.png", "wb") as f:
+    f.write(video_io.encode_frames(face[None])[0])
+  ok = dict(caption="a person nods", identity="p1", consent=True, face="faces/p1.png")
+  lines = [
+      json.dumps(dict(ok, video="clips/good.mp4")),                          # 1 built
+      json.dumps(dict(ok, video="clips/good.mp4", start=0.25, end=1.5)),     # 2 built
+      json.dumps(dict(ok, video="clips/corrupt.mp4")),                       # 3 corrupt
+      json.dumps(dict(ok, video="clips/short.mp4")),                         # 4 too short
+      json.dumps(dict(ok, video="clips/missing.mp4")),                       # 5 unreadable
+      json.dumps(dict(ok, video="clips/good.mp4", start=0.5, face="faces/nope.png")),  # 6
+      json.dumps({k: v for k, v in dict(ok, video="clips/flat.mp4").items() if k != "face"}),
+      json.dumps(dict(ok, video="clips/good.mp4", start=0.75, caption="  ")),  # 8 empty
+      json.dumps(dict(ok, video="../outside.mp4")),                          # 9 escapes
+      json.dumps(dict(ok, video="clips/good.mp4", start=1.0, identity="p2",
+                      consent=False)),                                       # 10 consent
+      json.dumps(dict(ok, video="clips/good.mp4")),                          # 11 duplicate
+      "{not json",                                                           # 12
+  ]
+  (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+  return [None, None, "unreadable or corrupt video", "fewer than the 8 asked",
+          "unreadable or corrupt video", "face image faces/nope.png is missing",
+          "no face found", "empty caption", "escapes the dataset root", "has no consent",
+          "duplicate record", "not valid JSON"]
+
+
+def test_folder_builds_good_records_and_reports_every_bad_one(tmp_path):
+  expected = _write_folder(tmp_path / "clips_root")
+  builder = builders.VideoFolder(
+      data_dir=str(tmp_path / "data"), manifest=str(tmp_path / "clips_root/manifest.jsonl"),
+      options=builders.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0))
+  report = builder.prepare()
+  assert report["built"] == {"train": 2}
+  reasons = {int(s["record"].split()[1]): s["reason"] for s in report["skipped"]}
+  assert sorted(reasons) == [n for n, e in enumerate(expected, 1) if e]
+  for n, want in enumerate(expected, 1):
+    if want:
+      assert want in reasons[n], (n, reasons[n])
+  source = builders.data_source(str(tmp_path / "data"), "train")
+  lengths = sorted(len(r["frames"]) for r in source)
+  assert lengths == [10, 12]  # the whole clip, and 0.25 s .. 1.5 s at 8 fps
+  record = source[0]
+  assert video_io.decode_image(record["face"]).shape == (32, 32, 3)
+  assert record["caption"] == b"a person nods" and record["identity"] == b"p1"
+  # The skipped records are stored with the dataset too.
+  assert len(builder.info.metadata["report"]["skipped"]) == 10
+
+
+def test_identity_split_is_disjoint_and_stable():
+  ids = [f"person{i}" for i in range(500)]
+  test = {i for i in ids if builders.identity_split(i, 0.2) == "test"}
+  assert 60 < len(test) < 140
+  assert test == {i for i in ids if builders.identity_split(i, 0.2) == "test"}
+
+
+def _run_make_dataset(*args):
+  return subprocess.run([sys.executable, "-m", "tools.make_dataset", *args],
+                        capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+def test_make_dataset_cli(tmp_path):
+  out = _run_make_dataset("synthetic", f"--data_dir={tmp_path}/syn", "--num_identities=3",
+                          "--clips_per_identity=1", "--frames=8", "--resolution=32")
+  assert out.returncode == 0, out.stderr
+  assert "built: 3 records (test 1, train 2)" in out.stdout and "skipped: 0" in out.stdout
+  (tmp_path / "m.jsonl").write_text('{"video": "x.mp4", "caption": "", "identity": "a"}\n')
+  out = _run_make_dataset("folder", f"--data_dir={tmp_path}/f", f"--manifest={tmp_path}/m.jsonl")
+  assert out.returncode == 1
+  assert "line 1: empty caption" in out.stdout and "nothing could be built" in out.stderr

@@ -1,0 +1,301 @@
+"""TFDS builders writing ArrayRecord shards, without TensorFlow.
+
+Two datasets of face-video triads with the same features:
+
+  frames     encoded frames (PNG for synthetic, JPEG for real video)
+  face       PNG of the reference face crop
+  caption    the action, in words
+  identity   identity id (string); identity_index / action: ints (-1 = unknown)
+  fps, key
+
+* ``synthetic_faces``: ``video_dit.data.synthetic`` rendered at build time.
+* ``video_folder``: a ``manifest.jsonl`` of clips relative to its folder.
+
+TFDS writes into an ``incomplete.*`` folder and renames it when every split is
+done, so a killed build leaves nothing that ``find_dataset`` would accept. Bad
+folder records are skipped with a reason each (``builder.report``, also stored
+in the dataset's metadata); the build goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+import zlib
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from video_dit import video_io
+from video_dit.data import faces, synthetic
+
+VERSION = "1.0.0"
+
+
+def _features() -> tfds.features.FeaturesDict:
+  obj = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.object_)
+  return tfds.features.FeaturesDict({
+      "frames": obj((None,)),
+      "face": obj(()),
+      "caption": tfds.features.Text(),
+      "identity": tfds.features.Text(),
+      "identity_index": tfds.features.Scalar(dtype=np.int64),
+      "action": tfds.features.Scalar(dtype=np.int64),
+      "fps": tfds.features.Scalar(dtype=np.float32),
+      "key": tfds.features.Text(),
+  })
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared: features, ArrayRecord, and a report of skipped records."""
+  VERSION = tfds.core.Version(VERSION)
+  url_infos = {}  # nothing is downloaded (and no checksums file is looked up)
+
+  def __init__(self, *, data_dir: str, **kwargs):
+    super().__init__(data_dir=data_dir, file_format="array_record", **kwargs)
+    self.report: dict[str, Any] = {"built": collections.Counter(), "skipped": []}
+    self.excluded_splits: set[str] = set()
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=_features(),
+                                 metadata=tfds.core.MetadataDict())
+
+  def _skip(self, where: str, reason: str) -> None:
+    self.report["skipped"].append({"record": where, "reason": reason})
+
+  def prepare(self) -> dict[str, Any]:
+    """Builds the dataset (no-op if it exists); returns the build report.
+
+    TFDS refuses a split without examples; when every record of a split turns
+    out bad, the build is redone once without that split. When nothing at all
+    could be built the report says so and no dataset is written.
+    """
+    self.excluded_splits = set()
+    for attempt in range(2):
+      self.report["built"].clear()
+      self.report["skipped"].clear()
+      self.info.metadata["report"] = self.report
+      try:
+        self.download_and_prepare()
+        return self.report
+      except AssertionError as e:
+        if "No examples were yielded" not in str(e):
+          raise
+        if not sum(self.report["built"].values()) or attempt:
+          return self.report
+        self.excluded_splits = {"train", "test"} - set(self.report["built"])
+    return self.report
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+class SyntheticFaces(_Builder):
+  """Procedural identities doing captioned actions; train/test identities disjoint."""
+  name = "synthetic_faces"
+
+  def __init__(self, *, data_dir: str, spec: synthetic.SyntheticSpec):
+    self.spec = spec
+    # The spec names the config, so datasets of different specs live side by side.
+    config = tfds.core.BuilderConfig(
+        name=(f"{spec.frames}f_{spec.height}x{spec.width}_face{spec.face_size}_"
+              f"{spec.num_identities}ids_{spec.clips_per_identity}clips_"
+              f"test{spec.test_fraction:g}_seed{spec.seed}"))
+    super().__init__(data_dir=data_dir, config=config)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in ("train", "test")}
+
+  def _generate_examples(self, split):
+    for ex in synthetic.examples(self.spec, split):
+      self.report["built"][split] += 1
+      yield ex["key"], dict(
+          frames=np.asarray(video_io.encode_frames(ex["video"], "png"), dtype=object),
+          face=video_io.encode_frames(ex["face"][None], "png")[0],
+          caption=ex["caption"], identity=f"id{ex['identity']:06d}",
+          identity_index=ex["identity"], action=ex["action"], fps=8.0, key=ex["key"])
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderOptions:
+  min_frames: int = 8               # records with fewer frames are skipped
+  max_side: int = 256               # stored frames are at most this large
+  face_size: int = 128              # stored reference crop side
+  test_fraction: float = 0.1        # identities hashed into the test split
+  allow_missing_consent: bool = False
+  jpeg_quality: int = 90
+
+
+def identity_split(identity: str, test_fraction: float) -> str:
+  """A stable, disjoint split of identities by hash."""
+  return "test" if zlib.crc32(identity.encode()) % 10_000 < test_fraction * 10_000 else "train"
+
+
+class VideoFolder(_Builder):
+  """Clips listed in ``manifest.jsonl``: one JSON object per clip, paths relative to it:
+
+    {"video": "clips/a.mp4", "caption": "a man nods", "face": "faces/a.png",
+     "identity": "p017", "consent": true, "start": 1.0, "end": 3.5}
+
+  ``face`` is optional: a face is then detected in a frame outside the clip and
+  cropped. ``start``/``end`` (seconds) cut a clip out of a longer video.
+  """
+  name = "video_folder"
+
+  def __init__(self, *, data_dir: str, manifest: str, options: FolderOptions = FolderOptions()):
+    self.manifest = os.path.abspath(manifest)
+    self.root = os.path.dirname(self.manifest)
+    self.options = options
+    digest = zlib.crc32(json.dumps([self.manifest, dataclasses.asdict(options)]).encode())
+    config = tfds.core.BuilderConfig(name=f"{os.path.basename(self.root) or 'root'}_{digest:08x}")
+    super().__init__(data_dir=data_dir, config=config)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    if not os.path.isfile(self.manifest):
+      raise FileNotFoundError(f"manifest {self.manifest} does not exist; pass "
+                              "--manifest=path/to/manifest.jsonl")
+    records = list(self._records())
+    splits = {identity_split(str(r["identity"]), self.options.test_fraction)
+              for _, r in records} - self.excluded_splits
+    return {split: self._generate_examples(records, split) for split in sorted(splits)}
+
+  def _records(self) -> Iterator[tuple[str, dict]]:
+    """Valid manifest entries; everything else is reported and skipped."""
+    seen = {}
+    with open(self.manifest, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        where = f"line {n}"
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError as e:
+          self._skip(where, f"not valid JSON ({e.msg})")
+          continue
+        problem = self._check(rec)
+        if problem:
+          self._skip(where, problem)
+          continue
+        ident = (rec["video"], rec.get("start"), rec.get("end"))
+        if ident in seen:
+          self._skip(where, f"duplicate record (same video and times as {seen[ident]})")
+          continue
+        seen[ident] = where
+        yield where, rec
+
+  def _check(self, rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+      return "not a JSON object"
+    for field in ("video", "caption", "identity"):
+      if field not in rec:
+        return f"missing field '{field}'"
+    if not str(rec["caption"]).strip():
+      return "empty caption"
+    if rec.get("consent") is not True and not self.options.allow_missing_consent:
+      return (f"identity '{rec['identity']}' has no consent (\"consent\": true); "
+              "fix the manifest or pass --allow_missing_consent")
+    for field in ("video", "face"):
+      if field in rec and not self._inside_root(rec[field]):
+        return f"{field} path '{rec[field]}' escapes the dataset root {self.root}"
+    return None
+
+  def _inside_root(self, path: str) -> bool:
+    full = os.path.realpath(os.path.join(self.root, path))
+    return os.path.commonpath([full, os.path.realpath(self.root)]) == os.path.realpath(self.root)
+
+  def _generate_examples(self, records, split):
+    opts = self.options
+    for where, rec in records:
+      if identity_split(str(rec["identity"]), opts.test_fraction) != split:
+        continue
+      try:
+        example = self._example(rec)
+      except _Skip as e:
+        self._skip(where, str(e))
+        continue
+      self.report["built"][split] += 1
+      yield f"{where}:{rec['video']}", example
+
+  def _example(self, rec: dict) -> dict:
+    opts = self.options
+    path = os.path.join(self.root, rec["video"])
+    try:
+      frames, fps = video_io.read_video(path, max_side=opts.max_side)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Skip(f"unreadable or corrupt video {rec['video']}: {type(e).__name__}: {e}") from e
+    first = int(round(float(rec.get("start", 0.0)) * fps))
+    last = int(round(float(rec["end"]) * fps)) if "end" in rec else len(frames)
+    clip = frames[first:min(last, len(frames))]
+    outside = np.concatenate([frames[:first], frames[last:]])
+    if "face" not in rec and not len(outside):
+      # Keep a tail of the video out of the clip so the reference is not a clip frame.
+      reserve = max(1, len(frames) // 10)
+      clip, outside = clip[:-reserve], clip[-reserve:]
+    if len(clip) < opts.min_frames:
+      raise _Skip(f"clip has {len(clip)} frames, fewer than the {opts.min_frames} asked "
+                  "(--min_frames)")
+    if "face" in rec:
+      face_path = os.path.join(self.root, rec["face"])
+      if not os.path.isfile(face_path):
+        raise _Skip(f"face image {rec['face']} is missing")
+      try:
+        with open(face_path, "rb") as f:
+          face = video_io.decode_image(f.read())
+      except Exception as e:  # pylint: disable=broad-except
+        raise _Skip(f"unreadable face image {rec['face']}: {e}") from e
+      face = faces.square_resize(face, opts.face_size)
+    else:
+      face = faces.crop_face_from_frames(outside, opts.face_size)
+      if face is None:
+        raise _Skip("no face found in the frames outside the clip; add a \"face\" image")
+    identity = str(rec["identity"])
+    return dict(
+        frames=np.asarray(video_io.encode_frames(clip, "jpeg", opts.jpeg_quality), dtype=object),
+        face=video_io.encode_frames(face[None], "png")[0],
+        caption=str(rec["caption"]).strip(), identity=identity,
+        identity_index=-1, action=-1, fps=fps,
+        key=f"{rec['video']}@{rec.get('start', 0)}")
+
+
+class _Skip(Exception):
+  """A record that cannot be built, with the reason."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def find_dataset(data_dir: str) -> str:
+  """The one prepared dataset version folder under ``data_dir`` (or data_dir itself)."""
+  if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+    return data_dir
+  found = [os.path.dirname(p) for depth in ("*/*", "*/*/*")
+           for p in glob.glob(os.path.join(data_dir, depth, "dataset_info.json"))]
+  # TFDS builds into incomplete.* folders and renames them when done.
+  found = sorted(p for p in found
+                 if not any(part.startswith("incomplete") for part in p.split(os.sep)))
+  if not found:
+    raise FileNotFoundError(
+        f"no prepared dataset under {data_dir}; build one with "
+        f"`python -m tools.make_dataset synthetic --data_dir={data_dir}` (or `folder`)")
+  if len(found) > 1:
+    raise ValueError(f"{len(found)} datasets under {data_dir}: {found}; set data.data_dir "
+                     "to one of them")
+  return found[0]
+
+
+def data_source(data_dir: str, split: str):
+  """Random-access source of one split (``tfds`` ArrayRecord reader)."""
+  builder = tfds.builder_from_directory(find_dataset(data_dir))
+  if split not in builder.info.splits:
+    raise ValueError(f"split '{split}' is not in {find_dataset(data_dir)}; "
+                     f"it has {list(builder.info.splits)}")
+  return builder.as_data_source(split)
