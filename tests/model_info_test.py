@@ -2,7 +2,7 @@ import jax
 import numpy as np
 
 from tests import helpers
-from tools import model_info
+from video_dit import model_info
 
 
 def test_one_sharded_forward_backward_reports_real_numbers():
