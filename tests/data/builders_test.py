@@ -148,3 +148,13 @@ def test_make_dataset_cli(tmp_path):
   out = _run_make_dataset("folder", f"--data_dir={tmp_path}/f", f"--manifest={tmp_path}/m.jsonl")
   assert out.returncode == 1
   assert "line 1: empty caption" in out.stdout and "nothing could be built" in out.stderr
+
+
+def test_an_edited_manifest_builds_a_new_dataset(tmp_path):
+  _write_folder(tmp_path / "root")
+  manifest = tmp_path / "root/manifest.jsonl"
+  make = lambda: builders.VideoFolder(data_dir=str(tmp_path / "data"), manifest=str(manifest),
+                                      options=builders.FolderOptions(test_fraction=0.0))
+  first = make()
+  manifest.write_text(manifest.read_text().splitlines()[0] + "\n")
+  assert make().data_path != first.data_path

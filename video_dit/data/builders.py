@@ -154,7 +154,14 @@ class VideoFolder(_Builder):
     self.manifest = os.path.abspath(manifest)
     self.root = os.path.dirname(self.manifest)
     self.options = options
-    digest = zlib.crc32(json.dumps([self.manifest, dataclasses.asdict(options)]).encode())
+    # The manifest's contents and the options name the config: an edited manifest
+    # builds a new dataset instead of reusing a stale one.
+    content = b""
+    if os.path.isfile(self.manifest):
+      with open(self.manifest, "rb") as f:
+        content = f.read()
+    digest = zlib.crc32(json.dumps([self.manifest, dataclasses.asdict(options)]).encode()
+                        + content)
     config = tfds.core.BuilderConfig(name=f"{os.path.basename(self.root) or 'root'}_{digest:08x}")
     super().__init__(data_dir=data_dir, config=config)
 
