@@ -158,18 +158,17 @@ def tree_shardings(boxed_tree, mesh: Mesh) -> Any:
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Sharding of a global batch array: leading dim over ('data', 'fsdp')."""
-  return NamedSharding(mesh, logical_to_spec(("act_batch",) + (None,) * (ndim - 1),
-                                             None, mesh))
-
-
 def shard_batch(tree, mesh: Mesh):
-  """Places a host tree of arrays as global arrays sharded over the batch axes."""
+  """Process-local host batches -> global arrays sharded over ('data', 'fsdp').
+
+  Each process passes its own slice of the global batch (all of it when there
+  is one process); the leading dimensions are concatenated in process order.
+  """
   def put(x):
     x = np.asarray(x)
-    spec = logical_to_spec(("act_batch",) + (None,) * (x.ndim - 1), x.shape, mesh)
-    return jax.device_put(x, NamedSharding(mesh, spec))
+    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+    spec = logical_to_spec(("act_batch",) + (None,) * (x.ndim - 1), global_shape, mesh)
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
   return jax.tree.map(put, tree)
 
 

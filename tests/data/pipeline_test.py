@@ -105,7 +105,7 @@ def test_resize_and_crop_other_resolutions(config):
 
 def test_global_batches_are_sharded_over_batch_axes(config):
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  b = pipeline.to_global(_batches(config, 1)[0], mesh)
+  b = sharding.shard_batch(_batches(config, 1)[0], mesh)
   assert b["video"].sharding.spec[0] == ("data", "fsdp")
   assert b["video"].shape == (4, 4, 32, 32, 3) and len(b["video"].addressable_shards) == 8
 

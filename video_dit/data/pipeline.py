@@ -7,8 +7,8 @@
 Everything is a deterministic function of (seed, record index), so a resumed
 iterator (``get_state`` / ``set_state``, saved with the checkpoint) yields
 exactly the batches an uninterrupted run would. Videos and images (T = 1) take
-the same path. Each process reads only its own shard; ``to_global`` assembles
-the processes' local batches into global arrays sharded over ('data', 'fsdp').
+the same path. Each process reads only its own shard; ``sharding.shard_batch``
+assembles the processes' local batches into global arrays over ('data', 'fsdp').
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import jax
 import numpy as np
 from PIL import Image
 
-from video_dit import sharding
 from video_dit import video_io
 from video_dit.data import builders
 from video_dit.models.text import HashTokenizer
@@ -119,15 +118,3 @@ def make_iterator(config, split: str = "train", *, train: bool = True,
   options = grain.ReadOptions(num_threads=config.data.num_threads,
                               prefetch_buffer_size=config.data.prefetch)
   return iter(ds.to_iter_dataset(options))
-
-
-def to_global(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Local (per-process) batches -> global arrays sharded over ('data', 'fsdp')."""
-  def put(x):
-    x = np.asarray(x)
-    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-    spec = sharding.logical_to_spec(("act_batch",) + (None,) * (x.ndim - 1), global_shape,
-                                    mesh)
-    return jax.make_array_from_process_local_data(jax.sharding.NamedSharding(mesh, spec), x,
-                                                  global_shape)
-  return jax.tree.map(put, local_batch)
