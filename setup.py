@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "array-record==0.8.6",
     "grain==0.2.18",
     "av",
+    "tensorboardX",
 ]
 
 FACES = ["opencv-python-headless<5"]

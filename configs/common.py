@@ -78,10 +78,17 @@ def base_config() -> ml_collections.ConfigDict:
       weighting="none", min_snr_gamma=5.0, learn_sigma=False, vlb_weight=1.0)
   c.sample = dict(sampler="euler", num_steps=50, shift=0.0, eta=0.0, text_scale=4.0,
                   face_scale=2.0, interval=(0.0, 1.0))
-  c.data = dict(data_dir="data/synthetic_faces", frames=16, height=64, width=64, stride=1,
-                batch_size=32, num_threads=4, prefetch=8)
+  c.data = dict(dataset="synthetic_faces", data_dir="data/synthetic_faces", frames=16,
+                height=64, width=64, stride=1, batch_size=32, num_threads=4, prefetch=8,
+                # synthetic_faces, built on first use when data_dir has no dataset:
+                num_identities=200, clips_per_identity=8, test_fraction=0.2)
+  c.optim = dict(lr=1e-4, schedule="cosine", warmup_steps=1000, final_lr_frac=0.1,
+                 weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, grad_accum=1)
+  c.ema = dict(decay=0.9999, warmup=True)
+  # Condition dropout for guidance; 'stop' or 'skip' the update on a non-finite loss.
+  c.train = dict(log_every=50, text_drop=0.1, id_drop=0.1, both_drop=0.1, nonfinite="stop")
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.ckpt = dict(every_steps=1000, keep=3)
+  c.ckpt = dict(every_steps=1000, keep=3, init_from="")
   return c
 
 
@@ -93,7 +100,11 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.text.update(vocab_size=256, max_len=16, width=32, depth=1, num_heads=2)
   c.identity.update(face_size=32, face_patch=8, width=32, depth=1, num_heads=2,
                     num_tokens=4, resampler_depth=1)
-  c.data.update(frames=8, height=32, width=32, batch_size=8)
+  c.data.update(data_dir="data/synthetic_faces_runlocal", frames=8, height=32, width=32,
+                batch_size=8, num_identities=20, clips_per_identity=4)
+  c.optim.update(lr=1e-3, warmup_steps=5)
+  c.ema.decay = 0.99
+  c.train.log_every = 5
   c.sample.num_steps = 8
   c.total_steps = 20
   c.ckpt.update(every_steps=10, keep=2)

@@ -71,9 +71,21 @@ def steps(directory: str) -> list[int]:
     return sorted(manager.all_steps())
 
 
+def path_str(path) -> str:
+  """'params/block_0/mlp/...' whatever containers held the leaf (dicts, dataclasses,
+  tuples), so saved metadata and live trees compare."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
 def _paths_and_shapes(tree) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+  return {path_str(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
 def check_compatible(saved_tree, target_tree, what: str) -> None:
@@ -106,12 +118,30 @@ def restore_config(directory: str, step: int) -> dict:
         config=ocp.args.JsonRestore()))["config"])
 
 
+def load_host(directory: str, step: int | None = None) -> tuple[int, Any]:
+  """(step, saved state as a tree of numpy arrays) on this host, whatever mesh saved it."""
+  available = steps(directory)
+  if not available:
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  step = available[-1] if step is None else step
+  if step not in available:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; it has {available}")
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with _manager(directory, read_only=True) as manager:
+    meta = manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          meta)
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  return step, jax.device_get(out["state"])
+
+
 def digest(tree) -> str:
   """A stable sha256 of a tree's leaves (paths, dtypes, shapes and bytes)."""
   h = hashlib.sha256()
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
     x = np.asarray(jax.device_get(x))
-    h.update(jax.tree_util.keystr(path).encode())
+    h.update(path_str(path).encode())
     h.update(f"{x.dtype}{x.shape}".encode())
     h.update(np.ascontiguousarray(x).tobytes())
   return h.hexdigest()[:16]

@@ -1,0 +1,314 @@
+"""Training: train_step and train_and_evaluate, in the order things happen.
+
+    validate config -> mesh -> data -> abstract init (eval_shape) -> shardings from
+    the logical rules -> jit init with out_shardings -> restore -> loop
+
+Resume order: the workdir's latest checkpoint, else ``config.ckpt.init_from``
+(parameters and EMA only), else scratch; re-running the same command resumes.
+The step is one ``jax.jit`` over the mesh with the state donated. Everything
+random is a function of (config.seed, step), and the data position is saved
+with each checkpoint, so a resumed run is bit-identical to an uninterrupted one.
+SIGTERM / SIGINT finish the current step, save and return; a non-finite loss
+stops the run naming the step (or skips the update with
+``train.nonfinite='skip'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from video_dit import checkpoint, sharding
+from video_dit.data import builders, pipeline, synthetic
+from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit.metrics import MetricWriter, Progress
+from video_dit.models import flops as flops_lib
+from video_dit.models import registry
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array  # raw key data (uint32), so it checkpoints as a plain array
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def learning_rate(config) -> optax.Schedule:
+  o = config.optim
+  warmup = max(o.warmup_steps, 0)
+  if o.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup, max(config.total_steps, warmup + 1), end_value=o.lr * o.final_lr_frac)
+  if o.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup),
+                                 optax.constant_schedule(o.lr)], [warmup])
+  raise ValueError(f"optim.schedule='{o.schedule}' is unknown; use 'cosine' or 'constant'.")
+
+
+def decay_mask(params):
+  """Weight decay on dense kernels only: not on norms, biases, embeddings, gates."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
+      optax.adamw(learning_rate(config), o.b1, o.b2, o.eps, weight_decay=o.weight_decay,
+                  mask=decay_mask))
+
+
+def ema_decay(config, step):
+  """EMA decay, warmed up as min(decay, (1 + step) / (10 + step))."""
+  decay = jnp.float32(config.ema.decay)
+  if config.ema.warmup:
+    decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return decay
+
+
+def condition_dropout(key, batch: int, config) -> tuple[jax.Array, jax.Array]:
+  """(drop_text, drop_id) per example: both with p_both, else text or identity alone."""
+  t = config.train
+  u = jax.random.uniform(key, (batch,))
+  both = u < t.both_drop
+  text_only = (u >= t.both_drop) & (u < t.both_drop + t.text_drop)
+  id_only = (u >= t.both_drop + t.text_drop) & (u < t.both_drop + t.text_drop + t.id_drop)
+  return both | text_only, both | id_only
+
+
+def model_inputs(batch: dict) -> tuple[jax.Array, dict]:
+  """Pipeline batch -> (clean video x0, model conditions)."""
+  cond = {"text_ids_bl": batch["text_ids"]}
+  if "face" in batch:
+    cond["face_bhwc"] = batch["face"]
+  if "face_embed" in batch:
+    cond["face_embed_be"] = batch["face_embed"]
+  return batch["video"], cond
+
+
+def make_train_step(model, diffusion: Diffusion, tx, config):
+  """The pure step ``(state, batch) -> (state, metrics)``."""
+  accum = config.optim.grad_accum
+  skip_nonfinite = config.train.nonfinite == "skip"
+  lr = learning_rate(config)
+
+  def loss_fn(params, x0, cond, key):
+    model_fn = lambda x, t, c: model.apply(params, x, t, **c)
+    return diffusion.loss(model_fn, x0, cond, key)[0]
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    k_drop, k_loss = jax.random.split(key)
+    x0, cond = model_inputs(batch)
+    b = x0.shape[0]
+    cond["drop_text_b"], cond["drop_id_b"] = condition_dropout(k_drop, b, config)
+
+    def micro(i):
+      part = lambda v: jax.lax.dynamic_slice_in_dim(v, i * (b // accum), b // accum)
+      return (part(x0), jax.tree.map(part, cond), jax.random.fold_in(k_loss, i))
+
+    if accum == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, cond, k_loss)
+    else:
+      def body(carry, i):
+        l, g = jax.value_and_grad(loss_fn)(state.params, *micro(i))
+        return jax.tree.map(jnp.add, carry, (l, g)), None
+      zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(body, zero, jnp.arange(accum))
+      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = ema_decay(config, state.step)
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params, opt_state, ema = (keep(params, state.params), keep(opt_state, state.opt_state),
+                                keep(ema, state.ema_params))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema)
+    return new_state, dict(loss=loss, grad_norm=grad_norm, lr=lr(state.step),
+                           finite=finite)
+
+  return train_step
+
+
+def ensure_dataset(config) -> None:
+  """Builds the synthetic dataset on first use; other datasets must exist."""
+  d = config.data
+  try:
+    builders.find_dataset(d.data_dir)
+    return
+  except FileNotFoundError:
+    if d.dataset != "synthetic_faces":
+      raise
+  spec = synthetic.SyntheticSpec(
+      num_identities=d.num_identities, clips_per_identity=d.clips_per_identity,
+      frames=max(8, d.frames * d.stride), height=d.height, width=d.width,
+      face_size=config.identity.face_size or d.height, test_fraction=d.test_fraction,
+      seed=config.seed)
+  if jax.process_index() == 0:
+    print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
+    builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
+  jax.experimental.multihost_utils.sync_global_devices("dataset built")
+
+
+def validate(config) -> tuple[Any, Diffusion]:
+  """Every config check that can fail, before anything is compiled."""
+  model, cfg = registry.build(config)
+  shape = registry.video_shape(config)
+  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
+  SamplerConfig.from_config(config.sample).check(diffusion.config.objective)
+  learning_rate(config)
+  if config.train.nonfinite not in ("stop", "skip"):
+    raise ValueError(f"train.nonfinite='{config.train.nonfinite}' is unknown; use 'stop' or "
+                     "'skip'.")
+  if config.optim.grad_accum < 1 or config.data.batch_size % config.optim.grad_accum:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by "
+                     f"optim.grad_accum={config.optim.grad_accum}.")
+  return model, diffusion
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class _Preemption:
+  """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    print(f"\nsignal {signum}: finishing the step, saving, exiting", flush=True)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
+  model, diffusion = validate(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  sharding.check_batch(config.data.batch_size, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_json)
+
+  ensure_dataset(config)
+  data_iter = pipeline.make_iterator(config, "train")
+
+  # Abstract init -> shardings for params, optimizer state and EMA.
+  tx = optimizer(config)
+  init_inputs = registry.dummy_inputs(config, 1)
+  boxed = jax.eval_shape(lambda k: model.init(k, **init_inputs), jax.random.key(0))
+  param_sh = sharding.tree_shardings(boxed, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, tx.init(nn.unbox(boxed)), param_sh,
+                                 transform_non_params=lambda _: replicated)
+  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                        ema_params=param_sh, rng=replicated)
+
+  def init_state(key):
+    params = nn.unbox(model.init(key, **init_inputs))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params, rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.seed))
+
+  ckpt = checkpoint.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state = ckpt.restore(start, state)
+    if data_state:
+      data_iter.set_state(data_state)
+    print(f"resumed from {ckpt.directory} step {start}", flush=True)
+  elif config.ckpt.init_from:
+    directory = os.path.join(config.ckpt.init_from, "checkpoints")
+    init_step = max(checkpoint.steps(directory), default=None)
+    if init_step is None:
+      raise FileNotFoundError(f"ckpt.init_from={config.ckpt.init_from} has no checkpoints")
+    loaded, _ = checkpoint.restore(directory, init_step, state)
+    state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
+    print(f"initialised from {directory} step {init_step}", flush=True)
+  start = int(state.step)
+
+  step_fn = make_train_step(model, diffusion, tx, config)
+  with jax.set_mesh(mesh):
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, None),
+                         donate_argnums=0)
+
+  cfg = registry.model_config(config)
+  shape = registry.video_shape(config)
+  flops_per_step = 3 * config.data.batch_size * flops_lib.forward_flops(cfg, shape,
+                                                                         config.text.max_len)
+  tokens_per_step = config.data.batch_size * flops_lib.num_tokens(cfg, shape)
+  writer, progress = MetricWriter(workdir), Progress(config.total_steps, start)
+  t_last, steps_since = time.perf_counter(), 0
+  with _Preemption() as preempt:
+    for step in range(start, config.total_steps):
+      batch = sharding.shard_batch(next(data_iter), mesh)
+      with jax.set_mesh(mesh):
+        state, metrics = train_step(state, batch)
+      metrics = jax.device_get(metrics)
+      if not metrics["finite"] and config.train.nonfinite == "stop":
+        ckpt.close()
+        raise FloatingPointError(
+            f"loss is {metrics['loss']} (grad norm {metrics['grad_norm']}) at step {step + 1}; "
+            f"stopping. The last good checkpoint (step {ckpt.latest_step()}) is kept; lower "
+            "optim.lr or set train.nonfinite='skip'.")
+      steps_since += 1
+      done = step + 1
+      if step == start:  # rates exclude the first step (compilation)
+        jax.block_until_ready(state)
+        t_last, steps_since = time.perf_counter(), 0
+      if done % config.train.log_every == 0 or done == config.total_steps:
+        seconds = time.perf_counter() - t_last
+        rate = steps_since / max(seconds, 1e-9)
+        writer.write(done, dict(loss=metrics["loss"], grad_norm=metrics["grad_norm"],
+                                lr=metrics["lr"], steps_per_s=rate,
+                                tokens_per_s=rate * tokens_per_step,
+                                tflops_per_s=rate * flops_per_step / 1e12,
+                                skipped=float(not metrics["finite"])))
+        t_last, steps_since = time.perf_counter(), 0
+      progress.update(done, f"loss {metrics['loss']:.4f}")
+      last = done == config.total_steps or preempt.requested
+      ckpt.save(done, state, data_iter.get_state(), config_json, force=last)
+      if preempt.requested:
+        break
+  ckpt.close()
+  writer.close()
+  progress.close()
+  return state
