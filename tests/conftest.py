@@ -8,4 +8,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
+
+# Tests compile the same small programs many times (and in subprocesses): share them.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), "video_dit_test_jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -118,13 +118,14 @@ def make_train_step(model, diffusion: Diffusion, tx, config):
     x0, cond = model_inputs(batch)
     b = x0.shape[0]
     cond["drop_text_b"], cond["drop_id_b"] = condition_dropout(k_drop, b, config)
+    keys = jax.random.split(k_loss, b)  # per example: micro-batching changes no draw
 
     def micro(i):
       part = lambda v: jax.lax.dynamic_slice_in_dim(v, i * (b // accum), b // accum)
-      return (part(x0), jax.tree.map(part, cond), jax.random.fold_in(k_loss, i))
+      return part(x0), jax.tree.map(part, cond), part(keys)
 
     if accum == 1:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, cond, k_loss)
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, cond, keys)
     else:
       def body(carry, i):
         l, g = jax.value_and_grad(loss_fn)(state.params, *micro(i))
@@ -235,8 +236,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   boxed = jax.eval_shape(lambda k: model.init(k, **init_inputs), jax.random.key(0))
   param_sh = sharding.tree_shardings(boxed, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, tx.init(nn.unbox(boxed)), param_sh,
-                                 transform_non_params=lambda _: replicated)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, nn.unbox(boxed)),
+                                 param_sh, transform_non_params=lambda _: replicated)
   state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
                         ema_params=param_sh, rng=replicated)
 
@@ -248,7 +249,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.seed))
 
-  ckpt = checkpoint.Checkpointer(workdir, config.ckpt.every_steps, config.ckpt.keep)
+  ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
   start = ckpt.latest_step()
   if start is not None:
     state, data_state = ckpt.restore(start, state)
@@ -304,8 +305,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                                 skipped=float(not metrics["finite"])))
         t_last, steps_since = time.perf_counter(), 0
       progress.update(done, f"loss {metrics['loss']:.4f}")
-      last = done == config.total_steps or preempt.requested
-      ckpt.save(done, state, data_iter.get_state(), config_json, force=last)
+      if (done % config.ckpt.every_steps == 0 or done == config.total_steps
+          or preempt.requested):
+        ckpt.save(done, state, data_iter.get_state(), config_json)
       if preempt.requested:
         break
   ckpt.close()

@@ -102,7 +102,7 @@ def test_bad_diffusion_config_raises(kw, msg):
 def test_learned_sigma_vlb_is_zero_only_for_the_true_posterior():
   cfg = DiffusionConfig("ddpm", "eps", schedule="linear", learn_sigma=True)
   table = jnp.asarray(schedules.ddpm_alphas_cumprod("linear"), jnp.float32)
-  x0 = MU + SIGMA * jax.random.normal(jax.random.key(0), (16, 8, 4))
+  x0 = MU + SIGMA * jax.random.normal(jax.random.key(0), (64, 8, 4))
 
   def oracle(var_out):
     """Knows x0, so its eps is exact; var_out -1 is the posterior variance."""
@@ -113,10 +113,11 @@ def test_learned_sigma_vlb_is_zero_only_for_the_true_posterior():
     return model_fn
 
   loss, aux = Diffusion(cfg).loss(oracle(-1.0), x0, {}, jax.random.key(1))
-  np.testing.assert_allclose(np.asarray(aux["vlb"]), 0.0, atol=1e-4)
-  assert float(loss) < 1e-4
+  np.testing.assert_allclose(np.asarray(aux["vlb"]), 0.0, atol=2e-6)
+  assert float(loss) < 1e-5
   _, aux = Diffusion(cfg).loss(oracle(1.0), x0, {}, jax.random.key(1))
-  assert np.all(np.asarray(aux["vlb"]) >= 0) and float(np.max(aux["vlb"])) > 1e-3
+  # beta instead of the posterior variance: close at most times, not at small t.
+  assert np.all(np.asarray(aux["vlb"]) >= 0) and float(np.max(aux["vlb"])) > 1e-4
 
   # The bound trains only the variance channel: the mean half gets no gradient from it.
   def vlb_only(scale):

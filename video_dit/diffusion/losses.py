@@ -79,18 +79,23 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
                    key) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared error to the objective's target at random times.
 
+  ``key`` is one key, or one key per example (B,) for micro-batching.
+
   Returns (scalar loss, aux) where aux has the per-example model time ``t`` and
   unweighted ``per_example`` errors.
   """
-  k_t, k_eps = jax.random.split(key)
   b = x0.shape[0]
+  # One key per example: an example's noise and time do not depend on what else
+  # is in the batch, so micro-batching (gradient accumulation) changes nothing.
+  keys = key if jnp.ndim(key) == 1 else jax.random.split(key, b)
+  k_t, k_eps = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   x0 = x0.astype(jnp.float32)
-  eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+  eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))(k_eps)
   if cfg.objective == "flow":
     if cfg.t_sampling == "uniform":
-      t = jax.random.uniform(k_t, (b,), minval=1e-5, maxval=1.0)
+      t = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-5, maxval=1.0))(k_t)
     else:
-      t = schedules.logit_normal(k_t, (b,), cfg.t_mean, cfg.t_std)
+      t = jax.vmap(lambda k: schedules.logit_normal(k, (), cfg.t_mean, cfg.t_std))(k_t)
     t = jnp.clip(schedules.time_shift(t, shift), 1e-5, 1.0)
     x_t = schedules.flow_interpolate(x0, eps, t)
     target = eps - x0 if cfg.prediction == "velocity" else x0
@@ -98,7 +103,7 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
   else:
     table = jnp.asarray(schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps),
                         jnp.float32)
-    i = jax.random.randint(k_t, (b,), 0, cfg.num_timesteps)
+    i = jax.vmap(lambda k: jax.random.randint(k, (), 0, cfg.num_timesteps))(k_t)
     abar = table[i]
     x_t = schedules.ddpm_interpolate(x0, eps, abar)
     target = schedules.ddpm_target(x0, eps, abar, cfg.prediction)

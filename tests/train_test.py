@@ -1,0 +1,196 @@
+"""The trainer: learning, mesh equivalence, bit-exact resume, preemption, bad checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import helpers
+from video_dit import checkpoint, train
+from video_dit.data import builders, pipeline, synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("data"))
+  spec = synthetic.SyntheticSpec(num_identities=10, clips_per_identity=4, frames=8, height=32,
+                                 width=32, face_size=32, seed=0)
+  builders.SyntheticFaces(data_dir=d, spec=spec).prepare()
+  return d
+
+
+ONE = jax.devices()[:1]  # most tests need no mesh, and compile much faster without one
+
+
+def _config(data_dir, **overrides):
+  base = {"data.data_dir": data_dir, "train.log_every": 1, "ckpt.every_steps": 3,
+          "optim.schedule": "constant", "optim.warmup_steps": 2}
+  base.update(overrides)
+  config = helpers.runlocal_config(**{k: v for k, v in base.items() if k != "total_steps"})
+  config.total_steps = overrides.get("total_steps", 6)
+  return config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def _digest(workdir, step=None):
+  return checkpoint.digest(checkpoint.load_host(os.path.join(workdir, "checkpoints"), step)[1])
+
+
+def test_loss_falls_on_a_tiny_run(data_dir, tmp_path):
+  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3})
+  model, diffusion = train.validate(config)
+  batch = next(pipeline.make_iterator(config, "test", train=False))
+  x0, cond = train.model_inputs(batch)
+
+  @jax.jit
+  def eval_loss(params):  # held-out batch, fixed keys: a deterministic probe
+    fn = lambda x, t, c: model.apply(params, x, t, **c)
+    return jnp.mean(jnp.stack([diffusion.loss(fn, x0, cond, jax.random.key(i))[0]
+                               for i in range(8)]))
+
+  _, params0 = helpers.init(config)
+  state = train.train_and_evaluate(config, str(tmp_path), ONE)
+  before, after = float(eval_loss(params0)), float(eval_loss(jax.device_get(state.params)))
+  assert after < 0.9 * before, (before, after)  # the probe has no noise: a real 10% drop
+  assert os.path.isfile(tmp_path / "config.json")
+  assert os.listdir(tmp_path / "tensorboard")
+  assert len(_losses(tmp_path)) == 30
+
+
+def test_one_device_and_mesh_give_the_same_losses(data_dir, tmp_path):
+  one = _config(data_dir, total_steps=4, **{"mesh.data": 1})
+  train.train_and_evaluate(one, str(tmp_path / "one"), ONE)
+  mesh = _config(data_dir, total_steps=4, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  train.train_and_evaluate(mesh, str(tmp_path / "mesh"))
+  np.testing.assert_allclose(_losses(tmp_path / "mesh"), _losses(tmp_path / "one"), atol=1e-5,
+                             rtol=1e-5)
+
+
+def test_resume_is_bit_exact_and_restores_onto_another_mesh(data_dir, tmp_path):
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(_config(data_dir, total_steps=6), straight, ONE)
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(_config(data_dir, total_steps=3), resumed, ONE)
+  assert checkpoint.steps(os.path.join(resumed, "checkpoints")) == [3]
+  train.train_and_evaluate(_config(data_dir, total_steps=6), resumed, ONE)
+  assert _digest(resumed) == _digest(straight)
+  assert _losses(resumed) == _losses(straight)
+  # The same checkpoint restores onto a (2, 2, 2) mesh and trains on.
+  other = _config(data_dir, total_steps=7, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                               "mesh.tensor": 2})
+  state = train.train_and_evaluate(other, resumed)
+  assert int(state.step) == 7
+  kernel = state.params["params"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_incompatible_checkpoint_names_the_first_mismatch(data_dir, tmp_path):
+  train.train_and_evaluate(_config(data_dir, total_steps=3), str(tmp_path), ONE)
+  wider = _config(data_dir, total_steps=6, **{"model.mlp_ratio": 2.0})
+  with pytest.raises(ValueError, match=r"at ema_params/params/block_0/mlp/fc1/bias the "
+                                       r"checkpoint has \(256,\) and the model expects \(128,\)"):
+    train.train_and_evaluate(wider, str(tmp_path), ONE)
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_skips(data_dir, tmp_path):
+  blowup = {"optim.lr": 1e38, "optim.warmup_steps": 0, "optim.grad_clip": 0.0}
+  with pytest.raises(FloatingPointError, match=r"at step \d+; stopping"):
+    train.train_and_evaluate(_config(data_dir, total_steps=6, **blowup), str(tmp_path / "a"),
+                             ONE)
+  state = train.train_and_evaluate(
+      _config(data_dir, total_steps=6, **blowup, **{"train.nonfinite": "skip"}),
+      str(tmp_path / "b"), ONE)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+  with open(tmp_path / "b/metrics.jsonl") as f:
+    assert any(json.loads(line)["skipped"] for line in f)
+
+
+def test_bad_training_config_raises_before_compiling(data_dir):
+  with pytest.raises(ValueError, match="optim.schedule='linear' is unknown"):
+    train.validate(_config(data_dir, **{"optim.schedule": "linear"}))
+  with pytest.raises(ValueError, match="not divisible by optim.grad_accum=3"):
+    train.validate(_config(data_dir, **{"optim.grad_accum": 3}))
+
+
+def test_gradient_accumulation_matches_the_full_batch(data_dir, tmp_path):
+  full = _config(data_dir, total_steps=3)
+  a = train.train_and_evaluate(full, str(tmp_path / "full"), ONE)
+  accum = _config(data_dir, total_steps=3, **{"optim.grad_accum": 4})
+  b = train.train_and_evaluate(accum, str(tmp_path / "accum"), ONE)
+  np.testing.assert_allclose(_losses(tmp_path / "accum"), _losses(tmp_path / "full"),
+                             rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-4),
+               jax.device_get(b.params), jax.device_get(a.params))
+
+
+def _train_cmd(workdir, data_dir, total_steps):
+  return [sys.executable, "-m", "experiments.train",
+          "--config=configs/synthetic_faces.py:runlocal", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", f"--config.total_steps={total_steps}",
+          "--config.ckpt.every_steps=4", "--config.optim.schedule=constant"]
+
+
+def _env():
+  # One CPU device (fast to compile); the three runs share compiled programs.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return dict(env, JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=240):
+  ckpts = os.path.join(workdir, "checkpoints")
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+      return
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.2)
+  raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_bit_exact_and_sigterm_saves(data_dir, tmp_path):
+  total = 60
+  straight = str(tmp_path / "straight")
+  subprocess.run(_train_cmd(straight, data_dir, total), cwd=REPO, env=_env(), check=True,
+                 capture_output=True, timeout=600)
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_train_cmd(killed, data_dir, total), cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for_checkpoint(killed, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  kept = checkpoint.steps(os.path.join(killed, "checkpoints"))
+  assert kept and kept[-1] < total
+  out = subprocess.run(_train_cmd(killed, data_dir, total), cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and "resumed from" in out.stdout + out.stderr
+  assert _digest(killed) == _digest(straight)
+
+  termed = str(tmp_path / "termed")
+  proc = subprocess.Popen(_train_cmd(termed, data_dir, total), cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for_checkpoint(termed, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  output = proc.stdout.read().decode()
+  assert "finishing the step, saving" in output
+  saved = checkpoint.steps(os.path.join(termed, "checkpoints"))[-1]
+  assert 0 < saved < total  # it stopped early, on a checkpoint of the step it reached
+  step, state = checkpoint.load_host(os.path.join(termed, "checkpoints"))
+  assert step == saved and int(state["step"]) == saved
