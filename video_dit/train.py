@@ -24,11 +24,11 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
+import jax.experimental.multihost_utils
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from video_dit import checkpoint, sharding
+from video_dit import checkpoint, sampling, sharding
 from video_dit.data import builders, pipeline, synthetic
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.metrics import MetricWriter, Progress
@@ -172,6 +172,37 @@ def ensure_dataset(config) -> None:
   jax.experimental.multihost_utils.sync_global_devices("dataset built")
 
 
+class PeriodicSampler:
+  """Every ``sample.every_steps``: EMA samples for held-out references and captions,
+  written to ``W/samples/step_N/`` as mp4 + a PNG strip with the reference face."""
+
+  def __init__(self, config, model, diffusion: Diffusion, mesh, workdir: str):
+    self.every = config.sample.every_steps
+    if not self.every:
+      return
+    self.mesh, self.workdir, self.seed = mesh, workdir, config.seed
+    test = config.copy_and_resolve_references()
+    test.data.batch_size = config.sample.num_videos
+    batch = next(pipeline.make_iterator(test, "test", train=False))
+    n = len(batch["video"])
+    _, cond = model_inputs(batch)
+    self.faces = sampling.to_uint8(batch["face"])
+    self.cond = sharding.shard_batch(cond, mesh)
+    self.sample = sampling.make_sampler(model, diffusion, SamplerConfig.from_config(config.sample),
+                                        (n,) + registry.video_shape(config))
+
+  def maybe_write(self, step: int, ema_params) -> None:
+    if not self.every or step % self.every:
+      return
+    with jax.set_mesh(self.mesh):
+      videos = self.sample(ema_params, self.cond, jax.random.key(self.seed))
+    videos = sampling.to_uint8(jax.experimental.multihost_utils.process_allgather(videos, tiled=True))
+    if jax.process_index() == 0:
+      for i, (video, face) in enumerate(zip(videos, self.faces)):
+        sampling.write_sample(os.path.join(self.workdir, "samples", f"step_{step}", f"{i:02d}"),
+                              video, face)
+
+
 def validate(config) -> tuple[Any, Diffusion]:
   """Every config check that can fail, before anything is compiled."""
   model, cfg = registry.build(config)
@@ -277,6 +308,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                                                                          config.text.max_len)
   tokens_per_step = config.data.batch_size * flops_lib.num_tokens(cfg, shape)
   writer, progress = MetricWriter(workdir), Progress(config.total_steps, start)
+  samples = PeriodicSampler(config, model, diffusion, mesh, workdir)
   t_last, steps_since = time.perf_counter(), 0
   with _Preemption() as preempt:
     for step in range(start, config.total_steps):
@@ -305,9 +337,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                                 skipped=float(not metrics["finite"])))
         t_last, steps_since = time.perf_counter(), 0
       progress.update(done, f"loss {metrics['loss']:.4f}")
+      samples.maybe_write(done, state.ema_params)
       if (done % config.ckpt.every_steps == 0 or done == config.total_steps
           or preempt.requested):
+        t_save = time.perf_counter()
         ckpt.save(done, state, data_iter.get_state(), config_json)
+        # The async save blocks the loop only for the device -> host copy.
+        writer.write(done, dict(ckpt_save_pause_ms=1e3 * (time.perf_counter() - t_save)))
       if preempt.requested:
         break
   ckpt.close()
