@@ -134,7 +134,7 @@ def make_train_step(model, diffusion: Diffusion, tx, config):
       (loss, grads), _ = jax.lax.scan(body, zero, jnp.arange(accum))
       loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     d = ema_decay(config, state.step)
