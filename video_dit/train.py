@@ -328,13 +328,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
         jax.block_until_ready(state)
         t_last, steps_since = time.perf_counter(), 0
       if done % config.train.log_every == 0 or done == config.total_steps:
-        seconds = time.perf_counter() - t_last
-        rate = steps_since / max(seconds, 1e-9)
-        writer.write(done, dict(loss=metrics["loss"], grad_norm=metrics["grad_norm"],
-                                lr=metrics["lr"], steps_per_s=rate,
-                                tokens_per_s=rate * tokens_per_step,
-                                tflops_per_s=rate * flops_per_step / 1e12,
-                                skipped=float(not metrics["finite"])))
+        scalars = dict(loss=metrics["loss"], grad_norm=metrics["grad_norm"], lr=metrics["lr"],
+                       skipped=float(not metrics["finite"]))
+        if steps_since:
+          rate = steps_since / max(time.perf_counter() - t_last, 1e-9)
+          scalars.update(steps_per_s=rate, tokens_per_s=rate * tokens_per_step,
+                         tflops_per_s=rate * flops_per_step / 1e12)
+        writer.write(done, scalars)
         t_last, steps_since = time.perf_counter(), 0
       progress.update(done, f"loss {metrics['loss']:.4f}")
       samples.maybe_write(done, state.ema_params)
