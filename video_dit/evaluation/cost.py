@@ -1,0 +1,52 @@
+"""What a generated video costs: FLOPs and seconds per sample and per video-second.
+
+XLA counts a loop body once, so the FLOPs of a sample are those of one guided
+model call (XLA's cost analysis of its compiled program) times the number of
+model calls the sampler makes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from video_dit.diffusion import Diffusion, SamplerConfig, guidance
+from video_dit.sampling import make_sampler
+
+
+def model_calls(sampler: SamplerConfig) -> int:
+  """Guided model calls per sample (Heun evaluates twice per step, but once on the last)."""
+  return 2 * sampler.num_steps - 1 if sampler.name == "heun" else sampler.num_steps
+
+
+def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, cond: dict,
+                 shape: tuple[int, ...], fps: float, repeats: int = 2) -> dict:
+  """Cost of sampling a batch of ``shape`` (B, T, H, W, C) with ``cond``."""
+  fn = guidance.guided(lambda x, t, c: model.apply(params, x, t, **c), sampler.text_scale,
+                       sampler.id_scale, sampler.interval)
+  x = jax.ShapeDtypeStruct(shape, np.float32)
+  t = jax.ShapeDtypeStruct(shape[:1], np.float32)
+  compiled = jax.jit(fn).lower(x, t, cond).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # XLA counts the per-device program; scale by the devices the program spans.
+  devices = max(len(s.device_set) for s in jax.tree.leaves(compiled.output_shardings))
+  flops_per_call = float(cost["flops"]) * devices
+  flops = flops_per_call * model_calls(sampler) / shape[0]
+
+  sample = make_sampler(model, diffusion, sampler, shape)
+  jax.block_until_ready(sample(params, cond, jax.random.key(0)))  # compile + warm-up
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(sample(params, cond, jax.random.key(i + 1)))
+    times.append(time.perf_counter() - t0)
+  seconds = float(np.median(times)) / shape[0]
+  video_seconds = shape[1] / fps
+  return dict(flops_per_sample=flops, seconds_per_sample=seconds,
+              video_seconds_per_sample=video_seconds,
+              seconds_per_video_second=seconds / video_seconds,
+              tflops_per_video_second=flops / video_seconds / 1e12,
+              model_calls_per_sample=model_calls(sampler))
