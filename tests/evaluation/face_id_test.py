@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from video_dit import video_io
+from video_dit.evaluation import face_id
+
+pytest.importorskip("dlib")
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def test_same_person_is_closer_than_another_face():
+  from tools import real_video_example  # pylint: disable=g-import-not-at-top
+  frames, _ = video_io.read_video(real_video_example.carphone_path())
+  reference = frames[0]
+  same = face_id.identity_similarity(reference, frames[10:60:10])
+  other = face_id.identity_similarity(skimage_data.astronaut(), frames[10:60:10])
+  assert same["frames"] == 5 and same["frames_without_face"] <= 2
+  assert same["l2"] < 0.6 < other["l2"]  # dlib's usual same-person threshold
+  assert same["cosine"] > other["cosine"]
+
+
+def test_frames_without_a_face_are_counted_and_a_faceless_reference_raises():
+  from tools import real_video_example  # pylint: disable=g-import-not-at-top
+  frames, _ = video_io.read_video(real_video_example.carphone_path())
+  blank = np.full((3,) + frames.shape[1:], 128, np.uint8)
+  r = face_id.identity_similarity(frames[0], np.concatenate([frames[:2], blank]))
+  assert r["frames"] == 5 and r["frames_without_face"] == 3  # the three blank ones
+  assert r["l2"] < 0.6
+  with pytest.raises(ValueError, match="no face found in the reference"):
+    face_id.identity_similarity(blank[0], frames[:2])
