@@ -2,8 +2,8 @@ r"""Benchmarks, printed as JSON lines; compare numbers from one run only.
 
   python -m tools.benchmark --config=configs/synthetic_faces.py:runlocal --what=data,train
 
---what=data   input pipeline clips/s on the config's dataset (a synthetic one is
-              built under --bench_dir when data.data_dir has none)
+--what=data   input pipeline clips/s on the config's dataset (the config's synthetic
+              one is built under --bench_dir when data.data_dir has none)
 --what=train  forward+backward step time and clips/s of the config's model
 """
 
@@ -18,7 +18,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from video_dit import model_info
-from video_dit.data import builders, pipeline, synthetic
+from video_dit import train
+from video_dit.data import builders, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -32,15 +33,11 @@ def data_throughput(config, steps: int, bench_dir: str) -> dict:
   """Clips/s of the input pipeline (decode, clip, resize, tokenize, batch)."""
   try:
     builders.find_dataset(config.data.data_dir)
-  except FileNotFoundError:
+  except FileNotFoundError:  # build the config's synthetic dataset under bench_dir
     d = config.data
-    spec = synthetic.SyntheticSpec(num_identities=50, clips_per_identity=4, frames=d.frames,
-                                   height=d.height, width=d.width,
-                                   face_size=config.identity.face_size or 64)
-    data_dir = os.path.join(bench_dir, f"{d.frames}x{d.height}x{d.width}")
-    builders.SyntheticFaces(data_dir=data_dir, spec=spec).prepare()
     config = config.copy_and_resolve_references()
-    config.data.data_dir = data_dir
+    config.data.data_dir = os.path.join(bench_dir, f"{d.frames}x{d.height}x{d.width}")
+    train.ensure_dataset(config)
   it = pipeline.make_iterator(config)
   next(it)  # warm-up: opens the shards, starts the threads
   t0 = time.perf_counter()
