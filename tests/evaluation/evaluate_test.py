@@ -1,0 +1,117 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests import helpers
+from video_dit import train
+from video_dit.data import builders, synthetic
+from video_dit.evaluation import evaluate, probes
+
+
+def test_paired_gap_and_interval():
+  rng = np.random.default_rng(0)
+  matched = 0.5 + 0.1 * rng.standard_normal(400)
+  g = evaluate.paired_gap(matched, matched - 0.2)
+  assert g["gap"] == pytest.approx(0.2) and g["choice_accuracy"] == 1.0
+  assert g["gap_ci95"][0] == pytest.approx(0.2) and g["n"] == 400
+  noise = evaluate.paired_gap(matched, rng.permutation(matched))
+  lo, hi = noise["gap_ci95"]
+  assert lo < 0 < hi and hi - lo == pytest.approx(2 * 1.96 * np.std(
+      matched - rng.permutation(matched), ddof=1) / 20, rel=0.3)
+
+
+def test_mismatched_index_picks_another_identity():
+  ids = np.array([3, 3, 5, 7, 7, 7])
+  other = evaluate.mismatched_index(ids)
+  assert np.all(ids[other] != ids)
+  assert list(other) == [2, 2, 3, 0, 0, 0]
+  with pytest.raises(ValueError, match="at least 2 identities"):
+    evaluate.mismatched_index(np.array([1, 1]))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("evaluate")
+  data_dir = str(root / "data")
+  config = helpers.runlocal_config(**{
+      "data.data_dir": data_dir, "data.num_identities": 60, "data.clips_per_identity": 1,
+      "sample.num_steps": 2})
+  config.total_steps = 2
+  builders.SyntheticFaces(data_dir=data_dir, spec=probes.synthetic_spec(config)).prepare()
+  train.train_and_evaluate(config, str(root / "run"), jax.devices()[:1])
+  spec = probes.ProbeSpec.from_config(config)
+  probes.train_probe("identity", spec, steps=150, log=None).save(str(root / "probes" / "identity"))
+  probes.train_probe("action", spec, steps=30, batch=16, log=None).save(
+      str(root / "probes" / "action"))
+  return root
+
+
+def test_evaluate_writes_every_metric(trained):
+  run = str(trained / "run")
+  r = evaluate.evaluate(run, num_videos=10, metrics=("identity", "text", "temporal", "cost"),
+                        probe_dir=str(trained / "probes"), train_probes=False, num_gifs=2,
+                        log=lambda *_: None)
+  with open(os.path.join(run, "eval", "step_2.json")) as f:
+    saved = json.load(f)
+  assert saved["num_videos"] == 10 and saved["split"] == "test" and saved["step"] == 2
+  assert "fvd" not in saved  # not asked for
+  ident = saved["identity"]
+  assert ident["probe"]["roc_auc"] >= probes.MIN_AUC, ident
+  # Real clips are the ceiling: their own reference wins almost always.
+  assert ident["real"]["gap"] > 0.2 and ident["real"]["choice_accuracy"] >= 0.9
+  g = ident["generated"]
+  assert g["n"] == 10 and g["gap_ci95"][0] <= g["gap"] <= g["gap_ci95"][1]
+  text = saved["text"]
+  assert text["chance"] == pytest.approx(1 / 11) and text["n"] == 10
+  assert text["real_accuracy"] > 0.5 and 0.0 <= text["accuracy"] <= 1.0
+  for name in ("generated", "real"):
+    t = saved["temporal"][name]
+    assert t["frame_change"] >= 0 and t["embedding_variance"] >= 0 and "drift" in t
+  # An untrained model's samples are noise, real clips are smooth.
+  assert saved["temporal"]["generated"]["frame_change"] > saved["temporal"]["real"][
+      "frame_change"]
+  cost = saved["cost"]
+  assert cost["model_calls_per_sample"] == 2 and cost["flops_per_sample"] > 0
+  assert cost["video_seconds_per_sample"] == pytest.approx(8 / 8.0)
+  assert cost["seconds_per_video_second"] == pytest.approx(cost["seconds_per_sample"])
+  with np.load(os.path.join(run, "eval", "step_2", "videos.npz")) as z:
+    assert z["generated"].shape == z["real"].shape == (10, 8, 32, 32, 3)
+    assert z["generated"].dtype == np.uint8 and len(z["caption"]) == 10
+  assert os.path.isfile(os.path.join(run, "eval", "step_2", "001.gif"))
+  with open(os.path.join(run, "eval", "metrics.jsonl")) as f:
+    row = json.loads(f.readlines()[-1])
+  assert row["step"] == 2 and row["eval/identity/generated/gap"] == pytest.approx(g["gap"])
+  assert os.listdir(os.path.join(run, "eval", "tensorboard"))
+  assert r["identity"]["generated"]["gap"] == pytest.approx(g["gap"])
+
+
+def test_same_seed_same_evaluation(trained, tmp_path):
+  kw = dict(num_videos=10, metrics=("temporal",), log=lambda *_: None)
+  run = str(trained / "run")
+  a = evaluate.evaluate(run, **kw)["temporal"]
+  b = evaluate.evaluate(run, **kw)["temporal"]
+  assert a == b
+
+
+def test_unverified_identity_probe_is_skipped_with_reason(trained):
+  config = helpers.runlocal_config(**{
+      "data.data_dir": str(trained / "data"), "data.num_identities": 60,
+      "data.clips_per_identity": 1})
+  probe = probes.Probe.load(str(trained / "probes" / "identity"))
+  probe.scores["roc_auc"] = 0.8
+  probe.save(str(trained / "weak" / "identity"))
+  videos = np.zeros((2, 8, 32, 32, 3), np.uint8)
+  out, embeds = evaluate.identity_metrics(
+      config, videos, videos, videos[:, 0], np.array([48, 49]), str(trained / "weak" / "identity"),
+      False, None)
+  assert "0.800" in out["skipped"] and embeds is None and "generated" not in out
+
+
+def test_bad_inputs(trained, tmp_path):
+  with pytest.raises(ValueError, match="unknown metrics"):
+    evaluate.evaluate(str(trained / "run"), metrics=("fid",))
+  with pytest.raises(FileNotFoundError, match="checkpoints"):
+    evaluate.evaluate(str(tmp_path))
