@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from video_dit import checkpoint, video_io
+from video_dit import metrics as metrics_lib
 from video_dit.data import faces
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.models import flops as flops_lib
@@ -30,12 +31,21 @@ from video_dit.models.text import HashTokenizer
 
 
 def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
-                 shape: tuple[int, ...]) -> Callable:
-  """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space."""
+                 shape: tuple[int, ...],
+                 on_model_call: Callable[[], None] | None = None) -> Callable:
+  """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space.
+
+  ``on_model_call`` (e.g. a progress bar's tick) runs on the host after every
+  guided model call of the sampler loop.
+  """
   sampler.check(diffusion.config.objective)
 
   def sample(params, cond, key):
-    model_fn = lambda x, t, c: model.apply(params, x, t, **c)
+    def model_fn(x, t, c):
+      out = model.apply(params, x, t, **c)
+      if on_model_call is not None:
+        jax.debug.callback(lambda _: on_model_call(), t[:1])
+      return out
     return diffusion.sample(model_fn, shape, cond, key, sampler)
 
   return jax.jit(sample)
@@ -137,7 +147,15 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_len)
   face_size = config.identity.face_size
   face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
-  sample = make_sampler(model, diffusion, sampler_cfg, (1,) + registry.video_shape(config))
+  calls = sampler_cfg.num_steps * (2 if sampler_cfg.name == "heun" else 1)
+  bar = {"progress": None, "done": 0}
+
+  def tick():
+    bar["done"] += 1
+    bar["progress"].update(min(bar["done"], calls), "sampler steps")
+
+  sample = make_sampler(model, diffusion, sampler_cfg, (1,) + registry.video_shape(config),
+                        on_model_call=tick)
   config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -145,7 +163,9 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     seed = int(r.get("seed", 0))
     cond = {"text_ids_bl": tokenizer([r["prompt"]]),
             "face_bhwc": (crop[None].astype(np.float32) / 127.5 - 1.0)}
+    bar.update(progress=metrics_lib.Progress(calls), done=0)
     video = to_uint8(sample(params, cond, jax.random.key(seed))[0])
+    bar["progress"].close()
     name = r.get("name") or f"sample_{i:03d}_seed{seed}"
     prefix = os.path.join(out_dir, name)
     fps = float(config.sample.get("fps", 8.0))  # checkpoints from before sample.fps
