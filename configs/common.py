@@ -65,11 +65,14 @@ def base_config() -> ml_collections.ConfigDict:
       variant="S", width=384, depth=12, num_heads=6, mlp_ratio=4.0,
       patch=(1, 2, 2), channels=3,
       rope=True, rope_split=(), rope_theta=10000.0,   # () = default (t, h, w) split
-      sincos=False, dtype="bfloat16", remat="none", attention="einsum")
-  c.text = dict(encoder="trainable", vocab_size=8192, max_len=32, width=256, depth=2,
-                num_heads=4, pooled_to_adaln=True)
+      sincos=False, dtype="bfloat16", remat="none", attention="einsum",
+      scan_layers=False)  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
+  c.text = dict(encoder="trainable",  # or "none": no text conditioning
+                vocab_size=8192, max_len=32, width=256, depth=2, num_heads=4,
+                pooled_to_adaln=True)
   c.identity = dict(
-      mode="separate", gate="zero", scale=1.0, every=1, pooled_to_adaln=False,
+      mode="separate", gate="zero",  # mode: separate|decoupled|none
+      scale=1.0, every=1, pooled_to_adaln=False,
       face_size=64, face_patch=8, embed_dim=0, embed_tokens=4,
       width=256, depth=4, num_heads=4, num_tokens=16, resampler_depth=2)
   c.diffusion = dict(

@@ -34,6 +34,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("vocab", "tensor"),
     ("patch", None),
+    ("layers", None),      # the stacked-block axis of scanned layers
     # Activations.
     ("act_batch", ("data", "fsdp")),
     ("act_len", None),

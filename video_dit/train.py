@@ -161,11 +161,7 @@ def ensure_dataset(config) -> None:
   except FileNotFoundError:
     if d.dataset != "synthetic_faces":
       raise
-  spec = synthetic.SyntheticSpec(
-      num_identities=d.num_identities, clips_per_identity=d.clips_per_identity,
-      frames=max(8, d.frames * d.stride), height=d.height, width=d.width,
-      face_size=config.identity.face_size or d.height, test_fraction=d.test_fraction,
-      seed=config.seed)
+  spec = synthetic.spec_from_config(config)
   if jax.process_index() == 0:
     print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
     builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
@@ -247,22 +243,10 @@ class _Preemption:
       signal.signal(sig, old)
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
-  model, diffusion = validate(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  sharding.check_batch(config.data.batch_size, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_json)
-
-  ensure_dataset(config)
-  data_iter = pipeline.make_iterator(config, "train")
-
-  # Abstract init -> shardings for params, optimizer state and EMA.
-  tx = optimizer(config)
+def init_train_state(config, model, tx, mesh,
+                     abstract: bool = False) -> tuple[TrainState, TrainState]:
+  """A fresh TrainState initialised straight into its shardings, and the shardings
+  (``abstract``: shapes, dtypes and shardings only, nothing allocated)."""
   init_inputs = registry.dummy_inputs(config, 1)
   boxed = jax.eval_shape(lambda k: model.init(k, **init_inputs), jax.random.key(0))
   param_sh = sharding.tree_shardings(boxed, mesh)
@@ -277,8 +261,31 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=params, rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
+  if abstract:
+    shapes = jax.eval_shape(init_state, jax.random.key(config.seed))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        shapes, state_sh), state_sh
   with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.seed))
+  return state, state_sh
+
+
+def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
+  model, diffusion = validate(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  sharding.check_batch(config.data.batch_size, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_json)
+
+  ensure_dataset(config)
+  data_iter = pipeline.make_iterator(config, "train")
+
+  tx = optimizer(config)
+  state, state_sh = init_train_state(config, model, tx, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
   start = ckpt.latest_step()

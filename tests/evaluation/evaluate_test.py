@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
       "data.data_dir": data_dir, "data.num_identities": 60, "data.clips_per_identity": 1,
       "sample.num_steps": 2})
   config.total_steps = 2
-  builders.SyntheticFaces(data_dir=data_dir, spec=probes.synthetic_spec(config)).prepare()
+  builders.SyntheticFaces(data_dir=data_dir, spec=synthetic.spec_from_config(config)).prepare()
   train.train_and_evaluate(config, str(root / "run"), jax.devices()[:1])
   spec = probes.ProbeSpec.from_config(config)
   probes.train_probe("identity", spec, steps=150, log=None).save(str(root / "probes" / "identity"))

@@ -103,6 +103,16 @@ class SyntheticSpec:
     raise ValueError(f"split '{split}' is unknown; use 'train' or 'test'.")
 
 
+def spec_from_config(config) -> SyntheticSpec:
+  """The spec of the synthetic dataset an experiment config builds on first use."""
+  d = config.data
+  return SyntheticSpec(
+      num_identities=d.num_identities, clips_per_identity=d.clips_per_identity,
+      frames=max(8, d.frames * d.stride), height=d.height, width=d.width,
+      face_size=config.identity.face_size or d.height, test_fraction=d.test_fraction,
+      seed=config.seed)
+
+
 def identity_attributes(seed: int, identity: int) -> dict[str, int]:
   """The attribute vector of an identity (independent uniform draws)."""
   rng = np.random.default_rng([seed, identity, 0, 0])

@@ -53,7 +53,7 @@ class ProbeSpec:
   @classmethod
   def from_config(cls, config) -> "ProbeSpec":
     d = config.data
-    return cls(data=synthetic_spec(config), frames=d.frames, stride=d.stride,
+    return cls(data=synthetic.spec_from_config(config), frames=d.frames, stride=d.stride,
                size=min(d.height, d.width))
 
   @property
@@ -61,16 +61,6 @@ class ProbeSpec:
     s = self.data
     return (f"{s.frames}f_{s.height}x{s.width}_face{s.face_size}_{s.num_identities}ids_"
             f"test{s.test_fraction:g}_seed{s.seed}_clip{self.frames}s{self.stride}_r{self.size}")
-
-
-def synthetic_spec(config) -> synthetic.SyntheticSpec:
-  """The synthetic dataset spec a config builds (``train.ensure_dataset``)."""
-  d = config.data
-  return synthetic.SyntheticSpec(
-      num_identities=d.num_identities, clips_per_identity=d.clips_per_identity,
-      frames=max(8, d.frames * d.stride), height=d.height, width=d.width,
-      face_size=config.identity.face_size or d.height, test_fraction=d.test_fraction,
-      seed=config.seed)
 
 
 def resize(images_nhwc: np.ndarray, size: int) -> np.ndarray:

@@ -54,7 +54,10 @@ class ModelConfig:
   sincos: bool = False                              # fixed absolute 3D embedding
   dtype: str = "float32"                            # compute dtype; params are f32
   remat: str = "none"
+  scan_layers: bool = False        # one scanned block (compile time, memory at depth)
   attention: str = "einsum"
+  use_text: bool = True            # False: no text encoder and no text cross-attention
+  use_identity: bool = True        # False: no identity encoder and no identity attention
   text: TextEncoderConfig = TextEncoderConfig()
   text_pooled_to_adaln: bool = True
   identity: IdentityEncoderConfig = IdentityEncoderConfig()
@@ -81,14 +84,16 @@ class DiTBlock(nn.Module):
     x_bld = x_bld + gate_msa[:, None] * layers.SelfAttention(**attn_kw, name="attn")(h, angles)
     x_bld = constrain(x_bld, _ACT)
 
-    decoupled = self.has_identity and cfg.identity_mode == "decoupled"
-    h = layer_norm(dt, name="norm_text")(x_bld)
-    x_bld = x_bld + layers.CrossAttention(
-        **attn_kw, zero_out=True, extra_gate=cfg.identity_gate == "zero",
-        name="text_attn")(h, text_btd, text_mask_bt, id_bkd if decoupled else None,
-                          cfg.identity_scale)
+    has_identity = self.has_identity and id_bkd is not None
+    decoupled = has_identity and cfg.identity_mode == "decoupled"
+    if text_btd is not None:
+      h = layer_norm(dt, name="norm_text")(x_bld)
+      x_bld = x_bld + layers.CrossAttention(
+          **attn_kw, zero_out=True, extra_gate=cfg.identity_gate == "zero",
+          name="text_attn")(h, text_btd, text_mask_bt, id_bkd if decoupled else None,
+                            cfg.identity_scale)
 
-    if self.has_identity and not decoupled:
+    if has_identity and not decoupled:
       h = layer_norm(dt, name="norm_id")(x_bld)
       out = layers.CrossAttention(**attn_kw, name="id_attn")(h, id_bkd)  # (B, L, D)
       if cfg.identity_gate == "zero":
@@ -100,6 +105,15 @@ class DiTBlock(nn.Module):
     x_bld = x_bld + gate_mlp[:, None] * layers.Mlp(int(cfg.width * cfg.mlp_ratio), dtype=dt,
                                                    name="mlp")(h)
     return constrain(x_bld, _ACT)
+
+
+class _ScanStep(nn.Module):
+  """A DiTBlock in ``nn.scan``'s (carry, x) -> (carry, y) form."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_bld, *args):
+    return DiTBlock(self.cfg, True, name="block")(x_bld, *args), None
 
 
 class FinalLayer(nn.Module):
@@ -155,7 +169,34 @@ class VideoDiT(nn.Module):
 
     c = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")(t_b)  # (B, D)
 
-    # Text: encoder tokens -> width; null tokens where dropped or absent.
+    text = text_mask = ident = None
+    if cfg.use_text:
+      text, text_mask, c = self._text(b, text_ids_bl, drop_text_b, c)
+    if cfg.use_identity:
+      ident, c = self._identity(b, face_bhwc, face_embed_be, drop_id_b, c)
+
+    block = DiTBlock
+    step = _ScanStep
+    if cfg.remat != "none":
+      block = nn.remat(DiTBlock, policy=REMAT_POLICIES[cfg.remat])
+      step = nn.remat(_ScanStep, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    if cfg.scan_layers:  # parameters stacked along a leading 'layers' axis
+      blocks = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(nn.broadcast,) * 5, length=cfg.depth,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = blocks(cfg, name="blocks")(x, c, angles, text, text_mask, ident)
+    else:
+      for i in range(cfg.depth):
+        x = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
+            x, c, angles, text, text_mask, ident)
+
+    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
+    x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
+    return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
+
+  def _text(self, b, text_ids_bl, drop_text_b, c):
+    """Text encoder tokens -> width; null tokens where dropped or absent."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     null_text = self.param("null_text", logical(nn.initializers.normal(0.02), None, "embed"),
                            (cfg.text.max_len, cfg.width))
     if text_ids_bl is None:
@@ -172,8 +213,11 @@ class VideoDiT(nn.Module):
     if cfg.text_pooled_to_adaln:
       c = c + dense(cfg.width, ("embed", "mlp"), dt, name="text_pool")(
           _masked_mean(text, text_mask).astype(dt))
+    return text, text_mask, c
 
-    # Identity: K tokens from the reference face; null tokens where dropped or absent.
+  def _identity(self, b, face_bhwc, face_embed_be, drop_id_b, c):
+    """K tokens from the reference face; null tokens where dropped or absent."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     null_id = self.param("null_id", logical(nn.initializers.normal(0.02), None, "embed"),
                          (cfg.identity.num_tokens, cfg.width))
     if face_bhwc is None and face_embed_be is None:
@@ -186,17 +230,7 @@ class VideoDiT(nn.Module):
     ident = constrain(ident, ("act_batch", "act_id_len", "act_embed"))
     if cfg.identity_pooled_to_adaln:
       c = c + dense(cfg.width, ("embed", "mlp"), dt, name="id_pool")(ident.mean(1))
-
-    block = DiTBlock
-    if cfg.remat != "none":
-      block = nn.remat(DiTBlock, policy=REMAT_POLICIES[cfg.remat])
-    for i in range(cfg.depth):
-      x = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
-          x, c, angles, text, text_mask, ident)
-
-    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
-    x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
-    return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
+    return ident, c
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

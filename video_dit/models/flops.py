@@ -8,6 +8,8 @@ elementwise work, so the two differ most on tiny models.
 
 from __future__ import annotations
 
+import dataclasses
+
 from video_dit.models.dit import ModelConfig, patchify_dim
 
 
@@ -31,12 +33,17 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
   total = 2 * n * p * d + 2 * 256 * d + 2 * d * d  # patch embed, timestep MLP
 
   tx = cfg.text
+  if not cfg.use_text:
+    text_len = 0
   total += sum(_encoder_layer(text_len, tx.width, tx.mlp_ratio) for _ in range(tx.depth))
   total += 2 * text_len * tx.width * d + 2 * text_len * d * d  # text_proj MLP
-  total += 2 * d * d if cfg.text_pooled_to_adaln else 0
+  total += 2 * d * d if cfg.text_pooled_to_adaln and cfg.use_text else 0
 
   idc = cfg.identity
   ctx = 0
+  if not cfg.use_identity:
+    idc = dataclasses.replace(idc, face_size=0, embed_dim=0, resampler_depth=0, num_tokens=0)
+    k = 0
   if idc.face_size:
     ctx = (idc.face_size // idc.face_patch) ** 2
     total += 2 * ctx * idc.face_patch ** 2 * 3 * idc.width
@@ -47,13 +54,13 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
   total += idc.resampler_depth * (_cross(k, ctx + k, idc.width, idc.width)
                                   + 4 * k * idc.width * int(idc.mlp_ratio * idc.width))
   total += 2 * k * idc.width * d
-  total += 2 * d * d if cfg.identity_pooled_to_adaln else 0
+  total += 2 * d * d if cfg.identity_pooled_to_adaln and cfg.use_identity else 0
 
   for i in range(cfg.depth):
     total += 2 * d * 6 * d                                       # adaLN
     total += 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d   # self-attention
-    total += _cross(n, text_len, d, d)                           # text cross-attention
-    if i % cfg.identity_every == 0:
+    total += _cross(n, text_len, d, d) if cfg.use_text else 0    # text cross-attention
+    if cfg.use_identity and i % cfg.identity_every == 0:
       if cfg.identity_mode == "decoupled":
         total += 4 * k * d * d + 4 * n * k * d                   # extra k/v + attention
       else:

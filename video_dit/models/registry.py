@@ -67,13 +67,20 @@ def model_config(config) -> ModelConfig:
   if m.rope:
     split = check_split(m.rope_split, head_dim) if m.rope_split else default_split(head_dim)
   _heads("text", tx.width, tx.num_heads)
-  _choice("text.encoder", tx.encoder, ("trainable",))
+  _choice("text.encoder", tx.encoder, ("trainable", "none"))
   _heads("identity", idc.width, idc.num_heads)
-  _choice("identity.mode", idc.mode, ("separate", "decoupled"))
+  _choice("identity.mode", idc.mode, ("separate", "decoupled", "none"))
+  if idc.mode == "decoupled" and tx.encoder == "none":
+    raise ValueError("identity.mode='decoupled' shares the text cross-attention; it needs a "
+                     "text encoder (text.encoder != 'none') or use identity.mode='separate'.")
+  scan = bool(m.get("scan_layers", False))
+  if scan and idc.every != 1 and idc.mode != "none":
+    raise ValueError(f"model.scan_layers=True needs identical blocks, but identity.every="
+                     f"{idc.every}; set identity.every=1 or model.scan_layers=False.")
   _choice("identity.gate", idc.gate, ("zero", "none"))
   if idc.every < 1:
     raise ValueError(f"identity.every={idc.every} must be >= 1 (1 = every block).")
-  if not (idc.face_size or idc.embed_dim):
+  if idc.mode != "none" and not (idc.face_size or idc.embed_dim):
     raise ValueError("the identity encoder has no input; set identity.face_size (face crop "
                      "side) and/or identity.embed_dim (external face-embedding size).")
   if idc.face_size and idc.face_size % idc.face_patch:
@@ -93,7 +100,8 @@ def model_config(config) -> ModelConfig:
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
-      remat=m.remat, attention=m.attention, text=text,
+      remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
+      use_text=tx.encoder != "none", use_identity=idc.mode != "none",
       text_pooled_to_adaln=tx.pooled_to_adaln, identity=ident, identity_mode=idc.mode,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln)
@@ -109,8 +117,11 @@ def dummy_inputs(config, batch: int) -> dict[str, Any]:
   """Zero inputs of the right shapes for every input the model is configured with."""
   cfg = model_config(config)
   inputs = dict(x_bthwc=jnp.zeros((batch,) + video_shape(config), jnp.float32),
-                t_b=jnp.zeros((batch,), jnp.float32),
-                text_ids_bl=jnp.ones((batch, cfg.text.max_len), jnp.int32))
+                t_b=jnp.zeros((batch,), jnp.float32))
+  if cfg.use_text:
+    inputs["text_ids_bl"] = jnp.ones((batch, cfg.text.max_len), jnp.int32)
+  if not cfg.use_identity:
+    return inputs
   if cfg.identity.face_size:
     s = cfg.identity.face_size
     inputs["face_bhwc"] = jnp.zeros((batch, s, s, 3), jnp.float32)
