@@ -7,6 +7,7 @@
 
 Text and identity conditioning are off (``cond=true`` switches them on) so the work is
 the DiT's alone. Overridable: variant, batch, frames, res, channels, patch, dtype,
+matmul (bfloat16: bf16 matmul inputs, f32 accumulation),
 attention, remat, scan, and runlocal for tests.
 
   python -m tools.benchmark --config=configs/bench.py:workload=video,dtype=bfloat16
@@ -22,7 +23,7 @@ WORKLOADS = {
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, workload="image", variant="S", batch=0, frames=0, res=32,
-                         channels=4, patch="", dtype="float32", attention="einsum",
+                         channels=4, patch="", dtype="float32", matmul="", attention="einsum",
                          remat="none", scan=False, cond=False, runlocal=False)
   if arg.workload not in WORKLOADS:
     raise ValueError(f"workload={arg.workload} is unknown; use one of {list(WORKLOADS)}")
@@ -30,7 +31,7 @@ def get_config(arg=None):
   config = common.base_config()
   common.set_size(config, arg.variant)
   config.model.update(patch=common.parse_patch(arg.patch or w["patch"]), channels=arg.channels,
-                      dtype=arg.dtype, attention=arg.attention, remat=arg.remat,
+                      dtype=arg.dtype, matmul_dtype=arg.matmul, attention=arg.attention, remat=arg.remat,
                       scan_layers=arg.scan)
   config.data.update(frames=arg.frames or w["frames"], height=arg.res, width=arg.res,
                      batch_size=arg.batch or w["batch"])

@@ -66,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
       patch=(1, 2, 2), channels=3,
       rope=True, rope_split=(), rope_theta=10000.0,   # () = default (t, h, w) split
       sincos=False, dtype="bfloat16", remat="none", attention="einsum",
-      scan_layers=False)  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
+      scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
+      matmul_dtype="")    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
   c.text = dict(encoder="trainable",  # or "none": no text conditioning
                 vocab_size=8192, max_len=32, width=256, depth=2, num_heads=4,
                 pooled_to_adaln=True)

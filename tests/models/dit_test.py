@@ -175,3 +175,83 @@ def test_missing_conditions_use_null_tokens(base):
   both_dropped = helpers.apply(model, p, inputs, drop_text_b=np.ones(2, bool),
                         drop_id_b=np.ones(2, bool))
   np.testing.assert_allclose(helpers.apply(model, p, bare), both_dropped, atol=1e-6)
+
+
+def _stack_blocks(params, depth):
+  """Per-block parameters -> the scanned layout (leading 'layers' axis)."""
+  p = dict(params["params"])
+  blocks = [p.pop(f"block_{i}") for i in range(depth)]
+  p["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+  return {"params": p}
+
+
+def test_scanned_layers_match_the_unrolled_model(base):
+  config, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  ref = helpers.apply(model, p, inputs)
+  grad_of = lambda m, q: jax.jit(jax.grad(lambda q: jnp.sum(m.apply(q, **inputs) ** 2)))(q)
+  ref_grad = _stack_blocks(grad_of(model, p), config.model.depth)
+  for remat in ("none", "full", "dots_saveable"):
+    scanned, _ = registry.build(helpers.runlocal_config(
+        **{"model.scan_layers": True, "model.remat": remat}))
+    sp = _stack_blocks(p, config.model.depth)
+    # The scanned model initialises exactly this layout.
+    shapes = jax.eval_shape(lambda k: nn.unbox(scanned.init(k, **inputs)), jax.random.key(0))
+    assert jax.tree.map(np.shape, shapes) == jax.tree.map(np.shape, sp)
+    np.testing.assert_allclose(helpers.apply(scanned, sp, inputs), ref, atol=1e-5, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, atol=1e-4 * np.abs(b).max() + 1e-7, rtol=1e-4), grad_of(scanned, sp), ref_grad)
+
+
+def test_scan_needs_identical_blocks():
+  with pytest.raises(ValueError, match="identity.every=2"):
+    registry.build(helpers.runlocal_config(**{"model.scan_layers": True, "identity.every": 2}))
+
+
+def test_bf16_matmuls_are_close_to_float32_in_value_and_gradient(base):
+  config, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  mixed, _ = registry.build(helpers.runlocal_config(**{"model.matmul_dtype": "bfloat16"}))
+  ref, out = helpers.apply(model, p, inputs), helpers.apply(mixed, p, inputs)
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, ref, atol=0.02 * np.abs(ref).max())
+  assert np.abs(out - ref).max() > 0  # really rounded
+  grad_of = lambda m: jax.jit(jax.grad(lambda q: jnp.sum(m.apply(q, **inputs) ** 2)))(p)
+  g_ref, g = grad_of(model), grad_of(mixed)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-6
+  with pytest.raises(ValueError, match="matmul_dtype"):
+    registry.build(helpers.runlocal_config(**{"model.matmul_dtype": "int8"}))
+
+
+def test_bf16_matmul_kernel_matches_its_definition():
+  from video_dit.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((6, 10), np.float32), rng.standard_normal((10, 4), np.float32)
+  g = rng.standard_normal((6, 4), np.float32)
+  r16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+  out, vjp = jax.vjp(layers.bf16_matmul, a, b)
+  da, db = vjp(g)
+  np.testing.assert_allclose(out, r16(a) @ r16(b), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(da, r16(g) @ r16(b).T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db, r16(a).T @ r16(g), rtol=1e-5, atol=1e-5)
+  # DenseGeneral's (..., K1, K2) x (K1, K2, N) contraction goes through the same kernel.
+  x, w = rng.standard_normal((2, 3, 5, 2), np.float32), rng.standard_normal((5, 2, 7), np.float32)
+  y = layers.bf16_dot_general(x, w, (((2, 3), (0, 1)), ((), ())))
+  np.testing.assert_allclose(y, np.einsum("abkl,kln->abn", r16(x), r16(w)), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_conditioning_can_be_switched_off():
+  config = helpers.runlocal_config(**{"text.encoder": "none", "identity.mode": "none"})
+  model, params = helpers.init(config)
+  names = set(params["params"])
+  assert not {"text_encoder", "identity_encoder", "null_text", "null_id"} & names
+  assert not {"text_attn", "id_attn"} & set(params["params"]["block_0"])
+  inputs = registry.random_inputs(config, 2)
+  assert set(inputs) == {"x_bthwc", "t_b"}
+  out = helpers.apply(model, helpers.perturb_zeros(params), inputs)
+  assert out.shape == inputs["x_bthwc"].shape and np.all(np.isfinite(out))
+  with pytest.raises(ValueError, match="decoupled"):
+    registry.build(helpers.runlocal_config(**{"text.encoder": "none",
+                                              "identity.mode": "decoupled"}))

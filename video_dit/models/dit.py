@@ -53,6 +53,7 @@ class ModelConfig:
   rope_theta: float = 10000.0
   sincos: bool = False                              # fixed absolute 3D embedding
   dtype: str = "float32"                            # compute dtype; params are f32
+  matmul_dtype: str = ""          # "bfloat16": dense layers take bf16 inputs, f32 accumulation
   remat: str = "none"
   scan_layers: bool = False        # one scanned block (compile time, memory at depth)
   attention: str = "einsum"
@@ -141,7 +142,12 @@ class VideoDiT(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_bthwc, t_b, text_ids_bl=None, face_bhwc=None, face_embed_be=None,
+  def __call__(self, *args, **kwargs):
+    """See ``_forward``; dense layers follow ``cfg.matmul_dtype``."""
+    with layers.matmul_policy(self.cfg.matmul_dtype):
+      return self._forward(*args, **kwargs)
+
+  def _forward(self, x_bthwc, t_b, text_ids_bl=None, face_bhwc=None, face_embed_be=None,
                drop_text_b=None, drop_id_b=None):
     """Args:
       x_bthwc: (B, T, H, W, C) noisy video (or latents).

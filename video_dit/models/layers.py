@@ -7,6 +7,8 @@ is the compute dtype.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable
 
@@ -24,6 +26,69 @@ xavier = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros_init()
 
 
+# ----------------------------------------------------------------------------- matmuls
+
+MATMUL_DTYPES = ("", "float32", "bfloat16")
+_MATMUL = contextvars.ContextVar("video_dit_matmul_dtype", default="")
+
+
+@contextlib.contextmanager
+def matmul_policy(matmul_dtype: str):
+  """Dense layers built inside use ``matmul_dtype`` inputs with float32 accumulation
+  ('' or 'float32': the layer's own compute dtype)."""
+  token = _MATMUL.set(matmul_dtype)
+  try:
+    yield
+  finally:
+    _MATMUL.reset(token)
+
+
+def _transposed(x_mk):
+  """x.T as a physically transposed array (XLA:CPU's fast low-precision matmul needs
+  row-major operands; a plain transpose only becomes a layout change)."""
+  h = x_mk.shape[1] // 2
+  return jnp.concatenate([x_mk[:, :h].T, x_mk[:, h:].T], axis=0) if h else x_mk.T
+
+
+@jax.custom_vjp
+def bf16_matmul(a_mk, b_kn):
+  """(M, K) @ (K, N) with bfloat16 inputs and float32 accumulation and output, forward
+  and backward (the cotangent is rounded to bfloat16 too, as in mixed-precision training)."""
+  return jnp.dot(a_mk.astype(jnp.bfloat16), b_kn.astype(jnp.bfloat16),
+                 preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(a_mk, b_kn):
+  a, b = a_mk.astype(jnp.bfloat16), b_kn.astype(jnp.bfloat16)
+  return jnp.dot(a, b, preferred_element_type=jnp.float32), (_transposed(a), b)
+
+
+def _bf16_matmul_bwd(res, g_mn):
+  a_km, b_kn = res
+  g = g_mn.astype(jnp.bfloat16)
+  da = jax.lax.dot_general(g, b_kn, (((1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)  # g @ b.T, no transpose
+  return da, jnp.dot(a_km, g, preferred_element_type=jnp.float32)
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                     preferred_element_type=None):
+  """``lax.dot_general`` for dense layers: bfloat16 inputs, float32 accumulation."""
+  del precision, preferred_element_type
+  (lc, rc), (lb, rb) = dimension_numbers
+  n = len(lc)
+  if (lb or rb or tuple(lc) != tuple(range(lhs.ndim - n, lhs.ndim))
+      or tuple(rc) != tuple(range(n))):
+    return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
+                               dimension_numbers, preferred_element_type=jnp.float32)
+  k = math.prod(lhs.shape[lhs.ndim - n:])
+  out = bf16_matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
+  return out.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
+
+
 def logical(init: Callable, *names) -> Callable:
   return nn.with_logical_partitioning(init, names)
 
@@ -31,7 +96,8 @@ def logical(init: Callable, *names) -> Callable:
 def dense(features, names, dtype, init=xavier, axis=-1, name=None, use_bias=True):
   """DenseGeneral whose kernel is annotated ``names`` and bias the output names."""
   n_out = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(features, axis=axis, dtype=dtype, use_bias=use_bias,
+  dot = bf16_dot_general if _MATMUL.get() == "bfloat16" else None
+  return nn.DenseGeneral(features, axis=axis, dtype=dtype, use_bias=use_bias, dot_general=dot,
                          kernel_init=logical(init, *names),
                          bias_init=logical(zeros, *names[-n_out:]), name=name)
 
@@ -54,9 +120,9 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
   attention on NVIDIA GPUs, bf16/fp16 only).
   """
   if impl == "einsum":
-    scale = 1.0 / math.sqrt(q_bqhd.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd, k_bkhd,
-                        preferred_element_type=jnp.float32) * scale
+    scale = 1.0 / math.sqrt(q_bqhd.shape[-1])  # on q: L*Dh multiplies instead of L*L
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd * jnp.asarray(scale, q_bqhd.dtype), k_bkhd,
+                        preferred_element_type=jnp.float32)
     if mask_bk is not None:
       logits = jnp.where(mask_bk[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v_bkhd.dtype)

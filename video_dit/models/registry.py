@@ -13,7 +13,7 @@ import numpy as np
 
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
-from video_dit.models.layers import ATTENTION_IMPLS
+from video_dit.models.layers import ATTENTION_IMPLS, MATMUL_DTYPES
 from video_dit.models.patching import grid_shape
 from video_dit.models.rope import check_split, default_split
 from video_dit.models.text import TextEncoderConfig
@@ -56,6 +56,8 @@ def model_config(config) -> ModelConfig:
   grid_shape(video_shape(config)[:3], patch)  # raises when not divisible
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.remat", m.remat, REMAT_POLICIES)
+  matmul_dtype = m.get("matmul_dtype", "")
+  _choice("model.matmul_dtype", matmul_dtype, MATMUL_DTYPES)
   _choice("model.attention", m.attention, ATTENTION_IMPLS)
   if m.attention == "cudnn" and m.dtype == "float32":
     raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' (or float16); "
@@ -100,7 +102,7 @@ def model_config(config) -> ModelConfig:
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
-      remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
+      matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
       use_text=tx.encoder != "none", use_identity=idc.mode != "none",
       text_pooled_to_adaln=tx.pooled_to_adaln, identity=ident, identity_mode=idc.mode,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,

@@ -1,0 +1,71 @@
+import jax
+import numpy as np
+import pytest
+
+from configs import bench
+from tests import helpers
+from video_dit import benchmark
+from video_dit.models import flops
+
+FIELDS = ("step_s", "compile_s", "flops_per_step_xla", "flops_per_step_analytic",
+          "tflops_per_s", "peak_tflops_per_s", "mfu", "mem_per_device_bytes", "tokens_per_s",
+          "backend", "device_count")
+
+
+def _config(arg, **mesh):
+  config = bench.get_config(arg)
+  with config.unlocked():
+    config.mesh.update(dict(dict(data=-1, fsdp=1, tensor=1), **mesh))
+  return config
+
+
+@pytest.mark.parametrize("workload,tokens", [("image", 64), ("video", 4 * 64)])
+def test_bench_workloads_report_every_field(workload, tokens):
+  config = _config(f"workload={workload},runlocal,batch=8")  # 8 examples: 8 devices
+  r = benchmark.train_step(config, steps=2, peak=(1.0, "test"))
+  assert all(k in r for k in FIELDS)
+  assert r["tokens_per_clip"] == tokens and r["batch"] == 8
+  assert r["step_s"] > 0 and r["compile_s"] > 0 and r["device_count"] == jax.device_count()
+  # XLA's count (which adds optimizer and elementwise work) and the analytic matmul count.
+  assert 0.8 < r["flops_per_step_xla"] / r["flops_per_step_analytic"] < 1.6
+  assert r["tflops_per_s"] == pytest.approx(r["flops_per_step_analytic"] / r["step_s"] / 1e12)
+  assert r["mfu"] == pytest.approx(r["tflops_per_s"])  # peak 1.0
+  assert r["tokens_per_s"] == pytest.approx(r["batch"] * tokens / r["step_s"])
+  assert r["mem_per_device_bytes"] > r["mem_arguments_bytes"] > 0
+
+
+def test_bench_config_switches_conditioning_off_and_on():
+  off, on = bench.get_config("workload=image"), bench.get_config("workload=image,cond")
+  assert off.text.encoder == "none" and off.identity.mode == "none"
+  assert on.text.encoder == "trainable" and on.identity.mode == "separate"
+  video = bench.get_config("workload=video")
+  assert (video.data.frames, video.data.height, video.model.patch) == (16, 32, (1, 2, 2))
+  from video_dit.models import registry  # pylint: disable=g-import-not-at-top
+  assert flops.num_tokens(registry.model_config(video), registry.video_shape(video)) == 4096
+  with pytest.raises(ValueError, match="workload"):
+    bench.get_config("workload=audio")
+
+
+def test_fsdp_cuts_parameter_and_optimizer_memory():
+  # Compile only: per-device arguments (params, Adam moments, EMA) shrink with FSDP.
+  config = helpers.runlocal_config(**{"model.width": 256, "model.num_heads": 4})
+  one = benchmark.train_step(_mesh(config, data=8), compile_only=True, peak=(1.0, ""))
+  fsdp = benchmark.train_step(_mesh(config, fsdp=8), compile_only=True, peak=(1.0, ""))
+  assert one["step_s"] is None
+  assert one["mem_arguments_bytes"] / fsdp["mem_arguments_bytes"] > 4
+
+
+def _mesh(config, **sizes):
+  config = config.copy_and_resolve_references()
+  config.mesh.update(dict(dict(data=1, fsdp=1, tensor=1), **sizes))
+  return config
+
+
+def test_peak_sources():
+  assert benchmark.matmul_peak_tflops("float32", n=256, repeats=2) > 0
+  assert benchmark.device_peak_tflops(type("D", (), {"device_kind": "NVIDIA H100 80GB HBM3"})()) \
+      == 989.0
+  assert benchmark.device_peak_tflops(type("D", (), {"device_kind": "TPU v5 lite"})()) == 197.0
+  assert benchmark.device_peak_tflops(type("D", (), {"device_kind": "cpu"})()) is None
+  assert np.isnan(benchmark.memory(type("C", (), {"memory_analysis": lambda self: None})())[
+      "mem_per_device_bytes"])
