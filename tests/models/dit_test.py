@@ -255,3 +255,10 @@ def test_conditioning_can_be_switched_off():
   with pytest.raises(ValueError, match="decoupled"):
     registry.build(helpers.runlocal_config(**{"text.encoder": "none",
                                               "identity.mode": "decoupled"}))
+
+
+def test_flash_attention_is_tpu_only_with_a_clear_error():
+  if jax.default_backend() == "tpu":
+    pytest.skip("runs on TPU")
+  with pytest.raises(ValueError, match="Pallas TPU"):
+    registry.build(helpers.runlocal_config(**{"model.attention": "flash"}))

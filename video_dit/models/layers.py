@@ -20,7 +20,7 @@ from video_dit.models.rope import apply_rope, sincos_1d
 from video_dit.sharding import constrain
 
 Dtype = Any
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "flash")
 
 xavier = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros_init()
@@ -117,8 +117,14 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
 
   ``einsum`` is plain XLA (fastest on CPU, softmax in float32); ``xla`` and
   ``cudnn`` go through ``jax.nn.dot_product_attention`` (cudnn: fused flash
-  attention on NVIDIA GPUs, bf16/fp16 only).
+  attention on NVIDIA GPUs, bf16/fp16 only); ``flash`` is the Pallas TPU flash
+  attention kernel for unmasked attention over key lengths that are multiples
+  of 128 (the DiT's self-attention); other calls fall back to ``einsum``.
   """
+  if impl == "flash":
+    if mask_bk is None and k_bkhd.shape[1] % 128 == 0 and q_bqhd.shape[1] % 128 == 0:
+      return _pallas_flash(q_bqhd, k_bkhd, v_bkhd)
+    impl = "einsum"
   if impl == "einsum":
     scale = 1.0 / math.sqrt(q_bqhd.shape[-1])  # on q: L*Dh multiplies instead of L*L
     logits = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd * jnp.asarray(scale, q_bqhd.dtype), k_bkhd,
@@ -133,6 +139,15 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
                                         implementation=impl)
   raise ValueError(f"attention implementation '{impl}' is unknown; use one of "
                    f"{ATTENTION_IMPLS}.")
+
+
+def _pallas_flash(q_bqhd, k_bkhd, v_bkhd):
+  from jax.experimental.pallas.ops.tpu import flash_attention  # pylint: disable=g-import-not-at-top
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel takes (B, H, L, Dh)
+  o = flash_attention.flash_attention(heads_first(q_bqhd), heads_first(k_bkhd),
+                                      heads_first(v_bkhd),
+                                      sm_scale=1.0 / math.sqrt(q_bqhd.shape[-1]))
+  return heads_first(o)
 
 
 _HEADS = ("act_batch", "act_len", "act_heads", None)

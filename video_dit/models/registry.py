@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,6 +60,9 @@ def model_config(config) -> ModelConfig:
   matmul_dtype = m.get("matmul_dtype", "")
   _choice("model.matmul_dtype", matmul_dtype, MATMUL_DTYPES)
   _choice("model.attention", m.attention, ATTENTION_IMPLS)
+  if m.attention == "flash" and jax.default_backend() != "tpu":
+    raise ValueError(f"model.attention='flash' is the Pallas TPU kernel; this backend is "
+                     f"{jax.default_backend()}: use 'cudnn' on NVIDIA GPUs, 'einsum' on CPU.")
   if m.attention == "cudnn" and m.dtype == "float32":
     raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' (or float16); "
                      "use attention='einsum' or 'xla' for float32.")
