@@ -40,7 +40,7 @@ def test_variants_and_runlocal():
     ({"model.width": 62}, "model: width=62 is not divisible by num_heads=4"),
     ({"model.rope_split": (4, 4, 4)}, "rope split \\(4, 4, 4\\) does not fit head_dim=16"),
     ({"model.rope_split": (3, 7, 6)}, "does not fit head_dim=16"),
-    ({"model.attention": "flash"}, "model.attention='flash' is not one of"),
+    ({"model.attention": "splash"}, "model.attention='splash' is not one of"),
     ({"model.attention": "cudnn"}, "needs model.dtype='bfloat16'"),
     ({"model.rope": False}, "no position information"),
     ({"identity.gate": "tanh"}, "identity.gate='tanh' is not one of"),
