@@ -166,8 +166,9 @@ def main(argv):
   else:
     for what in _WHAT.value:
       rows += run_one(config, what, label, peak)
-  for r in rows:
-    print(json.dumps(r), flush=True)
+  for r in rows:  # NaN (not measured) as null: strict JSON
+    print(json.dumps({k: (None if isinstance(v, float) and v != v else v)
+                      for k, v in r.items()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,14 @@ def test_peak_sources():
   assert benchmark.device_peak_tflops(type("D", (), {"device_kind": "cpu"})()) is None
   assert np.isnan(benchmark.memory(type("C", (), {"memory_analysis": lambda self: None})())[
       "mem_per_device_bytes"])
+
+
+def test_sample_benchmark_counts_guided_calls():
+  config = _config("workload=image,runlocal,batch=8")
+  r = benchmark.sample(config, steps=1, peak=(1.0, "test"))
+  assert r["model_calls"] == config.sample.num_steps and r["batch"] == config.sample.num_videos
+  assert r["step_s"] > 0 and r["flops_per_step_xla"] > 0
+  # Guidance runs the model on three copies of the batch per call.
+  assert 0.8 < r["flops_per_step_xla"] / r["flops_per_step_analytic"] < 1.6
+  assert r["seconds_per_video_second"] == pytest.approx(
+      r["step_s"] / r["batch"] / (config.data.frames / config.sample.fps))
