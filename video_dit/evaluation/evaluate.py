@@ -89,7 +89,7 @@ def load_examples(config, split: str, num_videos: int) -> dict:
 
 
 def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed: int,
-                    chunk: int, log=print) -> np.ndarray:
+                    chunk: int) -> np.ndarray:
   """uint8 videos for every example, sampled ``chunk`` at a time over the mesh."""
   mesh = sharding.make_mesh(config.mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -147,8 +147,8 @@ def identity_metrics(config, gen, real, faces, identities, probe_path, train_pro
   from video_dit.evaluation import face_id  # pylint: disable=g-import-not-at-top
   out = dict(embedding="dlib 128-d face recognizer (mean cosine over frames with a face)")
   embeds = {}
+  refs = [face_id.embed_face(f) for f in faces]
   for name, videos in (("generated", gen), ("real", real)):
-    refs = [face_id.embed_face(f) for f in faces]
     frames = [[face_id.embed_face(f) for f in v] for v in videos]
     matched, mismatched, missing, kept = [], [], 0, []
     for i, per_frame in enumerate(frames):
@@ -222,7 +222,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
       f"({len(np.unique(identities))} identities)")
   timings = {}
   gen = generate_videos(config, model, params, diffusion, sampler_cfg, batch, config.seed,
-                        chunk, log)
+                        chunk)
   timings["sample_s"] = time.time() - t0
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
