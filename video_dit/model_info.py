@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_dit import sharding
+from video_dit import benchmark, sharding
 from video_dit.diffusion import Diffusion
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
@@ -61,8 +61,6 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
       times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
 
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = {name: int(sum(x.size for x in jax.tree.leaves(sub)))
             for name, sub in params["params"].items()}
   return dict(
@@ -71,7 +69,7 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
       params=sum(counts.values()), params_by_module=counts,
       # XLA counts the per-device program; summed over devices (replicated work
       # such as the small encoders counts once per device).
-      flops_per_step_xla=float(cost.get("flops", float("nan"))) * mesh.size,
+      flops_per_step_xla=benchmark.xla_flops(compiled, mesh.size),
       flops_per_step_analytic=3 * batch * flops_lib.forward_flops(cfg, shape,
                                                                  cfg.text.max_len),
       compile_s=compile_s, step_s=step_s, loss=float(loss), grad_norm=float(grad_norm),

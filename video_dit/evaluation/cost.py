@@ -37,7 +37,9 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
   flops = flops_per_call * model_calls(sampler) / shape[0]
 
   sample = make_sampler(model, diffusion, sampler, shape)
+  t0 = time.perf_counter()
   jax.block_until_ready(sample(params, cond, jax.random.key(0)))  # compile + warm-up
+  first_call_s = time.perf_counter() - t0
   times = []
   for i in range(repeats):
     t0 = time.perf_counter()
@@ -49,4 +51,4 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
               video_seconds_per_sample=video_seconds,
               seconds_per_video_second=seconds / video_seconds,
               tflops_per_video_second=flops / video_seconds / 1e12,
-              model_calls_per_sample=model_calls(sampler))
+              model_calls_per_sample=model_calls(sampler), first_call_s=first_call_s)

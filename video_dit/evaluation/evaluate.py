@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from video_dit import metrics as metrics_lib
-from video_dit import sampling, sharding
+from video_dit import sampling, sharding, train
 from video_dit.data import builders, pipeline, synthetic
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.evaluation import cost as cost_lib
@@ -97,7 +97,7 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   n = len(batch["video"])
   shape = (chunk,) + registry.video_shape(config)
   sample = sampling.make_sampler(model, diffusion, sampler, shape)
-  _, cond = _model_cond(batch)
+  _, cond = train.model_inputs(batch)
   progress = metrics_lib.Progress(n)
   out = []
   with jax.set_mesh(mesh):
@@ -112,11 +112,6 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
       progress.update(min(i + chunk, n), "videos sampled", force=True)
   progress.close()
   return np.concatenate(out)
-
-
-def _model_cond(batch: dict):
-  cond = {"text_ids_bl": batch["text_ids"], "face_bhwc": batch["face"]}
-  return batch["video"], cond
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -214,13 +209,13 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
       cfg, registry.video_shape(config)))
   sampler_cfg = SamplerConfig.from_config(config.sample)
   sampler_cfg.check(config.diffusion.objective)
-  t0 = time.time()
   batch = load_examples(config, split, num_videos)
   real, faces = sampling.to_uint8(batch["video"]), sampling.to_uint8(batch["face"])
   identities, actions = batch["identity_index"], batch["action"]
   log(f"evaluating step {step} of {workdir} on {len(real)} '{split}' examples "
       f"({len(np.unique(identities))} identities)")
   timings = {}
+  t0 = time.time()
   gen = generate_videos(config, model, params, diffusion, sampler_cfg, batch, config.seed,
                         chunk)
   timings["sample_s"] = time.time() - t0
@@ -251,7 +246,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
     return fvd.fvd(real, gen)
 
   def cost_fn():
-    one = jax.tree.map(lambda x: x[:1], _model_cond(batch)[1])
+    one = jax.tree.map(lambda x: x[:1], train.model_inputs(batch)[1])
     return cost_lib.sampler_cost(model, params, diffusion, sampler_cfg, one,
                                  (1,) + registry.video_shape(config),
                                  float(config.sample.get("fps", 8.0)))
