@@ -343,7 +343,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                          tflops_per_s=rate * flops_per_step / 1e12)
         writer.write(done, scalars)
         t_last, steps_since = time.perf_counter(), 0
-      progress.update(done, f"loss {metrics['loss']:.4f}")
+      progress.update(done, f"loss {metrics['loss']:.4f}",
+                      force=done % config.train.log_every == 0)
       samples.maybe_write(done, state.ema_params)
       if (done % config.ckpt.every_steps == 0 or done == config.total_steps
           or preempt.requested):

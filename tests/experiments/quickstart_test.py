@@ -1,0 +1,125 @@
+"""The quickstart end to end at a tiny budget: every phase, the report, and resuming."""
+
+import html.parser
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import helpers
+from video_dit import report
+from video_dit.data import builders, synthetic
+from video_dit.evaluation import probes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Sources(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.images, self.cells = [], []
+
+  def handle_starttag(self, tag, attrs):
+    if tag == "img":
+      self.images.append(dict(attrs)["src"])
+
+  def handle_data(self, data):
+    self.cells.append(data.strip())
+
+
+def _quickstart(workdir, data_dir, steps):
+  cmd = [sys.executable, "-m", "experiments.quickstart",
+         f"--config=configs/synthetic_faces.py:runlocal,steps={steps}",
+         f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
+         "--config.data.clips_per_identity=2", "--config.sample.num_steps=2",
+         f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
+         "--metrics=identity,text,temporal,cost"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_and_resume(tmp_path):
+  data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+  config = helpers.runlocal_config(**{"data.data_dir": data_dir, "data.num_identities": 60,
+                                      "data.clips_per_identity": 2})
+  # Probes trained briefly where evaluation looks for them (the quickstart would
+  # otherwise train them at full length on first use).
+  builders.SyntheticFaces(data_dir=data_dir, spec=synthetic.spec_from_config(config)).prepare()
+  spec = probes.ProbeSpec.from_config(config)
+  probes.train_probe("identity", spec, steps=150, log=None).save(
+      probes.default_path(data_dir, "identity", spec))
+  probes.train_probe("action", spec, steps=30, batch=16, log=None).save(
+      probes.default_path(data_dir, "action", spec))
+
+  log = _quickstart(workdir, data_dir, steps=4)
+  for phase in ("1/4 dataset", "2/4 training", "3/4 sampling", "4/4 report"):
+    assert phase in log, log
+  with open(os.path.join(workdir, "quickstart_phases.json")) as f:
+    phases = json.load(f)
+  assert set(phases) == {"dataset", "train", "evaluate", "report"}
+  assert all(v >= 0 for v in phases.values())
+
+  with open(os.path.join(workdir, "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  parser = _Sources()
+  parser.feed(page)
+  assert "report/loss.png" in parser.images
+  gifs = [s for s in parser.images if s.endswith(".gif")]
+  assert len(gifs) == 2 * 4  # generated + real per sample
+  for src in parser.images:
+    with Image.open(os.path.join(workdir, src)) as img:
+      img.load()
+      if src.endswith(".gif"):  # 8 frames at 8 fps; PIL merges repeated frames
+        duration = 0            # and GIF delays are whole 1/100 s
+        for k in range(img.n_frames):
+          img.seek(k)
+          duration += img.info["duration"]
+        assert img.size == (32 * 4, 32 * 4) and abs(duration - 1000) <= 80, (src, duration)
+  text = " ".join(parser.cells)
+  for metric in ("identity gap", "action accuracy", "cost per generated video-second"):
+    assert metric in text, text
+  with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+    results = json.load(f)
+  assert results["num_videos"] == 12 and results["step"] == 4
+  steps, loss = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert list(steps) == [4] and np.isfinite(loss).all()  # runlocal logs every 5 steps + last
+
+  # Re-running resumes: training goes on from step 4, the old evaluation stays.
+  mtime = os.path.getmtime(os.path.join(workdir, "eval", "step_4.json"))
+  log = _quickstart(workdir, data_dir, steps=6)
+  assert "resumed from" in log and "steps 4..6" in log
+  assert os.path.getmtime(os.path.join(workdir, "eval", "step_4.json")) == mtime
+  assert os.path.exists(os.path.join(workdir, "eval", "step_6.json"))
+  log = _quickstart(workdir, data_dir, steps=6)  # nothing left to do
+  assert "already at step 6" in log and "evaluation of step 6 found" in log
+
+
+def test_pick_examples_spreads_identities_and_actions():
+  ids = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+  acts = np.array([3, 3, 4, 5, 1, 2, 1, 0])
+  assert report.pick_examples(ids, acts, 10) == [0, 2, 3, 4, 5, 7]
+  assert report.pick_examples(ids, acts, 10, per_identity=1) == [0, 4, 7]
+  assert report.pick_examples(ids, acts, 2) == [0, 2]
+
+
+def test_loss_plot_and_metric_rows(tmp_path):
+  path = str(tmp_path / "loss.png")
+  report.line_plot(np.arange(1, 101), np.exp(-np.arange(100) / 30.0) + 0.05, path, "loss")
+  with Image.open(path) as img:
+    pixels = np.asarray(img.convert("RGB"))
+  assert pixels.shape == (360, 640, 3)
+  assert (pixels[..., 2] > 100).any() and (pixels.min(-1) < 100).any()  # a curve and axes
+  rows = report.metric_rows({
+      "identity": {"generated": {"gap": 0.3, "gap_ci95": [0.2, 0.4], "matched": 0.8,
+                                 "mismatched": 0.5, "choice_accuracy": 0.9, "n": 64},
+                   "real": {"gap": 0.5, "matched": 0.9, "mismatched": 0.4,
+                            "choice_accuracy": 1.0}},
+      "text": {"skipped": "no action labels"}})
+  assert rows[0][1] == "0.300 [95% CI 0.200, 0.400]" and "excludes 0" in rows[0][2]
+  assert rows[-1] == ("action accuracy", "skipped", "no action labels")

@@ -1,0 +1,265 @@
+"""An HTML report of a run: samples beside their references and real clips, the loss
+curve, and the evaluation's metrics table.
+
+``write_report(workdir)`` reads what training and evaluation left in the workdir
+(``metrics.jsonl``, ``eval/step_N.json`` and its ``videos.npz``) and writes
+``W/report.html`` with its images under ``W/report/``. Everything is drawn with
+PIL (no plotting library) and written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from video_dit import sampling
+
+
+# ----------------------------------------------------------------------------- loss plot
+
+
+def read_metrics(path: str, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of ``key`` from a metrics.jsonl (later lines win on a resumed run)."""
+  points = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        row = json.loads(line)
+        if key in row:
+          points[int(row["step"])] = float(row[key])
+  steps = np.asarray(sorted(points), np.int64)
+  return steps, np.asarray([points[s] for s in steps], np.float64)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+  span = max(hi - lo, 1e-12)
+  step = 10 ** math.floor(math.log10(span / n))
+  for m in (1, 2, 5, 10):
+    if span / (m * step) <= n:
+      step *= m
+      break
+  start = math.ceil(lo / step) * step
+  return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def line_plot(xs, ys, path: str, title: str, xlabel: str = "step", ylabel: str = "loss",
+              size: tuple[int, int] = (640, 360), log_y: bool = True) -> None:
+  """A PNG line plot of ``ys`` over ``xs`` with axes, ticks and labels."""
+  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+  keep = np.isfinite(ys) & ((ys > 0) if log_y else True)
+  xs, ys = xs[keep], ys[keep]
+  w, h = size
+  left, right, top, bottom = 70, 20, 30, 45
+  img = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(img)
+  draw.text((left, 8), title, fill="black")
+  draw.rectangle([left, top, w - right, h - bottom], outline="black")
+  if len(xs) == 0:
+    draw.text((left + 10, top + 10), "no data", fill="gray")
+  else:
+    f = np.log10 if log_y else (lambda v: v)
+    fy = f(ys)
+    x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
+    y0, y1 = float(fy.min()), float(fy.max())
+    pad = 0.05 * max(y1 - y0, 1e-6)
+    y0, y1 = y0 - pad, y1 + pad
+    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
+    py = lambda y: h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
+    for t in _nice_ticks(x0, x1):
+      draw.line([px(t), h - bottom, px(t), h - bottom + 4], fill="black")
+      draw.text((px(t) - 12, h - bottom + 6), f"{t:g}", fill="black")
+    for t in _nice_ticks(y0, y1):
+      label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
+      draw.line([left - 4, py(t), left, py(t)], fill="black")
+      draw.line([left + 1, py(t), w - right - 1, py(t)], fill=(230, 230, 230))
+      draw.text((4, py(t) - 6), label, fill="black")
+    pts = [(px(x), py(y)) for x, y in zip(xs, fy)]
+    draw.line(pts, fill=(170, 190, 230), width=1)
+    if len(fy) >= 5:  # a smoothed curve over the raw one
+      k = max(2, len(fy) // 20)
+      smooth = np.convolve(fy, np.ones(k) / k, mode="valid")
+      sx = xs[k - 1:]
+      draw.line([(px(x), py(y)) for x, y in zip(sx, smooth)], fill=(20, 60, 160), width=2)
+  draw.text((w // 2 - 15, h - 18), xlabel, fill="black")
+  draw.text((4, top - 22), ylabel + (" (log)" if log_y else ""), fill="black")
+  _save_image(img, path)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _save_image(img: Image.Image, path: str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}"
+  img.save(tmp)
+  os.replace(tmp, path)
+
+
+def _save_gif(video: np.ndarray, path: str, fps: float, scale: int) -> None:
+  if scale > 1:
+    t, h, w, _ = video.shape
+    video = np.stack([np.asarray(Image.fromarray(f).resize((w * scale, h * scale),
+                                                           Image.NEAREST)) for f in video])
+  tmp = f"{path}.tmp{os.getpid()}.gif"
+  sampling.write_gif(tmp, video, fps)
+  os.replace(tmp, path)
+
+
+def pick_examples(identities: np.ndarray, actions: np.ndarray, num: int,
+                  per_identity: int = 3) -> list[int]:
+  """Up to ``num`` example indices: ``per_identity`` distinct actions per identity,
+  identities in order of first appearance."""
+  chosen, seen = [], {}
+  for i, (ident, act) in enumerate(zip(identities.tolist(), actions.tolist())):
+    acts = seen.setdefault(ident, set())
+    if len(acts) < per_identity and act not in acts:
+      acts.add(act)
+      chosen.append(i)
+  order = {ident: k for k, ident in enumerate(dict.fromkeys(identities.tolist()))}
+  chosen.sort(key=lambda i: (order[identities[i]], i))
+  return chosen[:num]
+
+
+def _fmt(v, digits=3) -> str:
+  if isinstance(v, float):
+    return f"{v:.{digits}g}"
+  return html.escape(str(v))
+
+
+def metric_rows(results: dict) -> list[tuple[str, str, str]]:
+  """(metric, value, context) rows of an evaluation result for the table."""
+  rows = []
+  ident = results.get("identity")
+  if ident is not None:
+    if "skipped" in ident:
+      rows.append(("identity gap", "skipped", ident["skipped"]))
+    else:
+      g, r = ident["generated"], ident.get("real", {})
+      if "gap" in g:
+        lo, hi = g["gap_ci95"]
+        verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
+        rows.append(("identity gap (matched - mismatched reference)",
+                     f"{g['gap']:.3f} [95% CI {lo:.3f}, {hi:.3f}]",
+                     f"CI {verdict}; n={g['n']}; real clips: {r.get('gap', float('nan')):.3f}"))
+        rows.append(("identity similarity matched / mismatched",
+                     f"{g['matched']:.3f} / {g['mismatched']:.3f}",
+                     f"real clips {r.get('matched', float('nan')):.3f} / "
+                     f"{r.get('mismatched', float('nan')):.3f}"))
+        rows.append(("two-alternative identity choice", f"{g['choice_accuracy']:.1%}",
+                     f"chance 50%; real clips {r.get('choice_accuracy', float('nan')):.1%}"))
+      else:
+        rows.append(("identity gap", "skipped", g.get("skipped", "")))
+  text = results.get("text")
+  if text is not None:
+    if "skipped" in text:
+      rows.append(("action accuracy", "skipped", text["skipped"]))
+    else:
+      rows.append(("action accuracy (prompted action, probe)", f"{text['accuracy']:.1%}",
+                   f"chance {text['chance']:.1%}, majority {text['majority_baseline']:.1%}, "
+                   f"real clips {text['real_accuracy']:.1%}; n={text['n']}"))
+  fvd = results.get("fvd")
+  if fvd is not None:
+    rows.append(("FVD (I3D)", "skipped" if "skipped" in fvd else f"{fvd['fvd']:.1f}",
+                 fvd.get("skipped", f"{fvd.get('num_generated')} generated vs "
+                                    f"{fvd.get('num_real')} real clips of the same examples")))
+  cost = results.get("cost")
+  if cost is not None and "skipped" not in cost:
+    rows.append(("cost per generated video-second",
+                 f"{cost['seconds_per_video_second']:.3g} s, "
+                 f"{cost['tflops_per_video_second'] * 1e3:.3g} GFLOP",
+                 f"{cost['model_calls_per_sample']} model calls per video, "
+                 f"{cost['seconds_per_sample']:.3g} s per video"))
+  temp = results.get("temporal")
+  if temp is not None and "skipped" not in temp:
+    g, r = temp.get("generated", {}), temp.get("real", {})
+    rows.append(("frame change (mean |x_t - x_{t-1}|)",
+                 _fmt(g.get("frame_change", float("nan"))),
+                 f"real clips {_fmt(r.get('frame_change', float('nan')))}"))
+  return rows
+
+
+_STYLE = """
+body{font-family:sans-serif;margin:24px;max-width:1100px}
+table{border-collapse:collapse;margin:12px 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:middle}
+img.px{image-rendering:pixelated}
+.small{color:#555;font-size:90%}
+"""
+
+
+def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: int = 4,
+                 phases: dict | None = None, title: str = "video_dit report",
+                 fps: float = 8.0) -> str:
+  """Writes ``W/report.html`` (+ ``W/report/``) from an evaluation result; returns its path."""
+  media = results["media"]
+  with np.load(os.path.join(media, "videos.npz"), allow_pickle=False) as z:
+    videos = {k: z[k] for k in z.files}
+  out_dir = os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+
+  steps, loss = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  line_plot(steps, loss, os.path.join(out_dir, "loss.png"), "training loss")
+
+  picks = pick_examples(videos["identity"], videos["action"], num_samples)
+  sample_rows = []
+  for k, i in enumerate(picks):
+    names = dict(face=f"{k:02d}_face.png", gen=f"{k:02d}_generated.gif",
+                 real=f"{k:02d}_real.gif")
+    face = videos["faces"][i]
+    h = videos["generated"].shape[2] * scale
+    _save_image(Image.fromarray(face).resize((h, h), Image.BICUBIC),
+                os.path.join(out_dir, names["face"]))
+    _save_gif(videos["generated"][i], os.path.join(out_dir, names["gen"]), fps, scale)
+    _save_gif(videos["real"][i], os.path.join(out_dir, names["real"]), fps, scale)
+    sample_rows.append(
+        f"<tr><td>{int(videos['identity'][i])}</td>"
+        f"<td><img class=px src='report/{names['face']}'></td>"
+        f"<td><img class=px src='report/{names['gen']}'></td>"
+        f"<td><img class=px src='report/{names['real']}'></td>"
+        f"<td>{html.escape(str(videos['caption'][i]))}</td></tr>")
+
+  metric_html = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{b}</b></td>"
+                        f"<td class=small>{html.escape(c)}</td></tr>"
+                        for a, b, c in metric_rows(results))
+  phase_html = ""
+  if phases:
+    total = sum(phases.values())
+    phase_html = ("<h2>Wall time</h2><table><tr><th>phase</th><th>seconds</th><th>share</th></tr>"
+                  + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.0f}</td>"
+                            f"<td>{v / max(total, 1e-9):.0%}</td></tr>"
+                            for k, v in phases.items())
+                  + f"<tr><td><b>total</b></td><td><b>{total:.0f}</b></td><td></td></tr></table>")
+  sampler = results.get("sampler", {})
+  body = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class=small>Checkpoint step {results['step']} ({results.get('params', 'ema')} parameters) of
+{html.escape(str(results.get('workdir', workdir)))}; {results['num_videos']} videos of the
+'{html.escape(results.get('split', 'test'))}' split (identities never seen in training), sampler
+{html.escape(str(sampler.get('name', '')))} with {sampler.get('num_steps', '')} steps, text scale
+{sampler.get('text_scale', '')}, face scale {sampler.get('id_scale', '')}.</p>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>value</th><th>context</th></tr>{metric_html}</table>
+<h2>Samples</h2>
+<p class=small>Each row: the held-out identity's reference face, the video generated from it and
+the prompt, and a real clip of the same identity doing the prompted action.</p>
+<table><tr><th>identity</th><th>reference</th><th>generated</th><th>real</th><th>prompt</th></tr>
+{''.join(sample_rows)}</table>
+<h2>Training loss</h2><img src='report/loss.png'>
+{phase_html}
+</body></html>
+"""
+  path = os.path.join(workdir, "report.html")
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(body)
+  os.replace(tmp, path)
+  return path
