@@ -50,6 +50,16 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
   return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+  """log10 positions of 1-2-5 values (or every digit on a short range) in [lo, hi]."""
+  for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+    ticks = [math.log10(m) + k for k in range(math.floor(lo) - 1, math.ceil(hi) + 1)
+             for m in mantissas if lo <= math.log10(m) + k <= hi]
+    if len(ticks) >= 3:
+      return ticks
+  return _nice_ticks(lo, hi)
+
+
 def line_plot(xs, ys, path: str, title: str, xlabel: str = "step", ylabel: str = "loss",
               size: tuple[int, int] = (640, 360), log_y: bool = True) -> None:
   """A PNG line plot of ``ys`` over ``xs`` with axes, ticks and labels."""
@@ -76,7 +86,7 @@ def line_plot(xs, ys, path: str, title: str, xlabel: str = "step", ylabel: str =
     for t in _nice_ticks(x0, x1):
       draw.line([px(t), h - bottom, px(t), h - bottom + 4], fill="black")
       draw.text((px(t) - 12, h - bottom + 6), f"{t:g}", fill="black")
-    for t in _nice_ticks(y0, y1):
+    for t in (_log_ticks(y0, y1) if log_y else _nice_ticks(y0, y1)):
       label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
       draw.line([left - 4, py(t), left, py(t)], fill="black")
       draw.line([left + 1, py(t), w - right - 1, py(t)], fill=(230, 230, 230))
@@ -125,6 +135,21 @@ def pick_examples(identities: np.ndarray, actions: np.ndarray, num: int,
   order = {ident: k for k, ident in enumerate(dict.fromkeys(identities.tolist()))}
   chosen.sort(key=lambda i: (order[identities[i]], i))
   return chosen[:num]
+
+
+def grid_video(videos: dict, picks: list[int], scale: int = 3, gap: int = 4) -> np.ndarray:
+  """(T, H', W', 3) uint8: one row per pick of reference face | generated | real."""
+  gen, real, faces = videos["generated"], videos["real"], videos["faces"]
+  t, h, w, _ = gen.shape[1:]
+  up = lambda a: np.repeat(np.repeat(a, scale, -2), scale, -3)
+  white = lambda *shape: np.full(shape + (3,), 255, np.uint8)
+  rows = []
+  for i in picks:
+    face = np.asarray(Image.fromarray(faces[i]).resize((h, h), Image.BICUBIC))
+    row = np.concatenate([np.repeat(face[None], t, 0), white(t, h, gap // scale or 1), gen[i],
+                          white(t, h, gap // scale or 1), real[i]], axis=2)
+    rows += [up(row), white(t, gap, up(row).shape[2])]
+  return np.concatenate(rows[:-1], axis=1)
 
 
 def _fmt(v, digits=3) -> str:
@@ -225,6 +250,10 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
         f"<td><img class=px src='report/{names['real']}'></td>"
         f"<td>{html.escape(str(videos['caption'][i]))}</td></tr>")
 
+  grid = picks[::max(1, len(picks) // 4)][:4]
+  if grid:
+    _save_gif(grid_video(videos, grid), os.path.join(out_dir, "grid.gif"), fps, 1)
+
   metric_html = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{b}</b></td>"
                         f"<td class=small>{html.escape(c)}</td></tr>"
                         for a, b, c in metric_rows(results))
@@ -248,6 +277,8 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
 {sampler.get('text_scale', '')}, face scale {sampler.get('id_scale', '')}.</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>value</th><th>context</th></tr>{metric_html}</table>
+<p><img src='report/grid.gif'><br><span class=small>Reference face | generated video |
+real clip of the same identity, for held-out identities.</span></p>
 <h2>Samples</h2>
 <p class=small>Each row: the held-out identity's reference face, the video generated from it and
 the prompt, and a real clip of the same identity doing the prompted action.</p>

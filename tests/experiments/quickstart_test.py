@@ -71,11 +71,11 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   parser.feed(page)
   assert "report/loss.png" in parser.images
   gifs = [s for s in parser.images if s.endswith(".gif")]
-  assert len(gifs) == 2 * 4  # generated + real per sample
+  assert len(gifs) == 2 * 4 + 1  # generated + real per sample, and the grid
   for src in parser.images:
     with Image.open(os.path.join(workdir, src)) as img:
       img.load()
-      if src.endswith(".gif"):  # 8 frames at 8 fps; PIL merges repeated frames
+      if src.endswith(".gif") and "grid" not in src:  # 8 frames at 8 fps; PIL merges repeated frames
         duration = 0            # and GIF delays are whole 1/100 s
         for k in range(img.n_frames):
           img.seek(k)
@@ -106,6 +106,18 @@ def test_pick_examples_spreads_identities_and_actions():
   assert report.pick_examples(ids, acts, 10) == [0, 2, 3, 4, 5, 7]
   assert report.pick_examples(ids, acts, 10, per_identity=1) == [0, 4, 7]
   assert report.pick_examples(ids, acts, 2) == [0, 2]
+
+
+def test_grid_video_rows():
+  rng = np.random.default_rng(0)
+  videos = dict(generated=rng.integers(0, 255, (3, 8, 32, 32, 3), dtype=np.uint8),
+                real=rng.integers(0, 255, (3, 8, 32, 32, 3), dtype=np.uint8),
+                faces=rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8))
+  grid = report.grid_video(videos, [2, 0], scale=2, gap=4)
+  assert grid.shape == (8, 2 * 64 + 4, (32 + 2 + 32 + 2 + 32) * 2, 3)
+  # Row 1, generated column: example 2 upsampled 2x; row 2, real column: example 0.
+  np.testing.assert_array_equal(grid[:, :64:2, 68:132:2], videos["generated"][2])
+  np.testing.assert_array_equal(grid[:, 68::2, 136::2], videos["real"][0])
 
 
 def test_loss_plot_and_metric_rows(tmp_path):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from video_dit import metrics as metrics_lib
+
 MIN_FRAMES = 16
 
 
@@ -37,7 +39,7 @@ class I3D:
     self._features = jax.jit(
         lambda v: model.apply(variables, _preprocess(v), is_training=False)[0])
 
-  def __call__(self, videos) -> np.ndarray:
+  def __call__(self, videos, label: str = "clips through I3D") -> np.ndarray:
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[-1] != 3:
       raise ValueError(f"expected (N, T, H, W, 3) videos, got {videos.shape}")
@@ -47,11 +49,15 @@ class I3D:
       reps = -(-MIN_FRAMES // videos.shape[1])
       videos = np.repeat(videos, reps, axis=1)[:, :MIN_FRAMES]
     out = []
+    progress = metrics_lib.Progress(len(videos))
     for i in range(0, len(videos), self.batch):
       chunk = videos[i:i + self.batch]
       pad = self.batch - len(chunk)  # one compiled shape for every chunk
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
       out.append(np.asarray(self._features(chunk))[:len(chunk) - pad])
+      done = min(i + self.batch, len(videos))
+      progress.update(done, label, force=done == len(videos) or (i // self.batch) % 8 == 7)
+    progress.close()
     return np.concatenate(out).astype(np.float64)
 
 
@@ -86,5 +92,7 @@ def fvd(real, generated, i3d: I3D | None = None) -> dict:
   i3d = i3d or default_i3d()
   if len(real) < 2 or len(generated) < 2:
     raise ValueError("FVD needs at least 2 clips per set (and many more to mean much)")
-  return dict(fvd=frechet_distance(i3d(real), i3d(generated)), num_real=len(real),
+  return dict(fvd=frechet_distance(i3d(real, "real clips through I3D"),
+                                   i3d(generated, "generated clips through I3D")),
+              num_real=len(real),
               num_generated=len(generated))
