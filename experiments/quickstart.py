@@ -1,4 +1,4 @@
-r"""The whole pipeline in one command, on the built-in synthetic faces (~15 min, 2 CPU cores):
+r"""The whole pipeline in one command, on the built-in synthetic faces (15-20 min, 2 CPU cores):
 
   python -m experiments.quickstart --workdir=runs/quickstart
 
