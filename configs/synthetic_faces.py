@@ -6,8 +6,9 @@ Variants: --config=configs/synthetic_faces.py:variant=B,frames=32,res=128,patch=
 
 Presets:
   :identity_bench  the config that shows the face engine learning (8x32x32 clips,
-                   64 tokens, width 128, depth 4; 6000 steps, about 25 minutes on 2 CPU cores).
-  :quickstart      the same model and recipe, 3000 steps (~10 minutes on 2 CPU cores)
+                   64 tokens, width 128, depth 4; 6000 steps, ~23 min at the 4.4 steps/s
+                   measured on 2 idle CPU cores).
+  :quickstart      the same model and recipe, 3000 steps (~11.5 min of training)
                    (``python -m experiments.quickstart``).
   :runlocal        tests and laptops (DiT-mu, 8x32x32 clips, 64 tokens, seconds).
 ``steps=N`` overrides a preset's number of training steps.

@@ -101,7 +101,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
       fps=float(config.sample.fps), title=f"video_dit quickstart: step {step}"))
   for a, b, c in report.metric_rows(results):
     _log(f"  {a}: {b}  ({c})")
-  _log(f"wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+  _log("wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
   _log(f"report: {os.path.abspath(path)}")
   return path
 

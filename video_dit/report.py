@@ -112,13 +112,14 @@ def _save_image(img: Image.Image, path: str) -> None:
   os.replace(tmp, path)
 
 
+def _upscale(frames: np.ndarray, scale: int) -> np.ndarray:
+  """Nearest-neighbour upscaling of (..., H, W, C) by an integer factor."""
+  return np.repeat(np.repeat(frames, scale, -2), scale, -3)
+
+
 def _save_gif(video: np.ndarray, path: str, fps: float, scale: int) -> None:
-  if scale > 1:
-    t, h, w, _ = video.shape
-    video = np.stack([np.asarray(Image.fromarray(f).resize((w * scale, h * scale),
-                                                           Image.NEAREST)) for f in video])
   tmp = f"{path}.tmp{os.getpid()}.gif"
-  sampling.write_gif(tmp, video, fps)
+  sampling.write_gif(tmp, _upscale(video, scale), fps)
   os.replace(tmp, path)
 
 
@@ -141,14 +142,14 @@ def grid_video(videos: dict, picks: list[int], scale: int = 3, gap: int = 4) -> 
   """(T, H', W', 3) uint8: one row per pick of reference face | generated | real."""
   gen, real, faces = videos["generated"], videos["real"], videos["faces"]
   t, h, w, _ = gen.shape[1:]
-  up = lambda a: np.repeat(np.repeat(a, scale, -2), scale, -3)
   white = lambda *shape: np.full(shape + (3,), 255, np.uint8)
   rows = []
   for i in picks:
     face = np.asarray(Image.fromarray(faces[i]).resize((h, h), Image.BICUBIC))
     row = np.concatenate([np.repeat(face[None], t, 0), white(t, h, gap // scale or 1), gen[i],
                           white(t, h, gap // scale or 1), real[i]], axis=2)
-    rows += [up(row), white(t, gap, up(row).shape[2])]
+    row = _upscale(row, scale)
+    rows += [row, white(t, gap, row.shape[2])]
   return np.concatenate(rows[:-1], axis=1)
 
 

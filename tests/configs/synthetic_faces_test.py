@@ -66,3 +66,19 @@ def test_diffusion_and_sampler_come_from_the_config():
   config.diffusion.prediction = "eps"
   with pytest.raises(ValueError, match="does not fit objective 'flow'"):
     Diffusion.from_config(config.diffusion, 64)
+
+
+def test_identity_bench_and_quickstart_presets():
+  bench = synthetic_faces.get_config("identity_bench")
+  quick = synthetic_faces.get_config("quickstart")
+  assert bench.total_steps == 6000 and quick.total_steps == 3000
+  assert quick.ckpt.every_steps == 250
+  for c in (bench, quick):
+    # x0 prediction, high-noise times and no token shift: the recipe the README measures.
+    assert (c.diffusion.prediction, c.diffusion.t_mean, c.diffusion.shift_base_tokens) == (
+        "x0", 1.5, 0)
+    assert registry.video_shape(c) == (8, 32, 32, 3) and tuple(c.model.patch) == (2, 8, 8)
+    registry.build(c)
+  assert synthetic_faces.get_config("quickstart,steps=7").total_steps == 7
+  with pytest.raises(ValueError, match="choose one of the presets"):
+    synthetic_faces.get_config("quickstart,runlocal")
