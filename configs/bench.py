@@ -5,8 +5,9 @@
   workload=video  16 latent frames of 32x32x4, patch (1, 2, 2), batch 2: 4096 tokens of
                   full spacetime attention.
 
-Text and identity conditioning are off (``cond=true`` switches them on) so the work is
-the DiT's alone. Overridable: variant, batch, frames, res, channels, patch, dtype,
+Attention defaults to einsum for the image and blocked (flash attention in plain JAX,
+memory linear in tokens) for the video. Text and identity conditioning are off
+(``cond=true`` switches them on) so the work is the DiT's alone. Overridable: variant, batch, frames, res, channels, patch, dtype,
 matmul (bfloat16: bf16 matmul inputs, f32 accumulation),
 attention, remat, scan, and runlocal for tests.
 
@@ -16,14 +17,14 @@ attention, remat, scan, and runlocal for tests.
 from configs import common
 
 WORKLOADS = {
-    "image": dict(frames=1, batch=8, patch="1x2x2"),
-    "video": dict(frames=16, batch=2, patch="1x2x2"),
+    "image": dict(frames=1, batch=8, patch="1x2x2", attention="einsum"),
+    "video": dict(frames=16, batch=2, patch="1x2x2", attention="blocked"),
 }
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, workload="image", variant="S", batch=0, frames=0, res=32,
-                         channels=4, patch="", dtype="float32", matmul="", attention="einsum",
+                         channels=4, patch="", dtype="float32", matmul="", attention="",
                          remat="none", scan=False, cond=False, runlocal=False)
   if arg.workload not in WORKLOADS:
     raise ValueError(f"workload={arg.workload} is unknown; use one of {list(WORKLOADS)}")
@@ -31,7 +32,7 @@ def get_config(arg=None):
   config = common.base_config()
   common.set_size(config, arg.variant)
   config.model.update(patch=common.parse_patch(arg.patch or w["patch"]), channels=arg.channels,
-                      dtype=arg.dtype, matmul_dtype=arg.matmul, attention=arg.attention, remat=arg.remat,
+                      dtype=arg.dtype, matmul_dtype=arg.matmul, attention=arg.attention or w["attention"], remat=arg.remat,
                       scan_layers=arg.scan)
   config.data.update(frames=arg.frames or w["frames"], height=arg.res, width=arg.res,
                      batch_size=arg.batch or w["batch"])
