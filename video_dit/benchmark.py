@@ -116,12 +116,9 @@ class TrainBench:
     self.shape = registry.video_shape(config)
     host = registry.random_inputs(config, batch, config.seed)
     host_batch = {"video": host["x_bthwc"]}
-    for src, dst in (("text_ids_bl", "text_ids"), ("face_bhwc", "face"),
-                     ("face_embed_be", "face_embed")):
-      if src in host:
-        host_batch[dst] = host[src]
-    if "text_ids" not in host_batch:  # train_step always reads text ids
-      host_batch["text_ids"] = np.ones((batch, config.text.max_len), np.int32)
+    for field, arg in train.BATCH_TO_MODEL.items():
+      if arg in host:
+        host_batch[field] = host[arg]
     step_fn = train.make_train_step(model, diffusion, tx, config)
     state, state_sh = train.init_train_state(config, model, tx, self.mesh, compile_only)
     data = sharding.shard_batch(host_batch, self.mesh)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from video_dit import checkpoint, video_io
 from video_dit import metrics as metrics_lib
-from video_dit.data import faces
+from video_dit.data import faces, text_store
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
@@ -125,6 +125,17 @@ def load_face(path: str, size: int, is_crop: bool = False) -> np.ndarray:
   return faces.crop_face(image, boxes[0], size)
 
 
+def text_conditions(config, prompts: list[str]) -> dict[str, np.ndarray]:
+  """Prompts -> the model's text arguments: hashed ids for the trainable encoder, or the
+  frozen encoder's embeddings (rounded to float16 as the dataset stores them)."""
+  if config.text.encoder == "precomputed":
+    tokens, mask, pooled = text_store.encoder_fn(config.text.precomputed,
+                                                 config.text.max_len)(prompts)
+    return dict(text_emb_bld=tokens.astype(np.float16).astype(np.float32), text_mask_bl=mask,
+                text_pooled_bd=pooled)
+  return {"text_ids_bl": HashTokenizer(config.text.vocab_size, config.text.max_len)(prompts)}
+
+
 def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
              face_is_crop: bool = False) -> list[dict]:
@@ -144,7 +155,6 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(
       cfg, registry.video_shape(config)))
   sampler_cfg = SamplerConfig.from_config(config.sample)
-  tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_len)
   face_size = config.identity.face_size
   face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
   calls = sampler_cfg.num_steps * (2 if sampler_cfg.name == "heun" else 1)
@@ -161,7 +171,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   written = []
   for i, (r, crop) in enumerate(zip(requests, face_crops)):
     seed = int(r.get("seed", 0))
-    cond = {"text_ids_bl": tokenizer([r["prompt"]]),
+    cond = {**text_conditions(config, [r["prompt"]]),
             "face_bhwc": (crop[None].astype(np.float32) / 127.5 - 1.0)}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
     video = to_uint8(sample(params, cond, jax.random.key(seed))[0])

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from video_dit import checkpoint, sampling, sharding
-from video_dit.data import builders, pipeline, synthetic
+from video_dit.data import builders, pipeline, synthetic, text_store
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.metrics import MetricWriter, Progress
 from video_dit.models import flops as flops_lib
@@ -92,13 +92,15 @@ def condition_dropout(key, batch: int, config) -> tuple[jax.Array, jax.Array]:
   return both | text_only, both | id_only
 
 
+# Pipeline batch field -> model argument.
+BATCH_TO_MODEL = {"text_ids": "text_ids_bl", "text_emb": "text_emb_bld",
+                  "text_mask": "text_mask_bl", "text_pooled": "text_pooled_bd",
+                  "face": "face_bhwc", "face_embed": "face_embed_be"}
+
+
 def model_inputs(batch: dict) -> tuple[jax.Array, dict]:
   """Pipeline batch -> (clean video x0, model conditions)."""
-  cond = {"text_ids_bl": batch["text_ids"]}
-  if "face" in batch:
-    cond["face_bhwc"] = batch["face"]
-  if "face_embed" in batch:
-    cond["face_embed_be"] = batch["face_embed"]
+  cond = {arg: batch[field] for field, arg in BATCH_TO_MODEL.items() if field in batch}
   return batch["video"], cond
 
 
@@ -153,19 +155,25 @@ def make_train_step(model, diffusion: Diffusion, tx, config):
 
 
 def ensure_dataset(config) -> None:
-  """Builds the synthetic dataset on first use; other datasets must exist."""
+  """Builds the synthetic dataset on first use (other datasets must exist), and the
+  stored caption embeddings that ``text.encoder='precomputed'`` reads."""
   d = config.data
   try:
     builders.find_dataset(d.data_dir)
-    return
   except FileNotFoundError:
     if d.dataset != "synthetic_faces":
       raise
-  spec = synthetic.spec_from_config(config)
-  if jax.process_index() == 0:
-    print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
-    builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
-  jax.experimental.multihost_utils.sync_global_devices("dataset built")
+    spec = synthetic.spec_from_config(config)
+    if jax.process_index() == 0:
+      print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
+      builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
+    jax.experimental.multihost_utils.sync_global_devices("dataset built")
+  if config.text.encoder == "precomputed":
+    if (jax.process_index() == 0
+        and not os.path.exists(text_store.store_path(d.data_dir, config.text.precomputed))):
+      print(f"storing {config.text.precomputed} caption embeddings in {d.data_dir}", flush=True)
+      text_store.build(d.data_dir, config.text.precomputed, config.text.max_len)
+    jax.experimental.multihost_utils.sync_global_devices("text embeddings stored")
 
 
 class PeriodicSampler:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from video_dit import video_io
-from video_dit.data import builders
+from video_dit.data import builders, text_store
 from video_dit.models.text import HashTokenizer
 
 
@@ -61,11 +61,21 @@ def _to_unit(x_uint8: np.ndarray) -> np.ndarray:
   return x_uint8.astype(np.float32) / 127.5 - 1.0
 
 
-class DecodeExample(grain.transforms.RandomMap):
-  """Record -> {'video', 'face', 'text_ids', 'identity_index', 'action'} as numpy."""
+def text_features(config):
+  """caption -> the batch's text fields: {'text_ids'} for the trainable encoder,
+  {'text_emb', 'text_mask', 'text_pooled'} from the dataset's store when precomputed."""
+  if config.text.encoder == "precomputed":
+    return text_store.TextStore(config.data.data_dir, config.text.precomputed,
+                                config.text.max_len)
+  tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_len)
+  return lambda caption: dict(text_ids=tokenizer([caption])[0])
 
-  def __init__(self, spec: ClipSpec, tokenizer: HashTokenizer):
-    self.spec, self.tokenizer = spec, tokenizer
+
+class DecodeExample(grain.transforms.RandomMap):
+  """Record -> {'video', 'face', text fields, 'identity_index', 'action'} as numpy."""
+
+  def __init__(self, spec: ClipSpec, text_fn):
+    self.spec, self.text_fn = spec, text_fn
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     spec = self.spec
@@ -81,8 +91,7 @@ class DecodeExample(grain.transforms.RandomMap):
       face = np.asarray(Image.fromarray(face).resize((spec.face_size,) * 2, Image.BICUBIC))
     caption = record["caption"]
     caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-    return dict(video=_to_unit(video), face=_to_unit(face),
-                text_ids=self.tokenizer([caption])[0],
+    return dict(video=_to_unit(video), face=_to_unit(face), **self.text_fn(caption),
                 identity_index=np.int32(record["identity_index"]),
                 action=np.int32(record["action"]))
 
@@ -104,8 +113,7 @@ def make_dataset(config, split: str = "train", *, train: bool = True,
                      f"'{split}' ({len(source)} in all)")
   if train:
     ds = ds.shuffle(seed=config.seed).repeat(None)
-  tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_len)
-  ds = ds.random_map(DecodeExample(ClipSpec.from_config(config, train), tokenizer),
+  ds = ds.random_map(DecodeExample(ClipSpec.from_config(config, train), text_features(config)),
                      seed=config.seed)
   return ds.batch(batch // process_count, drop_remainder=train)
 

@@ -103,7 +103,7 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   with jax.set_mesh(mesh):
     for i in range(0, n, chunk):
       part = jax.tree.map(lambda x: x[i:i + chunk], cond)
-      pad = chunk - len(part["text_ids_bl"])
+      pad = chunk - len(jax.tree.leaves(part)[0])
       if pad:  # the last chunk repeats its last example: one compiled shape
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
       video = sample(params, sharding.shard_batch(part, mesh),

@@ -61,6 +61,7 @@ class ModelConfig:
   use_identity: bool = True        # False: no identity encoder and no identity attention
   text: TextEncoderConfig = TextEncoderConfig()
   text_pooled_to_adaln: bool = True
+  text_precomputed_dim: int = 0    # > 0: precomputed text embeddings of this size, no encoder
   identity: IdentityEncoderConfig = IdentityEncoderConfig()
   identity_mode: str = "separate"                   # or "decoupled" (IP-Adapter style)
   identity_gate: str = "zero"                       # zero-initialised gate, or "none"
@@ -148,11 +149,15 @@ class VideoDiT(nn.Module):
       return self._forward(*args, **kwargs)
 
   def _forward(self, x_bthwc, t_b, text_ids_bl=None, face_bhwc=None, face_embed_be=None,
-               drop_text_b=None, drop_id_b=None):
+               drop_text_b=None, drop_id_b=None, text_emb_bld=None, text_mask_bl=None,
+               text_pooled_bd=None):
     """Args:
       x_bthwc: (B, T, H, W, C) noisy video (or latents).
       t_b: (B,) diffusion time in [0, 1].
       text_ids_bl: (B, Lt) token ids (0 = padding); None means "no text".
+      text_emb_bld / text_mask_bl / text_pooled_bd: with ``text.encoder='precomputed'``
+        instead of ids: a frozen encoder's token embeddings (B, Lt, E), their mask and
+        its pooled sentence vector (B, E) (e.g. MiniLM's, stored in the dataset).
       face_bhwc / face_embed_be: reference face crop (B, S, S, 3) and/or face
         embedding (B, E), as the identity encoder is configured; both None means
         "no identity".
@@ -177,7 +182,8 @@ class VideoDiT(nn.Module):
 
     text = text_mask = ident = None
     if cfg.use_text:
-      text, text_mask, c = self._text(b, text_ids_bl, drop_text_b, c)
+      text, text_mask, c = self._text(b, text_ids_bl, drop_text_b, c, text_emb_bld,
+                                      text_mask_bl, text_pooled_bd)
     if cfg.use_identity:
       ident, c = self._identity(b, face_bhwc, face_embed_be, drop_id_b, c)
 
@@ -200,25 +206,42 @@ class VideoDiT(nn.Module):
     x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
     return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
 
-  def _text(self, b, text_ids_bl, drop_text_b, c):
-    """Text encoder tokens -> width; null tokens where dropped or absent."""
+  def _text(self, b, text_ids_bl, drop_text_b, c, text_emb_bld=None, text_mask_bl=None,
+            text_pooled_bd=None):
+    """Text tokens -> width; null tokens where dropped or absent. The trainable encoder
+    reads ids; precomputed embeddings (a frozen encoder's) go straight to text_proj."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     null_text = self.param("null_text", logical(nn.initializers.normal(0.02), None, "embed"),
                            (cfg.text.max_len, cfg.width))
-    if text_ids_bl is None:
-      drop_text_b = jnp.ones((b,), bool)
-      text_ids_bl = jnp.zeros((b, cfg.text.max_len), jnp.int32)
-    text_emb, text_mask = TextEncoder(cfg.text, dt, cfg.attention, name="text_encoder")(
-        text_ids_bl)
+    pooled = None
+    if cfg.text_precomputed_dim:
+      if text_emb_bld is None:
+        drop_text_b = jnp.ones((b,), bool)
+        text_emb_bld = jnp.zeros((b, cfg.text.max_len, cfg.text_precomputed_dim), dt)
+        text_mask_bl = jnp.zeros((b, cfg.text.max_len), bool).at[:, 0].set(True)
+        text_pooled_bd = jnp.zeros((b, cfg.text_precomputed_dim), dt)
+      text_emb, text_mask = text_emb_bld.astype(dt), text_mask_bl.astype(bool)
+      if text_pooled_bd is not None:
+        pooled = dense(cfg.width, (None, "embed"), dt, name="text_pooled_proj")(
+            text_pooled_bd.astype(dt))
+    else:
+      if text_ids_bl is None:
+        drop_text_b = jnp.ones((b,), bool)
+        text_ids_bl = jnp.zeros((b, cfg.text.max_len), jnp.int32)
+      text_emb, text_mask = TextEncoder(cfg.text, dt, cfg.attention, name="text_encoder")(
+          text_ids_bl)
     text = layers.Mlp(cfg.width, cfg.width, dt, name="text_proj")(text_emb)  # (B, Lt, D)
     if drop_text_b is not None:
       drop = drop_text_b[:, None]
       text = jnp.where(drop[..., None], null_text[:text.shape[1]].astype(dt), text)
       text_mask = text_mask | drop
+      if pooled is not None:
+        pooled = jnp.where(drop, 0, pooled)
     text = constrain(text, ("act_batch", "act_text_len", "act_embed"))
     if cfg.text_pooled_to_adaln:
+      mean = _masked_mean(text, text_mask).astype(dt)
       c = c + dense(cfg.width, ("embed", "mlp"), dt, name="text_pool")(
-          _masked_mean(text, text_mask).astype(dt))
+          mean if pooled is None else mean + pooled)
     return text, text_mask, c
 
   def _identity(self, b, face_bhwc, face_embed_be, drop_id_b, c):

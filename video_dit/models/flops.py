@@ -35,8 +35,12 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
   tx = cfg.text
   if not cfg.use_text:
     text_len = 0
-  total += sum(_encoder_layer(text_len, tx.width, tx.mlp_ratio) for _ in range(tx.depth))
-  total += 2 * text_len * tx.width * d + 2 * text_len * d * d  # text_proj MLP
+  if cfg.text_precomputed_dim:  # frozen embeddings from the dataset: no encoder here
+    total += 2 * text_len * cfg.text_precomputed_dim * d + 2 * text_len * d * d  # text_proj
+    total += 2 * cfg.text_precomputed_dim * d if cfg.use_text else 0  # pooled projection
+  else:
+    total += sum(_encoder_layer(text_len, tx.width, tx.mlp_ratio) for _ in range(tx.depth))
+    total += 2 * text_len * tx.width * d + 2 * text_len * d * d  # text_proj MLP
   total += 2 * d * d if cfg.text_pooled_to_adaln and cfg.use_text else 0
 
   idc = cfg.identity

@@ -28,6 +28,10 @@ SIZES = {
     "XL": dict(width=1152, depth=28, num_heads=16),
 }
 DTYPES = ("float32", "bfloat16", "float16")
+# text.encoder: trainable (small, from ids) | precomputed (frozen embeddings stored in the
+# dataset; text.precomputed names the encoder, which also encodes prompts at sampling) | none
+TEXT_ENCODERS = ("trainable", "precomputed", "none")
+PRECOMPUTED_TEXT = {"minilm": 384}
 
 
 def _choice(name, value, choices):
@@ -73,7 +77,11 @@ def model_config(config) -> ModelConfig:
   if m.rope:
     split = check_split(m.rope_split, head_dim) if m.rope_split else default_split(head_dim)
   _heads("text", tx.width, tx.num_heads)
-  _choice("text.encoder", tx.encoder, ("trainable", "none"))
+  _choice("text.encoder", tx.encoder, TEXT_ENCODERS)
+  precomputed_dim = 0
+  if tx.encoder == "precomputed":
+    _choice("text.precomputed", tx.get("precomputed", ""), PRECOMPUTED_TEXT)
+    precomputed_dim = PRECOMPUTED_TEXT[tx.precomputed]
   _heads("identity", idc.width, idc.num_heads)
   _choice("identity.mode", idc.mode, ("separate", "decoupled", "none"))
   if idc.mode == "decoupled" and tx.encoder == "none":
@@ -108,7 +116,8 @@ def model_config(config) -> ModelConfig:
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
       matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
       use_text=tx.encoder != "none", use_identity=idc.mode != "none",
-      text_pooled_to_adaln=tx.pooled_to_adaln, identity=ident, identity_mode=idc.mode,
+      text_pooled_to_adaln=tx.pooled_to_adaln, text_precomputed_dim=precomputed_dim,
+      identity=ident, identity_mode=idc.mode,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln)
 
@@ -124,7 +133,11 @@ def dummy_inputs(config, batch: int) -> dict[str, Any]:
   cfg = model_config(config)
   inputs = dict(x_bthwc=jnp.zeros((batch,) + video_shape(config), jnp.float32),
                 t_b=jnp.zeros((batch,), jnp.float32))
-  if cfg.use_text:
+  if cfg.use_text and cfg.text_precomputed_dim:
+    inputs["text_emb_bld"] = jnp.zeros((batch, cfg.text.max_len, cfg.text_precomputed_dim))
+    inputs["text_mask_bl"] = jnp.ones((batch, cfg.text.max_len), bool)
+    inputs["text_pooled_bd"] = jnp.zeros((batch, cfg.text_precomputed_dim))
+  elif cfg.use_text:
     inputs["text_ids_bl"] = jnp.ones((batch, cfg.text.max_len), jnp.int32)
   if not cfg.use_identity:
     return inputs
@@ -148,6 +161,10 @@ def random_inputs(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
       out[k] = rng.uniform(0, 1, v.shape).astype(np.float32)
     elif k == "text_ids_bl":
       out[k] = rng.integers(1, config.text.vocab_size, v.shape, dtype=np.int32)
+    elif k == "text_mask_bl":
+      out[k] = np.arange(v.shape[1])[None] < rng.integers(1, v.shape[1] + 1, (batch, 1))
+    elif k in ("text_emb_bld", "text_pooled_bd"):
+      out[k] = rng.standard_normal(v.shape).astype(np.float32)
     else:
       out[k] = rng.uniform(-1, 1, v.shape).astype(np.float32)
   return out
