@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from video_dit import checkpoint, video_io
+from video_dit import checkpoint, latents, video_io
 from video_dit import metrics as metrics_lib
 from video_dit.data import faces, text_store
 from video_dit.diffusion import Diffusion, SamplerConfig
@@ -98,7 +98,7 @@ def load_checkpoint(workdir: str, step: int | None = None, ema: bool = True):
     raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; it has {available}")
   step = available[-1] if step is None else step
   config = ml_collections.ConfigDict(checkpoint.restore_config(directory, step))
-  model, _ = registry.build(config)
+  model = (registry.build_vae if registry.task(config) == "vae" else registry.build)(config)[0]
   _, state = checkpoint.load_host(directory, step)
   params = state["ema_params" if ema else "params"]
   return config, model, params, step, checkpoint.digest(params)
@@ -151,6 +151,9 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   config.sample.update(overrides)
   if num_frames:
     config.data.frames = num_frames
+  codec = latents.codec(config)
+  if num_frames and codec is not None:
+    config.latent.shape = codec.latent_shape(registry.pixel_shape(config))
   model, cfg = registry.build(config)
   diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(
       cfg, registry.video_shape(config)))
@@ -174,7 +177,10 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     cond = {**text_conditions(config, [r["prompt"]]),
             "face_bhwc": (crop[None].astype(np.float32) / 127.5 - 1.0)}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
-    video = to_uint8(sample(params, cond, jax.random.key(seed))[0])
+    video = sample(params, cond, jax.random.key(seed))
+    if codec is not None:  # a latent-space DiT: decode with its VAE
+      video = codec.decode(jax.device_get(video))
+    video = to_uint8(video[0])
     bar["progress"].close()
     name = r.get("name") or f"sample_{i:03d}_seed{seed}"
     prefix = os.path.join(out_dir, name)

@@ -28,10 +28,11 @@ import jax.experimental.multihost_utils
 import jax.numpy as jnp
 import optax
 
-from video_dit import checkpoint, sampling, sharding
+from video_dit import checkpoint, latents, sampling, sharding
 from video_dit.data import builders, pipeline, synthetic, text_store
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.metrics import MetricWriter, Progress
+from video_dit.models import autoencoder
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 
@@ -111,6 +112,8 @@ def make_train_step(model, diffusion: Diffusion, tx, config):
   lr = learning_rate(config)
 
   def loss_fn(params, x0, cond, key):
+    if isinstance(diffusion, autoencoder.VAEObjective):
+      return diffusion.loss(params, x0, key)[0]
     model_fn = lambda x, t, c: model.apply(params, x, t, **c)
     return diffusion.loss(model_fn, x0, cond, key)[0]
 
@@ -160,7 +163,12 @@ def ensure_dataset(config) -> None:
   d = config.data
   try:
     builders.find_dataset(d.data_dir)
-  except FileNotFoundError:
+  except FileNotFoundError as e:
+    if registry.latent_source(config) == "cache":
+      raise FileNotFoundError(
+          f"no latent cache in {d.data_dir}; encode one with `python -m tools.encode_latents "
+          f"--vae_workdir={config.latent.vae_workdir} --data_dir=<pixel dataset> "
+          f"--out={d.data_dir}`") from e
     if d.dataset != "synthetic_faces":
       raise
     spec = synthetic.spec_from_config(config)
@@ -194,12 +202,16 @@ class PeriodicSampler:
     self.cond = sharding.shard_batch(cond, mesh)
     self.sample = sampling.make_sampler(model, diffusion, SamplerConfig.from_config(config.sample),
                                         (n,) + registry.video_shape(config))
+    codec = latents.codec(config)
+    self.decode = codec.decode if codec is not None else None
 
   def maybe_write(self, step: int, ema_params) -> None:
     if not self.every or step % self.every:
       return
     with jax.set_mesh(self.mesh):
       videos = self.sample(ema_params, self.cond, jax.random.key(self.seed))
+      if self.decode is not None:
+        videos = self.decode(jax.device_get(videos))
     videos = sampling.to_uint8(jax.experimental.multihost_utils.process_allgather(videos, tiled=True))
     if jax.process_index() == 0:
       for i, (video, face) in enumerate(zip(videos, self.faces)):
@@ -207,12 +219,24 @@ class PeriodicSampler:
                               video, face)
 
 
-def validate(config) -> tuple[Any, Diffusion]:
-  """Every config check that can fail, before anything is compiled."""
-  model, cfg = registry.build(config)
-  shape = registry.video_shape(config)
-  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
-  SamplerConfig.from_config(config.sample).check(diffusion.config.objective)
+def validate(config) -> tuple[Any, Any]:
+  """Every config check that can fail, before anything is compiled: (model, objective),
+  the objective a Diffusion (DiT) or a VAEObjective (video autoencoder)."""
+  if registry.task(config) == "vae":
+    model, _ = registry.build_vae(config)
+    diffusion = autoencoder.VAEObjective(model, config.vae.recon, config.vae.kl_weight)
+  else:
+    model, cfg = registry.build(config)
+    shape = registry.video_shape(config)
+    diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
+    SamplerConfig.from_config(config.sample).check(diffusion.config.objective)
+    if registry.latent_source(config) != "pixels":
+      codec = latents.codec(config)  # loads the VAE: its errors come before compiling
+      want = codec.latent_shape(registry.pixel_shape(config))
+      if tuple(want) != tuple(shape):
+        raise ValueError(f"latent.shape={tuple(shape)} but the VAE in {codec.workdir} makes "
+                         f"{tuple(want)} from {registry.pixel_shape(config)} frames; set "
+                         f"latent.shape={tuple(want)}.")
   learning_rate(config)
   if config.train.nonfinite not in ("stop", "skip"):
     raise ValueError(f"train.nonfinite='{config.train.nonfinite}' is unknown; use 'stop' or "
@@ -317,17 +341,25 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
     train_step = jax.jit(step_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, None),
                          donate_argnums=0)
 
-  cfg = registry.model_config(config)
-  shape = registry.video_shape(config)
-  flops_per_step = 3 * config.data.batch_size * flops_lib.forward_flops(cfg, shape,
-                                                                         config.text.max_len)
-  tokens_per_step = config.data.batch_size * flops_lib.num_tokens(cfg, shape)
+  is_vae = registry.task(config) == "vae"
+  flops_per_step = tokens_per_step = 0.0  # the VAE's rates are steps/s only
+  if not is_vae:
+    cfg = registry.model_config(config)
+    shape = registry.video_shape(config)
+    flops_per_step = 3 * config.data.batch_size * flops_lib.forward_flops(
+        cfg, shape, config.text.max_len)
+    tokens_per_step = config.data.batch_size * flops_lib.num_tokens(cfg, shape)
+  encode = (latents.codec(config).encode if registry.latent_source(config) == "vae"
+            and not is_vae else None)
   writer, progress = MetricWriter(workdir), Progress(config.total_steps, start)
-  samples = PeriodicSampler(config, model, diffusion, mesh, workdir)
+  samples = PeriodicSampler(config, model, diffusion, mesh, workdir) if not is_vae else None
   t_last, steps_since = time.perf_counter(), 0
   with _Preemption() as preempt:
     for step in range(start, config.total_steps):
-      batch = sharding.shard_batch(next(data_iter), mesh)
+      batch = next(data_iter)
+      if encode is not None:  # latent.source='vae': pixels -> latents on the fly
+        batch = dict(batch, video=jax.device_get(encode(batch["video"])))
+      batch = sharding.shard_batch(batch, mesh)
       with jax.set_mesh(mesh):
         state, metrics = train_step(state, batch)
       metrics = jax.device_get(metrics)
@@ -347,13 +379,16 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                        skipped=float(not metrics["finite"]))
         if steps_since:
           rate = steps_since / max(time.perf_counter() - t_last, 1e-9)
-          scalars.update(steps_per_s=rate, tokens_per_s=rate * tokens_per_step,
-                         tflops_per_s=rate * flops_per_step / 1e12)
+          scalars.update(steps_per_s=rate)
+          if not is_vae:
+            scalars.update(tokens_per_s=rate * tokens_per_step,
+                           tflops_per_s=rate * flops_per_step / 1e12)
         writer.write(done, scalars)
         t_last, steps_since = time.perf_counter(), 0
       progress.update(done, f"loss {metrics['loss']:.4f}",
                       force=done % config.train.log_every == 0)
-      samples.maybe_write(done, state.ema_params)
+      if samples is not None:
+        samples.maybe_write(done, state.ema_params)
       if (done % config.ckpt.every_steps == 0 or done == config.total_steps
           or preempt.requested):
         t_save = time.perf_counter()
@@ -365,4 +400,22 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   ckpt.close()
   writer.close()
   progress.close()
+  if is_vae and not preempt.requested:
+    write_latent_stats(config, workdir, model, state)
   return state
+
+
+def write_latent_stats(config, workdir: str, model, state) -> None:
+  """The VAE's per-channel latent shift/scale over training clips (EMA parameters),
+  stored next to the checkpoints for the step they belong to."""
+  step = int(state.step)
+  path = os.path.join(workdir, latents.STATS_FILE)
+  if os.path.exists(path) and latents.read_stats(workdir)["step"] == step:
+    return
+  it = pipeline.make_iterator(config, "train", train=False)
+  videos = (b["video"] for _, b in zip(range(config.vae.stats_batches), it))
+  params = jax.device_get(state.ema_params)
+  stats = latents.compute_stats(model, params, videos)
+  if jax.process_index() == 0:
+    latents.write_stats(workdir, step, stats)
+    print(f"latent statistics of step {step}: {path}", flush=True)

@@ -277,6 +277,59 @@ class _Skip(Exception):
   """A record that cannot be built, with the reason."""
 
 
+# ----------------------------------------------------------------------------- latents
+
+
+def _latent_features() -> tfds.features.FeaturesDict:
+  features = dict(_features())
+  features["latents"] = tfds.features.Tensor(shape=(), dtype=np.object_)  # float16 bytes
+  features["latent_shape"] = tfds.features.Tensor(shape=(4,), dtype=np.int64)
+  return tfds.features.FeaturesDict(features)
+
+
+def decode_latents(record: dict) -> np.ndarray:
+  """A cache record's (T, H, W, C) normalised latents as float32."""
+  shape = tuple(int(x) for x in record["latent_shape"])
+  return np.frombuffer(record["latents"], np.float16).reshape(shape).astype(np.float32)
+
+
+class LatentCache(_Builder):
+  """A dataset's clips encoded once by a VAE (``tools.encode_latents``): every source
+  feature carried along (frames too, for evaluation against real clips) plus the
+  normalised latents of the clip the eval pipeline decodes (first frames, centre crop).
+
+  ``encode(records) -> latents`` encodes a list of source records; the builder config
+  name carries the VAE's step and parameter digest, so caches of different VAEs live
+  side by side.
+  """
+  name = "latent_cache"
+
+  def __init__(self, *, data_dir: str, source_dir: str, encode, tag: str, batch: int = 16):
+    self.source_dir, self.encode, self.batch = source_dir, encode, batch
+    super().__init__(data_dir=data_dir, config=tfds.core.BuilderConfig(name=tag))
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=_latent_features(),
+                                 metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    splits = tfds.builder_from_directory(find_dataset(self.source_dir)).info.splits
+    return {split: self._generate_examples(split) for split in splits}
+
+  def _generate_examples(self, split):
+    source = data_source(self.source_dir, split)
+    for start in range(0, len(source), self.batch):
+      records = [source[i] for i in range(start, min(start + self.batch, len(source)))]
+      for rec, z in zip(records, self.encode(records)):
+        z = np.asarray(z, np.float16)
+        self.report["built"][split] += 1
+        out = {k: rec[k] for k in _features().keys()}
+        out.update(latents=z.tobytes(), latent_shape=np.asarray(z.shape, np.int64))
+        key = rec["key"].decode() if isinstance(rec["key"], bytes) else str(rec["key"])
+        yield key, out
+
+
 # ----------------------------------------------------------------------------- reading
 
 

@@ -35,12 +35,15 @@ class ClipSpec:
   stride: int = 1
   face_size: int = 64
   random_clip: bool = True    # random start and crop (train) vs first frames, centre (eval)
+  latents: bool = False       # a latent cache: 'video' is the stored (normalised) latents
 
   @classmethod
   def from_config(cls, config, train: bool = True) -> "ClipSpec":
     d = config.data
+    latents = "latent" in config and config.latent.source == "cache"
     return cls(frames=d.frames, height=d.height, width=d.width, stride=d.stride,
-               face_size=config.identity.face_size or 64, random_clip=train)
+               face_size=config.identity.face_size or 64, random_clip=train and not latents,
+               latents=latents)
 
 
 def _resize_crop(frames_thwc: np.ndarray, h: int, w: int, rng) -> np.ndarray:
@@ -79,6 +82,25 @@ class DecodeExample(grain.transforms.RandomMap):
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     spec = self.spec
+    if spec.latents:
+      if "latents" not in record:
+        raise ValueError("latent.source='cache' but the dataset has no latents; point "
+                         "data.data_dir at a cache made by tools.encode_latents")
+      video = builders.decode_latents(record)
+    else:
+      video = self.clip(record, rng)
+    face = video_io.decode_image(record["face"])
+    if face.shape[:2] != (spec.face_size, spec.face_size):
+      face = np.asarray(Image.fromarray(face).resize((spec.face_size,) * 2, Image.BICUBIC))
+    caption = record["caption"]
+    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
+    return dict(video=video, face=_to_unit(face), **self.text_fn(caption),
+                identity_index=np.int32(record["identity_index"]),
+                action=np.int32(record["action"]))
+
+  def clip(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The record's clip as float32 pixels in [-1, 1]."""
+    spec = self.spec
     n = len(record["frames"])
     span = (spec.frames - 1) * spec.stride + 1
     start = int(rng.integers(max(1, n - span + 1))) if spec.random_clip else 0
@@ -86,14 +108,7 @@ class DecodeExample(grain.transforms.RandomMap):
     indices = np.minimum(start + spec.stride * np.arange(spec.frames), n - 1)
     video = video_io.decode_frames(record["frames"], indices)
     video = _resize_crop(video, spec.height, spec.width, rng if spec.random_clip else None)
-    face = video_io.decode_image(record["face"])
-    if face.shape[:2] != (spec.face_size, spec.face_size):
-      face = np.asarray(Image.fromarray(face).resize((spec.face_size,) * 2, Image.BICUBIC))
-    caption = record["caption"]
-    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-    return dict(video=_to_unit(video), face=_to_unit(face), **self.text_fn(caption),
-                identity_index=np.int32(record["identity_index"]),
-                action=np.int32(record["action"]))
+    return _to_unit(video)
 
 
 def make_dataset(config, split: str = "train", *, train: bool = True,

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from video_dit import metrics as metrics_lib
-from video_dit import sampling, sharding, train
+from video_dit import latents, sampling, sharding, train
 from video_dit.data import builders, pipeline, synthetic
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.evaluation import cost as cost_lib
@@ -75,6 +75,8 @@ def mismatched_index(identities: np.ndarray) -> np.ndarray:
 def load_examples(config, split: str, num_videos: int) -> dict:
   """The first ``num_videos`` examples of ``split`` as the eval pipeline decodes them."""
   c = config.copy_and_resolve_references()
+  if "latent" in c:  # real clips in pixels: a latent cache carries its source frames
+    c.latent.source = "pixels"
   source = builders.data_source(c.data.data_dir, split)
   n = min(num_videos, len(source))
   if n < 2:
@@ -97,6 +99,7 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   n = len(batch["video"])
   shape = (chunk,) + registry.video_shape(config)
   sample = sampling.make_sampler(model, diffusion, sampler, shape)
+  codec = latents.codec(config)
   _, cond = train.model_inputs(batch)
   progress = metrics_lib.Progress(n)
   out = []
@@ -108,6 +111,8 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
       video = sample(params, sharding.shard_batch(part, mesh),
                      jax.random.fold_in(jax.random.key(seed), i // chunk))
+      if codec is not None:  # a latent-space DiT: decode with its VAE
+        video = codec.decode(jax.device_get(video))
       out.append(sampling.to_uint8(video)[:chunk - pad])
       progress.update(min(i + chunk, n), "videos sampled", force=True)
   progress.close()

@@ -46,14 +46,74 @@ def _heads(name, width, heads):
   return width // heads
 
 
+def task(config) -> str:
+  """'dit' (the diffusion transformer) or 'vae' (the video autoencoder)."""
+  return config.get("task", "dit")
+
+
+def latent_source(config) -> str:
+  """Where a DiT's inputs come from: 'pixels', 'vae' (encoded on the fly) or 'cache'."""
+  return config.latent.source if "latent" in config else "pixels"
+
+
+def pixel_shape(config) -> tuple[int, int, int, int]:
+  """(T, H, W, 3) video frames the data pipeline decodes."""
+  return (config.data.frames, config.data.height, config.data.width, 3)
+
+
 def video_shape(config) -> tuple[int, int, int, int]:
-  """(T, H, W, C) of what the DiT sees (pixels here; latents once a VAE is in use)."""
+  """(T, H, W, C) of what the model sees: pixels, or the VAE's latents."""
+  if task(config) == "dit" and latent_source(config) != "pixels":
+    shape = tuple(int(x) for x in config.latent.shape)
+    if len(shape) != 4:
+      raise ValueError(f"latent.shape={config.latent.shape} must be (T, H, W, C) of the "
+                       "VAE's latents (tools.encode_latents prints it)")
+    return shape
   return (config.data.frames, config.data.height, config.data.width, config.model.channels)
+
+
+def vae_config(config):
+  """Validates ``config.vae`` (+ data) and returns the VAEConfig."""
+  from video_dit.models.autoencoder import VAEConfig  # pylint: disable=g-import-not-at-top
+  v = config.vae
+  if v.recon not in ("l1", "l2"):
+    raise ValueError(f"vae.recon={v.recon!r} is not one of ('l1', 'l2').")
+  if v.kl_weight < 0:
+    raise ValueError(f"vae.kl_weight={v.kl_weight} must be >= 0.")
+  if not v.ch_mult or v.time_down > len(v.ch_mult) - 1 or v.time_down < 0:
+    raise ValueError(f"vae.time_down={v.time_down} must be in [0, len(vae.ch_mult) - 1 = "
+                     f"{len(v.ch_mult) - 1}] (each temporal 2x rides on a spatial level).")
+  if v.latent_channels < 1 or v.base < 1:
+    raise ValueError("vae.latent_channels and vae.base must be >= 1.")
+  _choice("model.dtype", config.model.dtype, DTYPES)
+  cfg = VAEConfig(channels=3, base=v.base, ch_mult=tuple(v.ch_mult), num_res=v.num_res,
+                  time_down=v.time_down, latent_channels=v.latent_channels, groups=v.groups,
+                  dtype=config.model.dtype)
+  for c in (cfg.base * m for m in cfg.ch_mult):
+    if c % min(cfg.groups, c):
+      raise ValueError(f"vae.groups={cfg.groups} does not divide {c} channels.")
+  cfg.latent_shape(pixel_shape(config))  # raises when frames / size do not fit
+  return cfg
+
+
+def build_vae(config):
+  from video_dit.models.autoencoder import VideoVAE  # pylint: disable=g-import-not-at-top
+  cfg = vae_config(config)
+  return VideoVAE(cfg), cfg
 
 
 def model_config(config) -> ModelConfig:
   """Validates ``config.model/text/identity/data`` and returns the ModelConfig."""
   m, tx, idc = config.model, config.text, config.identity
+  if latent_source(config) not in ("pixels", "vae", "cache"):
+    raise ValueError(f"latent.source={config.latent.source!r} is not one of ('pixels', "
+                     "'vae', 'cache').")
+  if latent_source(config) != "pixels":
+    if not config.latent.vae_workdir:
+      raise ValueError("latent.source needs latent.vae_workdir: the trained VAE's workdir.")
+    if video_shape(config)[-1] != m.channels:
+      raise ValueError(f"model.channels={m.channels} but the latents have "
+                       f"{video_shape(config)[-1]} channels; set model.channels to it.")
   head_dim = _heads("model", m.width, m.num_heads)
   patch = tuple(int(p) for p in m.patch)
   if len(patch) != 3 or min(patch) < 1:
@@ -130,6 +190,8 @@ def build(config) -> tuple[VideoDiT, ModelConfig]:
 
 def dummy_inputs(config, batch: int) -> dict[str, Any]:
   """Zero inputs of the right shapes for every input the model is configured with."""
+  if task(config) == "vae":
+    return dict(x_bthwc=jnp.zeros((batch,) + pixel_shape(config), jnp.float32))
   cfg = model_config(config)
   inputs = dict(x_bthwc=jnp.zeros((batch,) + video_shape(config), jnp.float32),
                 t_b=jnp.zeros((batch,), jnp.float32))
