@@ -1,0 +1,111 @@
+"""The latent-space chain end to end on tiny configs: train the VAE through the trainer,
+encode the dataset into a latent cache, train the DiT on it (MiniLM text from the
+dataset's store) and on the fly, sample (decoded to pixels) and evaluate."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import faces_latent, vae_synthetic
+from tools import encode_latents
+from video_dit import latents, sampling, train
+from video_dit.data import builders, pipeline, synthetic
+from video_dit.evaluation import evaluate
+
+
+def _with(config, **kw):
+  with config.unlocked():
+    for path, value in kw.items():
+      group, field = path.split(".")
+      config[group][field] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+  root = tmp_path_factory.mktemp("latent")
+  vae_config = _with(vae_synthetic.get_config("runlocal,steps=10"),
+                     **{"data.data_dir": str(root / "pixels")})
+  train.train_and_evaluate(vae_config, str(root / "vae"), jax.devices()[:1])
+  info = encode_latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
+                                       str(root / "cache"), batch=4)
+  return root, vae_config, info
+
+
+def test_vae_stores_latent_statistics_of_its_checkpoint(chain):
+  root, _, _ = chain
+  stats = latents.read_stats(str(root / "vae"))
+  assert stats["step"] == 10 and len(stats["shift"]) == len(stats["scale"]) == 4
+  assert all(s > 0 for s in stats["scale"]) and stats["num_latents"] > 0
+  codec = latents.LatentCodec(str(root / "vae"))
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 32, 32, 3)).astype(np.float32)
+  z = codec.encode(x)
+  assert z.shape == (2, 3, 8, 8, 4)
+  out = np.asarray(codec.decode(z))
+  assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+
+
+def test_cache_holds_the_codec_latents_of_each_clip_and_its_source_fields(chain):
+  root, vae_config, info = chain
+  assert info["latent_shape"] == [3, 8, 8, 4] and info["records"]["train"] > 0
+  cache = builders.data_source(str(root / "cache"), "test")
+  pixels = builders.data_source(str(root / "pixels"), "test")
+  rec, src = cache[0], pixels[0]
+  assert rec["caption"] == src["caption"] and rec["face"] == src["face"]
+  spec = pipeline.ClipSpec(frames=5, height=32, width=32, random_clip=False)
+  clip = pipeline.DecodeExample(spec, lambda c: {}).clip(src, None)
+  want = np.asarray(latents.LatentCodec(str(root / "vae")).encode(clip[None]))[0]
+  np.testing.assert_allclose(builders.decode_latents(rec), want, atol=2e-2, rtol=1e-2)
+  assert os.path.exists(os.path.join(info["path"], "latents.json"))
+  # Re-running reuses the cache.
+  again = encode_latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
+                                        str(root / "cache"))
+  assert again["reused"] and again["path"] == info["path"]
+
+
+def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_path):
+  root, _, _ = chain
+  config = faces_latent.get_config(f"runlocal,vae={root / 'vae'},cache={root / 'cache'},steps=3")
+  config = _with(config, **{"sample.num_steps": 2})
+  train.ensure_dataset(config)  # stores the captions' MiniLM embeddings in the cache
+  batch = next(iter(pipeline.make_dataset(config, "train")))
+  assert batch["video"].shape[1:] == (3, 8, 8, 4) and batch["text_emb"].shape[-1] == 384
+  train.train_and_evaluate(config, str(tmp_path / "dit"), jax.devices()[:1])
+  face = synthetic.render_reference(synthetic.identity_attributes(0, 3), 32,
+                                    np.random.default_rng(0))
+  Image.fromarray(face).save(tmp_path / "face.png")
+  out = sampling.generate(str(tmp_path / "dit"),
+                          [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
+                          str(tmp_path / "samples"), face_is_crop=True)
+  assert out[0]["video_shape"] == [5, 32, 32, 3]  # decoded pixels, not latents
+  results = evaluate.evaluate(str(tmp_path / "dit"), num_videos=4, metrics=("temporal", "cost"))
+  assert results["num_videos"] == 4
+  with open(tmp_path / "dit" / "eval" / "metrics.jsonl") as f:
+    assert json.loads(f.readlines()[-1])["step"] == 3
+
+
+def test_dit_encodes_on_the_fly_with_source_vae(chain, tmp_path):
+  root, _, _ = chain
+  config = faces_latent.get_config(
+      f"runlocal,vae={root / 'vae'},source=vae,steps=2")
+  config = _with(config, **{"data.data_dir": str(root / "pixels")})
+  state = train.train_and_evaluate(config, str(tmp_path / "dit"), jax.devices()[:1])
+  assert int(state.step) == 2
+
+
+def test_latent_config_errors_name_the_fix(chain, tmp_path):
+  root, _, _ = chain
+  config = faces_latent.get_config(f"runlocal,vae={root / 'vae'},cache={tmp_path / 'none'}")
+  with pytest.raises(FileNotFoundError, match="tools.encode_latents"):
+    train.train_and_evaluate(config, str(tmp_path / "w"), jax.devices()[:1])
+  config = faces_latent.get_config(f"runlocal,vae={root / 'vae'},cache={root / 'cache'}")
+  config = _with(config, **{"latent.shape": (3, 4, 4, 4)})
+  with pytest.raises(ValueError, match="latent.shape"):
+    train.validate(config)
+  config = faces_latent.get_config(f"runlocal,vae={tmp_path / 'novae'}")
+  with pytest.raises(FileNotFoundError, match="checkpoints"):
+    train.validate(config)
