@@ -18,6 +18,7 @@ cache (data_dir), source, steps; runlocal for tests (pairs with vae_synthetic:ru
 from configs import common
 from configs import synthetic_faces
 from configs import vae_synthetic
+from video_dit.models import registry
 
 
 def get_config(arg=None):
@@ -29,11 +30,8 @@ def get_config(arg=None):
   config.data.update(vae_synthetic.DATA)
   config.data.update(frames=vae.data.frames, height=vae.data.height, width=vae.data.width,
                      data_dir=arg.cache if arg.source == "cache" else vae.data.data_dir)
-  # Latent shape of the VAE config: 1 + (T - 1) / 2^time_down frames, side / 2^(levels - 1).
   v = vae.vae
-  space = 2 ** (len(v.ch_mult) - 1)
-  shape = (1 + (vae.data.frames - 1) // 2 ** v.time_down, vae.data.height // space,
-           vae.data.width // space, v.latent_channels)
+  shape = registry.vae_config(vae).latent_shape(registry.pixel_shape(vae))
   config.latent = dict(source=arg.source, vae_workdir=arg.vae, shape=shape)
   config.model.update(patch=(1, 2, 2), channels=v.latent_channels)
   config.text.update(encoder="precomputed", precomputed="minilm", max_len=16)

@@ -9,7 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from PIL import Image
+
 from configs import synthetic_faces
+from video_dit.data import synthetic
 from video_dit.models import registry
 
 
@@ -42,6 +45,14 @@ def jit_apply(model):
 
 def apply(model, params, inputs, **extra):
   return np.asarray(jit_apply(model)(params, dict(inputs, **extra)))
+
+
+def save_reference_face(path, size: int) -> str:
+  """A synthetic identity's reference face crop as a PNG at ``path`` (for sampling)."""
+  face = synthetic.render_reference(synthetic.identity_attributes(0, 3), size,
+                                    np.random.default_rng(0))
+  Image.fromarray(face).save(path)
+  return str(path)
 
 
 def perturb_zeros(params, seed: int = 1, keep=("id_gate", "extra_gate"), scale=0.05):

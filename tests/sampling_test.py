@@ -23,9 +23,7 @@ def workdir(tmp_path_factory):
   config = helpers.runlocal_config(**{"data.data_dir": data_dir, "sample.num_steps": 3})
   config.total_steps = 2
   train.train_and_evaluate(config, str(root / "run"), jax.devices()[:1])
-  face = synthetic.render_reference(synthetic.identity_attributes(0, 3), 48,
-                                    np.random.default_rng(0))
-  Image.fromarray(face).save(root / "face.png")
+  helpers.save_reference_face(root / "face.png", 48)
   return root
 
 

@@ -43,15 +43,10 @@ def encode_dataset(vae_workdir: str, data_dir: str, out: str, frames: int = 0,
   codec = latents.LatentCodec(vae_workdir)
   vc = codec.config
   frames = frames or vc.data.frames
-  height = width = resolution or vc.data.height
-  if not resolution and vc.data.width != vc.data.height:
-    width = vc.data.width
+  height, width = resolution or vc.data.height, resolution or vc.data.width
   shape = codec.latent_shape((frames, height, width, 3))  # raises when it does not fit
-  spec = pipeline.ClipSpec(frames=frames, height=height, width=width, random_clip=False)
-  decoder = pipeline.DecodeExample(spec, lambda caption: {})
-
   def encode(records):
-    clips = np.stack([decoder.clip(r, None) for r in records])
+    clips = np.stack([pipeline.centre_clip(r, frames, height, width) for r in records])
     return np.asarray(jax.device_get(codec.encode(clips)))
 
   tag = f"{frames}f_{height}x{width}_vae{codec.step}_{codec.digest[:12]}"

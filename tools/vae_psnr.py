@@ -36,12 +36,10 @@ def reconstruct(codec: latents.LatentCodec, video_bthwc: np.ndarray) -> np.ndarr
 
 def dataset_psnr(codec, data_dir: str, num_clips: int) -> dict:
   d = codec.config.data
-  spec = pipeline.ClipSpec(frames=d.frames, height=d.height, width=d.width, random_clip=False)
-  decoder = pipeline.DecodeExample(spec, lambda caption: {})
   source = builders.data_source(data_dir, "test")
   values = []
   for start in range(0, min(num_clips, len(source)), 8):
-    clips = np.stack([decoder.clip(source[i], None)
+    clips = np.stack([pipeline.centre_clip(source[i], d.frames, d.height, d.width)
                       for i in range(start, min(start + 8, num_clips, len(source)))])
     values += np.asarray(autoencoder.psnr(reconstruct(codec, clips), clips)).tolist()
   return dict(what="dataset", data_dir=data_dir, clips=len(values), shape=list(clips.shape[1:]),

@@ -129,8 +129,8 @@ def text_conditions(config, prompts: list[str]) -> dict[str, np.ndarray]:
   """Prompts -> the model's text arguments: hashed ids for the trainable encoder, or the
   frozen encoder's embeddings (rounded to float16 as the dataset stores them)."""
   if config.text.encoder == "precomputed":
-    tokens, mask, pooled = text_store.encoder_fn(config.text.precomputed,
-                                                 config.text.max_len)(prompts)
+    tokens, mask, pooled = text_store.encode(config.text.precomputed, prompts,
+                                             config.text.max_len)
     return dict(text_emb_bld=tokens.astype(np.float16).astype(np.float32), text_mask_bl=mask,
                 text_pooled_bd=pooled)
   return {"text_ids_bl": HashTokenizer(config.text.vocab_size, config.text.max_len)(prompts)}

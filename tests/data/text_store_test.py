@@ -8,7 +8,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests import helpers
 from video_dit import sampling, train
@@ -38,7 +37,7 @@ def test_store_holds_every_caption_once_and_matches_minilm(data_dir):
     assert [str(c) for c in f["captions"]] == captions
     assert f["tokens"].dtype == np.float16 and f["tokens"].shape == (len(captions), 16, 384)
   store = text_store.TextStore(data_dir, "minilm", 16)
-  tokens, mask, pooled = text.minilm(16)([captions[0]])
+  tokens, mask, pooled = text.minilm()([captions[0]], 16)
   row = store(captions[0])
   np.testing.assert_allclose(row["text_emb"], tokens[0], atol=2e-3)  # float16 storage
   np.testing.assert_array_equal(row["text_mask"], mask[0])
@@ -81,9 +80,7 @@ def test_pipeline_model_training_and_sampling_use_the_embeddings(data_dir, tmp_p
   # Train two steps, then sample a prompt that is not in the dataset.
   config.total_steps = 2
   train.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
-  face = synthetic.render_reference(synthetic.identity_attributes(0, 3), 32,
-                                    np.random.default_rng(0))
-  Image.fromarray(face).save(tmp_path / "face.png")
+  helpers.save_reference_face(tmp_path / "face.png", 32)
   out = sampling.generate(str(tmp_path / "run"),
                           [dict(face=str(tmp_path / "face.png"), prompt="a person frowns")],
                           str(tmp_path / "samples"), face_is_crop=True)

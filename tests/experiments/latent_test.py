@@ -8,12 +8,12 @@ import os
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from configs import faces_latent, vae_synthetic
+from tests import helpers
 from tools import encode_latents
 from video_dit import latents, sampling, train
-from video_dit.data import builders, pipeline, synthetic
+from video_dit.data import builders, pipeline
 from video_dit.evaluation import evaluate
 
 
@@ -56,8 +56,7 @@ def test_cache_holds_the_codec_latents_of_each_clip_and_its_source_fields(chain)
   pixels = builders.data_source(str(root / "pixels"), "test")
   rec, src = cache[0], pixels[0]
   assert rec["caption"] == src["caption"] and rec["face"] == src["face"]
-  spec = pipeline.ClipSpec(frames=5, height=32, width=32, random_clip=False)
-  clip = pipeline.DecodeExample(spec, lambda c: {}).clip(src, None)
+  clip = pipeline.centre_clip(src, 5, 32, 32)
   want = np.asarray(latents.LatentCodec(str(root / "vae")).encode(clip[None]))[0]
   np.testing.assert_allclose(builders.decode_latents(rec), want, atol=2e-2, rtol=1e-2)
   assert os.path.exists(os.path.join(info["path"], "latents.json"))
@@ -75,9 +74,7 @@ def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_p
   batch = next(iter(pipeline.make_dataset(config, "train")))
   assert batch["video"].shape[1:] == (3, 8, 8, 4) and batch["text_emb"].shape[-1] == 384
   train.train_and_evaluate(config, str(tmp_path / "dit"), jax.devices()[:1])
-  face = synthetic.render_reference(synthetic.identity_attributes(0, 3), 32,
-                                    np.random.default_rng(0))
-  Image.fromarray(face).save(tmp_path / "face.png")
+  helpers.save_reference_face(tmp_path / "face.png", 32)
   out = sampling.generate(str(tmp_path / "dit"),
                           [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
                           str(tmp_path / "samples"), face_is_crop=True)

@@ -39,8 +39,8 @@ def test_minilm_matches_sentence_transformers_reference():
 
 
 def test_minilm_tokens_mask_and_pooled_for_cross_attention():
-  enc = text.minilm(16)
-  tokens, mask, pooled = enc(["a person nods", "someone waves a hand slowly, smiles at us, turns around and walks "
+  enc = text.minilm()
+  tokens, mask, pooled = enc(max_len=16, texts=["a person nods", "someone waves a hand slowly, smiles at us, turns around and walks "
                                "away across the long empty room"])
   assert tokens.shape == (2, 16, 384) and mask.shape == (2, 16) and pooled.shape == (2, 384)
   assert mask[0].sum() == 5  # [CLS] a person nods [SEP]
@@ -51,7 +51,7 @@ def test_minilm_tokens_mask_and_pooled_for_cross_attention():
                              atol=1e-6)
   # Truncation at max_len keeps [CLS] ... [SEP]: the long prompt fills all 16 tokens.
   assert mask[1].all()
-  ids, _ = enc.tokenize(["hello", "a b c d e f g h i j k l m n o p q r s"])
+  ids, _ = enc.tokenize(["hello", "a b c d e f g h i j k l m n o p q r s"], 16)
   assert ids[1, 0] == 101 and ids[1, -1] == 102
   assert ids[0, 0] == 101 and ids[0, 2] == 102  # [CLS] hello [SEP]
 
@@ -71,9 +71,9 @@ def test_bert_weight_mapping_rejects_unknown_tensors():
 
 
 def _to_torch_names(params, cfg):
-  heads = cfg.width
+  width = cfg.width  # (width, H, Dh) q/k/v kernels vs the (H, Dh, width) output one
   lin = lambda p: (np.asarray(p["kernel"]).reshape(-1, p["kernel"].shape[-1]).T
-                   if p["kernel"].ndim == 3 and p["kernel"].shape[0] != heads
+                   if p["kernel"].ndim == 3 and p["kernel"].shape[0] != width
                    else np.asarray(p["kernel"]).reshape(p["kernel"].shape[0], -1).T)
   w = {"embeddings.word_embeddings.weight": params["word"]["embedding"],
        "embeddings.position_embeddings.weight": params["position"]["embedding"],

@@ -111,6 +111,13 @@ class DecodeExample(grain.transforms.RandomMap):
     return _to_unit(video)
 
 
+def centre_clip(record: dict[str, Any], frames: int, height: int, width: int) -> np.ndarray:
+  """A record's first ``frames`` frames, centre-cropped to (height, width), in [-1, 1]:
+  the clip the eval pipeline decodes (what a latent cache encodes)."""
+  spec = ClipSpec(frames=frames, height=height, width=width, random_clip=False)
+  return DecodeExample(spec, lambda caption: {}).clip(record, None)
+
+
 def make_dataset(config, split: str = "train", *, train: bool = True,
                  process_index: int | None = None, process_count: int | None = None,
                  source=None) -> grain.MapDataset:

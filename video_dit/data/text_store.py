@@ -26,12 +26,12 @@ def store_path(data_dir: str, encoder: str) -> str:
   return os.path.join(builders.find_dataset(data_dir), f"text_{encoder}.npz")
 
 
-def encoder_fn(encoder: str, max_len: int):
+def encode(encoder: str, texts: list[str], max_len: int):
   """texts -> (tokens, mask, pooled) of the named frozen encoder."""
   if encoder not in ENCODERS:
     raise ValueError(f"text encoder '{encoder}' is unknown; use one of {ENCODERS}")
   from video_dit.models import text  # pylint: disable=g-import-not-at-top
-  return text.minilm(max_len)
+  return text.minilm()(texts, max_len)
 
 
 def dataset_captions(data_dir: str) -> list[str]:
@@ -56,7 +56,7 @@ def build(data_dir: str, encoder: str = "minilm", max_len: int = 32,
       if f["mask"].shape[1] == max_len:
         return path
   captions = dataset_captions(data_dir)
-  tokens, mask, pooled = encoder_fn(encoder, max_len)(captions)
+  tokens, mask, pooled = encode(encoder, captions, max_len)
   tmp = path + ".tmp.npz"
   np.savez(tmp, captions=np.asarray(captions, dtype=str), tokens=tokens.astype(np.float16),
            mask=mask, pooled=pooled.astype(np.float32))

@@ -77,9 +77,8 @@ class CausalConv3d(nn.Module):
     if kt > 1:
       first = jnp.repeat(x_bthwc[:, :1], kt - 1, axis=1)
       x_bthwc = jnp.concatenate([first, x_bthwc], axis=1)
-    pad = lambda k, s: ((k - 1) // 2, (k - 1) // 2) if s == 1 else ((k - 1) // 2, k // 2 - 1 + s - 1)
-    return nn.Conv(self.features, self.kernel, self.stride,
-                   padding=((0, 0), pad(kh, self.stride[1]), pad(kw, self.stride[2])),
+    same = lambda k: ((k - 1) // 2, (k - 1) // 2)  # odd k: H -> H / stride for even H
+    return nn.Conv(self.features, self.kernel, self.stride, padding=((0, 0), same(kh), same(kw)),
                    dtype=self.dtype, kernel_init=_kernel_init(),
                    bias_init=layers.logical(nn.initializers.zeros_init(), "mlp"))(x_bthwc)
 

