@@ -15,6 +15,7 @@ import json
 from absl import app
 from absl import flags
 
+from video_dit import cli
 from video_dit.evaluation import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
@@ -34,8 +35,7 @@ _CHUNK = flags.DEFINE_integer("chunk", 8, "Videos sampled per call.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.setup(argv)
   results = evaluate.evaluate(
       _WORKDIR.value, step=_STEP.value, split=_SPLIT.value, num_videos=_NUM_VIDEOS.value,
       ema=not _RAW.value, metrics=tuple(_METRICS.value),

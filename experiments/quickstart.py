@@ -14,15 +14,11 @@ its last checkpoint; an evaluation of the final step is reused). ``--config``
 takes any experiment config, e.g. ``configs/synthetic_faces.py:identity_bench``.
 """
 
-import json
-import os
-import time
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from video_dit import checkpoint, report, train
+from video_dit import cli, quickstart
 from video_dit.evaluation import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,81 +31,10 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 12, "Samples shown in the rep
 _METRICS = flags.DEFINE_list("metrics", list(evaluate.METRICS), "Which metrics to compute.")
 
 
-def _log(msg: str) -> None:
-  print(f"[quickstart] {msg}", flush=True)
-
-
-def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
-        metrics=evaluate.METRICS) -> str:
-  """Runs (or resumes) every phase; returns the report's path."""
-  os.makedirs(workdir, exist_ok=True)
-  phases_path = os.path.join(workdir, "quickstart_phases.json")
-  phases = {}
-  if os.path.exists(phases_path):
-    with open(phases_path, encoding="utf-8") as f:
-      phases = json.load(f)
-
-  def timed(name, fn):
-    t0 = time.time()
-    out = fn()
-    phases[name] = phases.get(name, 0.0) + (time.time() - t0)
-    tmp = f"{phases_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(phases, f, indent=1)
-    os.replace(tmp, phases_path)
-    return out
-
-  if num_videos < 2:
-    raise ValueError(f"--num_videos={num_videos} must be >= 2 (the identity gap pairs videos "
-                     "of different identities)")
-  train.validate(config)  # every config error before any work
-  _log(f"1/4 dataset: {config.data.data_dir}")
-  timed("dataset", lambda: train.ensure_dataset(config))
-
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  done = max(checkpoint.steps(ckpt_dir), default=0) if os.path.isdir(ckpt_dir) else 0
-  if done >= config.total_steps:
-    _log(f"2/4 training: already at step {done} of {config.total_steps}")
-  else:
-    _log(f"2/4 training: steps {done}..{config.total_steps} "
-         f"(batch {config.data.batch_size}, {config.model.width} wide, {config.model.depth} "
-         "blocks); progress below, Ctrl-C saves and a re-run resumes")
-    timed("train", lambda: train.train_and_evaluate(config, workdir))
-  step = max(checkpoint.steps(ckpt_dir))
-
-  eval_path = os.path.join(workdir, "eval", f"step_{step}.json")
-  results = None
-  if os.path.exists(eval_path):
-    with open(eval_path, encoding="utf-8") as f:
-      results = json.load(f)
-    if (results.get("num_videos") != num_videos or
-        not set(metrics) <= set(results) or
-        not os.path.exists(os.path.join(results.get("media", ""), "videos.npz"))):
-      results = None
-  if results is None:
-    _log(f"3/4 sampling {num_videos} held-out examples and evaluating step {step} "
-         "(the identity and action probes train once, ~2 min, and are kept with the data)")
-    results = timed("evaluate", lambda: evaluate.evaluate(
-        workdir, step=step, num_videos=num_videos, metrics=tuple(metrics),
-        chunk=32, num_gifs=0, log=_log))
-  else:
-    _log(f"3/4 evaluation of step {step} found: {eval_path}")
-
-  _log("4/4 report")
-  path = timed("report", lambda: report.write_report(
-      workdir, results, num_samples=num_samples, phases=dict(phases),
-      fps=float(config.sample.fps), title=f"video_dit quickstart: step {step}"))
-  for a, b, c in report.metric_rows(results):
-    _log(f"  {a}: {b}  ({c})")
-  _log("wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
-  _log(f"report: {os.path.abspath(path)}")
-  return path
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  run(_CONFIG.value, _WORKDIR.value, _NUM_VIDEOS.value, _NUM_SAMPLES.value, _METRICS.value)
+  cli.setup(argv)
+  quickstart.run(_CONFIG.value, _WORKDIR.value, _NUM_VIDEOS.value, _NUM_SAMPLES.value,
+                 _METRICS.value)
 
 
 if __name__ == "__main__":

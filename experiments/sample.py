@@ -14,7 +14,7 @@ import json
 from absl import app
 from absl import flags
 
-from video_dit import sampling
+from video_dit import cli, sampling
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
 _FACE = flags.DEFINE_string("face", None, "Reference face photo (or crop, see --face_is_crop).")
@@ -34,7 +34,7 @@ _FACE_IS_CROP = flags.DEFINE_bool("face_is_crop", False,
 
 
 def main(argv):
-  del argv
+  cli.setup(argv)
   if _BATCH_FILE.value:
     with open(_BATCH_FILE.value) as f:
       requests = [json.loads(line) for line in f if line.strip()]

@@ -13,7 +13,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from video_dit import train
+from video_dit import cli, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -23,7 +23,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", os.environ.get("VIDEO_DIT_DISTRI
 
 
 def main(argv):
-  del argv
+  cli.setup(argv)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit import checkpoint, train, video_io
+from video_dit import checkpoint, conditions, train, video_io
 from video_dit.data import builders, pipeline, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +51,10 @@ def _digest(workdir, step=None):
 
 def test_loss_falls_on_a_tiny_run(data_dir, tmp_path):
   config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3})
-  model, diffusion = train.validate(config)
+  task = train.validate(config)
+  model, diffusion = task.model, task.diffusion
   batch = next(pipeline.make_iterator(config, "test", train=False))
-  x0, cond = train.model_inputs(batch)
+  x0, cond = conditions.split_batch(batch)
 
   @jax.jit
   def eval_loss(params):  # held-out batch, fixed keys: a deterministic probe

@@ -3,14 +3,12 @@ r"""Lists a workdir's checkpoints, the parameter tree and a stable parameter dig
   python -m tools.inspect_checkpoint --workdir=W [--step=N] [--digest]
 """
 
-import os
-
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-from video_dit import checkpoint
+from video_dit import checkpoint, cli, workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Step to inspect; default: the latest.")
@@ -18,9 +16,10 @@ _DIGEST = flags.DEFINE_bool("digest", False, "Print only the parameter digest.")
 
 
 def main(argv):
-  del argv
-  directory = os.path.join(_WORKDIR.value, "checkpoints")
-  step, state = checkpoint.load_host(directory, _STEP.value)
+  cli.setup(argv)
+  step = workdir.resolve_step(_WORKDIR.value, _STEP.value)
+  directory = workdir.checkpoint_dir(_WORKDIR.value)
+  _, state = checkpoint.load_host(directory, step)
   params = state["params"]
   if _DIGEST.value:
     print(checkpoint.digest(params))

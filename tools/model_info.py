@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from video_dit import cli
 from video_dit.model_info import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -27,7 +28,7 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 = config.data.batch_s
 
 
 def main(argv):
-  del argv
+  cli.setup(argv)
   r = run(_CONFIG.value, _BATCH.value)
   print(f"mesh {r['mesh']} on {r['device_count']} {r['backend']} device(s); "
         f"batch {r['batch']} clips of {tuple(r['video_shape'])}")

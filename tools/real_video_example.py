@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from configs import synthetic_faces
+from video_dit import cli
 from video_dit.data import builders, pipeline
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/carphone_example", "Where to build.")
@@ -65,7 +66,7 @@ def run(workdir: str, batches: int = 4) -> dict:
 
 
 def main(argv):
-  del argv
+  cli.setup(argv)
   r = run(_WORKDIR.value)
   print(f"built {dict(r['report']['built'])}, skipped {r['report']['skipped']}")
   print(f"batch: {r['batch']}")

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from video_dit import cli
 from video_dit.evaluation import probes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -28,8 +29,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Probe training seed.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.setup(argv)
   config = _CONFIG.value
   if config.data.dataset != "synthetic_faces":
     raise app.UsageError(f"probes are for the synthetic_faces dataset, not "

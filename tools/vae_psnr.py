@@ -14,12 +14,8 @@ import json
 
 from absl import app
 from absl import flags
-import jax
-import numpy as np
 
-from video_dit import latents, video_io
-from video_dit.data import builders, pipeline
-from video_dit.models import autoencoder
+from video_dit import cli, latents, workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("vae_workdir", None, "A trained VAE's workdir.")
@@ -30,45 +26,18 @@ flags.DEFINE_integer("frames", 0, "Frames of --video (1 + a multiple of the time
                      "0 = the VAE's training frames.")
 
 
-def reconstruct(codec: latents.LatentCodec, video_bthwc: np.ndarray) -> np.ndarray:
-  return np.asarray(jax.device_get(codec.decode(codec.encode(video_bthwc))))
-
-
-def dataset_psnr(codec, data_dir: str, num_clips: int) -> dict:
-  d = codec.config.data
-  source = builders.data_source(data_dir, "test")
-  values = []
-  for start in range(0, min(num_clips, len(source)), 8):
-    clips = np.stack([pipeline.centre_clip(source[i], d.frames, d.height, d.width)
-                      for i in range(start, min(start + 8, num_clips, len(source)))])
-    values += np.asarray(autoencoder.psnr(reconstruct(codec, clips), clips)).tolist()
-  return dict(what="dataset", data_dir=data_dir, clips=len(values), shape=list(clips.shape[1:]),
-              psnr_db=float(np.mean(values)), psnr_db_min=float(np.min(values)))
-
-
-def video_psnr(codec, path: str, frames: int) -> dict:
-  frames = frames or codec.config.data.frames
-  video, _ = video_io.read_video(path)
-  s = codec.cfg.space_factor
-  h, w = video.shape[1] // s * s, video.shape[2] // s * s
-  clip = video[:frames, :h, :w].astype(np.float32)[None] / 127.5 - 1.0
-  codec.latent_shape(clip.shape[1:])  # raises when the frame count does not fit
-  value = float(np.asarray(autoencoder.psnr(reconstruct(codec, clip), clip))[0])
-  return dict(what="video", video=path, shape=list(clip.shape[1:]), psnr_db=value)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.vae_workdir or not (FLAGS.data_dir or FLAGS.video):
-    raise app.UsageError("--vae_workdir and --data_dir and/or --video are required")
-  codec = latents.LatentCodec(FLAGS.vae_workdir)
+  cli.setup(argv)
+  if not FLAGS.data_dir and not FLAGS.video:
+    raise app.UsageError("--data_dir and/or --video is required: what to reconstruct")
+  codec = workdir.LatentCodec(FLAGS.vae_workdir)
   info = dict(vae_workdir=FLAGS.vae_workdir, step=codec.step)
   if FLAGS.data_dir:
-    print(json.dumps(dict(info, **dataset_psnr(codec, FLAGS.data_dir, FLAGS.num_clips))))
+    print(json.dumps(dict(info, **latents.dataset_psnr(codec, FLAGS.data_dir, FLAGS.num_clips))))
   if FLAGS.video:
-    print(json.dumps(dict(info, **video_psnr(codec, FLAGS.video, FLAGS.frames))))
+    print(json.dumps(dict(info, **latents.video_psnr(codec, FLAGS.video, FLAGS.frames))))
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["vae_workdir"])
   app.run(main)

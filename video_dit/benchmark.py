@@ -3,9 +3,13 @@
 Every result is one flat dict (``tools.benchmark`` prints them as JSON lines):
 
   step_s             median of the timed steps after a warm-up (compile_s separately)
-  flops_per_step_xla XLA's cost analysis of the compiled program, summed over devices
-                     (a scanned layer's body is counted once: see flops_per_step_analytic)
+  flops_per_step_xla XLA's cost analysis of the compiled program, summed over devices:
+                     matmuls plus elementwise work (norms, softmax, GELU, AdamW, EMA);
+                     a loop body (scanned layers, grad accumulation) is counted once
+  flops_per_step_matmul  the dots of the traced program (``flops.traced_matmul_flops``):
+                     matmuls only, loop bodies once
   flops_per_step_analytic  matmul FLOPs (``models.flops``), 3x forward for a train step
+                     (the backward skips gradients w.r.t. the data: a few % less)
   tflops_per_s       analytic FLOPs / step_s
   peak_tflops_per_s  CPU: a large matmul measured here, in the model's dtype policy;
                      GPU/TPU: the device's datasheet dense bf16 peak, times devices
@@ -16,6 +20,7 @@ Every result is one flat dict (``tools.benchmark`` prints them as JSON lines):
 
 from __future__ import annotations
 
+import json
 import time
 
 import jax
@@ -23,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from video_dit import sharding, train
-from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit.data import builders, pipeline
+from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import cost as cost_lib
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
@@ -107,7 +113,7 @@ class TrainBench:
 
   def __init__(self, config, compile_only: bool = False):
     self.config = config
-    model, diffusion = train.validate(config)
+    task = train.validate(config)
     self.mesh = sharding.make_mesh(config.mesh)
     batch = config.data.batch_size
     sharding.check_batch(batch, self.mesh)
@@ -115,19 +121,18 @@ class TrainBench:
     self.cfg = registry.model_config(config)
     self.shape = registry.video_shape(config)
     host = registry.random_inputs(config, batch, config.seed)
-    host_batch = {"video": host["x_bthwc"]}
-    for field, arg in train.BATCH_TO_MODEL.items():
-      if arg in host:
-        host_batch[field] = host[arg]
-    step_fn = train.make_train_step(model, diffusion, tx, config)
-    state, state_sh = train.init_train_state(config, model, tx, self.mesh, compile_only)
+    host_batch = {"video": host.pop("x"), **{k: v for k, v in host.items() if k != "t"}}
+    step_fn = train.make_train_step(task, tx, config)
+    state, state_sh = train.init_train_state(config, task, tx, self.mesh, compile_only)
     data = sharding.shard_batch(host_batch, self.mesh)
     with jax.set_mesh(self.mesh):
       jitted = jax.jit(step_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, None),
                        donate_argnums=0)
       t0 = time.perf_counter()
-      self.compiled = jitted.lower(state, data).compile()
+      lowered = jitted.lower(state, data)
+      self.compiled = lowered.compile()
       self.compile_s = time.perf_counter() - t0
+    self.matmul_flops = flops_lib.traced_matmul_flops(lowered)
     self.state, self.data = state, data
     if not compile_only:
       self.time(1)  # warm-up
@@ -149,7 +154,8 @@ class TrainBench:
     tokens = batch * flops_lib.num_tokens(self.cfg, self.shape)
     out = dict(what="train", step_s=step_s, compile_s=self.compile_s,
                flops_per_step_xla=xla_flops(self.compiled, self.mesh.size),
-               flops_per_step_analytic=float(analytic), batch=batch,
+               flops_per_step_analytic=float(analytic),
+               flops_per_step_matmul=float(self.matmul_flops), batch=batch,
                tokens_per_clip=flops_lib.num_tokens(self.cfg, self.shape),
                mesh=dict(self.mesh.shape), dtype=c.model.dtype, attention=c.model.attention,
                remat=c.model.remat, scan_layers=bool(self.cfg.scan_layers))
@@ -177,26 +183,163 @@ def sample(config, steps: int = 2, peak: tuple[float, str] | None = None) -> dic
   """One whole sample (the config's sampler and guidance) of a batch of sample.num_videos."""
   model, cfg = registry.build(config)
   shape = registry.video_shape(config)
-  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
+  diffusion = registry.build_diffusion(config, cfg)
   sampler = SamplerConfig.from_config(config.sample)
   inputs = registry.dummy_inputs(config, 1)
   params = jax.jit(model.init)(jax.random.key(0), **inputs)
   batch = config.sample.num_videos
   host = registry.random_inputs(config, batch, config.seed)
-  cond = {k: v for k, v in host.items() if k not in ("x_bthwc", "t_b")}
+  cond = {k: v for k, v in host.items() if k not in ("x", "t")}
   c = cost_lib.sampler_cost(model, params, diffusion, sampler, cond, (batch,) + shape,
                             float(config.sample.fps), repeats=steps)
-  calls = c["model_calls_per_sample"]
-  # A guided call runs the model on 3 copies of the batch (both, text only, none).
-  analytic = 3 * batch * calls * flops_lib.forward_flops(cfg, shape, config.text.max_len)
+  calls = sampler.model_calls
+  analytic = batch * sampler.network_passes * flops_lib.forward_flops(cfg, shape,
+                                                                      config.text.max_len)
   step_s = c["seconds_per_sample"] * batch
   # The first call compiles and runs once.
   out = dict(what="sample", step_s=step_s, compile_s=max(0.0, c["first_call_s"] - step_s),
              flops_per_step_xla=c["flops_per_sample"] * batch,
+             flops_per_step_matmul=c["matmul_flops_per_sample"] * batch,
              flops_per_step_analytic=float(analytic), batch=batch, sampler=sampler.name,
-             model_calls=calls, seconds_per_video_second=c["seconds_per_video_second"],
+             model_calls=calls, network_passes=sampler.network_passes,
+             seconds_per_video_second=c["seconds_per_video_second"],
              tflops_per_video_second=c["tflops_per_video_second"])
   out.update(_rates(analytic, batch * flops_lib.num_tokens(cfg, shape), step_s,
                     peak or peak_tflops(config)))
   out["mem_per_device_bytes"] = float("nan")
   return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def override(config, assignments: str):
+  """A copy of ``config`` with 'group.field=value;...' applied (typed like the field)."""
+  config = config.copy_and_resolve_references()
+  for item in filter(None, (s.strip() for s in assignments.split(";"))):
+    path, eq, value = item.partition("=")
+    keys = path.split(".")
+    if not eq or len(keys) != 2 or keys[0] not in config or keys[1] not in config[keys[0]]:
+      raise ValueError(f"override '{item}' must be group.field=value with an existing "
+                       "field, e.g. model.dtype=bfloat16")
+    old = config[keys[0]][keys[1]]
+    if isinstance(old, bool):
+      new = value.lower() in ("1", "true")
+    elif isinstance(old, (tuple, list)):
+      new = tuple(type(old[0])(v) for v in value.split("x")) if old else ()
+    else:
+      new = type(old)(value)
+    with config.unlocked():
+      config[keys[0]][keys[1]] = new
+  return config
+
+
+def data_throughput(config, steps: int, bench_dir: str) -> dict:
+  """Clips/s of the input pipeline (decode, clip, resize, tokenize, batch); a missing
+  synthetic dataset is built under ``bench_dir``."""
+  try:
+    builders.find_dataset(config.data.data_dir)
+  except FileNotFoundError:
+    d = config.data
+    config = override(config, f"data.data_dir={bench_dir}/{d.frames}x{d.height}x{d.width}")
+    pipeline.ensure_dataset(config)
+  it = pipeline.make_iterator(config)
+  next(it)  # warm-up: opens the shards, starts the threads
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    next(it)
+  seconds = time.perf_counter() - t0
+  return dict(what="data", clips_per_s=steps * config.data.batch_size / seconds,
+              batch=config.data.batch_size,
+              clip=[config.data.frames, config.data.height, config.data.width],
+              threads=config.data.num_threads)
+
+
+def memory_table(config, meshes: str) -> list[dict]:
+  """Compile-only train steps, one per mesh ('axis=size,...' separated by ';')."""
+  rows = []
+  for spec in filter(None, meshes.split(";")):
+    sizes = dict(data=1, fsdp=1, tensor=1)
+    for part in spec.split(","):
+      k, _, v = part.partition("=")
+      if k not in sizes:
+        raise ValueError(f"--meshes: '{k}' is not a mesh axis (data, fsdp, tensor)")
+      sizes[k] = int(v)
+    c = override(config, ";".join(f"mesh.{k}={v}" for k, v in sizes.items()))
+    r = train_step(c, compile_only=True, peak=(float("nan"), "not measured"))
+    rows.append(dict(what="memory", mesh=sizes, **{k: v for k, v in r.items()
+                                                   if k.startswith("mem_")},
+                     compile_s=r["compile_s"], backend=r["backend"],
+                     device_count=r["device_count"]))
+  return rows
+
+
+WHATS = ("train", "sample", "memory", "data", "vae")
+
+
+def run_one(config, what: str, label: str, peak, steps: int, meshes: str = "data=1",
+            bench_dir: str = "/tmp/video_dit_bench") -> list[dict]:
+  if what == "train":
+    rows = [train_step(config, steps, peak)]
+  elif what == "sample":
+    rows = [sample(config, max(1, steps // 5), peak)]
+  elif what == "memory":
+    rows = memory_table(config, meshes)
+  elif what == "data":
+    rows = [data_throughput(config, steps, bench_dir)]
+  elif what == "vae":
+    raise ValueError("--what=vae: this config has no video autoencoder to benchmark")
+  else:
+    raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
+  return [dict(config=label, **r) for r in rows]
+
+
+def compare(config_a, config_b, label_a: str, label_b: str, peak, steps: int,
+            rounds: int) -> list[dict]:
+  """A and B compiled once each, timed alternately; medians and the B/A step-time ratio."""
+  a, b = TrainBench(config_a), TrainBench(config_b)
+  times = {label_a: [], label_b: []}
+  for _ in range(rounds):
+    times[label_a].append(a.time(steps))
+    times[label_b].append(b.time(steps))
+  med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+  rows = [dict(config=label_a, **a.result(med[label_a], peak)),
+          dict(config=label_b, **b.result(med[label_b], peak))]
+  rows.append(dict(what="compare", a=label_a, b=label_b,
+                   step_time_ratio_b_over_a=med[label_b] / med[label_a],
+                   speedup_b_over_a=med[label_a] / med[label_b], rounds=rounds,
+                   a_round_s=times[label_a], b_round_s=times[label_b]))
+  return rows
+
+
+def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None = None,
+        rounds: int = 3, sweep: str | None = None, meshes: str = "data=1",
+        bench_dir: str = "/tmp/video_dit_bench") -> list[dict]:
+  """Everything ``tools.benchmark`` can be asked: ``whats`` for the config, or A vs B
+  (``compare_with``: overrides for B), or a ``sweep`` 'group.field=v1,v2,...'."""
+  for what in whats:
+    if what not in WHATS:
+      raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
+  peak = None
+  if any(w in ("train", "sample") for w in whats) or compare_with:
+    peak = peak_tflops(config)
+  if compare_with:
+    return compare(config, override(config, compare_with), label,
+                   f"{label} + {compare_with}", peak, steps, rounds)
+  kw = dict(steps=steps, meshes=meshes, bench_dir=bench_dir)
+  rows = []
+  if sweep:
+    field, _, values = sweep.partition("=")
+    for v in values.split(","):
+      for what in whats:
+        rows += run_one(override(config, f"{field}={v}"), what, f"{label} {field}={v}", peak,
+                        **kw)
+    return rows
+  for what in whats:
+    rows += run_one(config, what, label, peak, **kw)
+  return rows
+
+
+def json_line(row: dict) -> str:
+  """Strict JSON: NaN (not measured) as null."""
+  return json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -22,9 +23,16 @@ import orbax.checkpoint as ocp
 # Orbax splits replicated arrays among their replicas to write in parallel, which
 # compiles a slicing program per array shape: seconds per save for hundreds of
 # small parameters. Only arrays whose slices are >= 1 MiB are worth it.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
-    override=True)
+# (Registering over the default logs a warning on every import; it is intended.)
+_absl_logger = logging.getLogger("absl")
+_level = _absl_logger.level
+_absl_logger.setLevel(logging.ERROR)
+try:
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
+      override=True)
+finally:
+  _absl_logger.setLevel(_level)
 
 
 def _manager(directory: str, keep: int | None = None,

@@ -1,24 +1,31 @@
-"""The DiT's latent space: a trained video VAE, its latent statistics, and the codec.
+"""The DiT's latent space: latent statistics, the latent cache, reconstruction PSNR.
 
-  W/latent_stats.json   written by VAE training next to its checkpoints: per-channel
-                        shift (mean) and scale (std) of the posterior means over
-                        training clips, and the checkpoint step they belong to.
+A trained video VAE (``workdir.LatentCodec``) maps pixels to normalised latents.
 
-``LatentCodec`` loads a VAE workdir (EMA parameters + statistics) and maps pixels in
-[-1, 1] to normalised latents ((z - shift) / scale, unit variance per channel, what
-the DiT learns to generate) and back.
+* ``compute_stats``: per-channel shift/scale of the posterior means over training
+  clips (VAE training writes them next to its checkpoints at the end).
+* ``encode_dataset``: every record of a dataset, re-written once with the latents of
+  its clip (first frames, centre crop) into an ArrayRecord cache that a DiT trains on
+  with ``latent.source='cache'`` (``tools.encode_latents``).
+* ``dataset_psnr`` / ``video_psnr``: how well the VAE reconstructs held-out clips and
+  a video file (``tools.vae_psnr``).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-STATS_FILE = "latent_stats.json"
+from video_dit import video_io, workdir
+from video_dit.data import builders, pipeline
+from video_dit.models import autoencoder
+
+CACHE_INFO_FILE = "latents.json"
 
 
 def compute_stats(model, params, videos) -> dict:
@@ -34,71 +41,73 @@ def compute_stats(model, params, videos) -> dict:
   return dict(shift=mean.tolist(), scale=std.tolist(), num_latents=int(count))
 
 
-def write_stats(workdir: str, step: int, stats: dict) -> str:
-  path = os.path.join(workdir, STATS_FILE)
-  tmp = path + ".tmp"
+def encode_dataset(vae_workdir: str, data_dir: str, out: str, frames: int = 0,
+                   resolution: int = 0, batch: int = 16) -> dict:
+  """Builds (or reuses) the latent cache of ``data_dir`` under ``out``; returns its
+  description (also written to the cache's ``latents.json``).
+
+  ``frames`` / ``resolution`` = 0 take the VAE's training clip size."""
+  codec = workdir.LatentCodec(vae_workdir)
+  vc = codec.config
+  frames = frames or vc.data.frames
+  height, width = resolution or vc.data.height, resolution or vc.data.width
+  shape = codec.latent_shape((frames, height, width, 3))  # raises when it does not fit
+
+  def encode(records):
+    clips = np.stack([pipeline.centre_clip(r, frames, height, width) for r in records])
+    return np.asarray(jax.device_get(codec.encode(clips)))
+
+  tag = f"{frames}f_{height}x{width}_vae{codec.step}_{codec.digest[:12]}"
+  builder = builders.LatentCache(data_dir=out, source_dir=data_dir, encode=encode, tag=tag,
+                                 batch=batch)
+  existed = builder.is_prepared()
+  report = builder.prepare()
+  path = builder.data_path
+  for store in glob.glob(os.path.join(builders.find_dataset(data_dir), "text_*.npz")):
+    target = os.path.join(path, os.path.basename(store))
+    if not os.path.exists(target):
+      shutil.copyfile(store, target + ".tmp")
+      os.replace(target + ".tmp", target)
+  info = dict(vae_workdir=os.path.abspath(vae_workdir), vae_step=codec.step,
+              vae_digest=codec.digest, source=os.path.abspath(data_dir), frames=frames,
+              height=height, width=width, latent_shape=list(shape), path=str(path),
+              records={k: v.num_examples for k, v in builder.info.splits.items()},
+              reused=existed, skipped=len(report["skipped"]))
+  tmp = os.path.join(path, CACHE_INFO_FILE + ".tmp")
   with open(tmp, "w") as f:
-    json.dump(dict(stats, step=int(step)), f, indent=2)
-  os.replace(tmp, path)  # atomic
-  return path
+    json.dump(info, f, indent=2)
+  os.replace(tmp, os.path.join(path, CACHE_INFO_FILE))
+  return info
 
 
-def read_stats(workdir: str) -> dict:
-  path = os.path.join(workdir, STATS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: the VAE in {workdir} has no latent "
-                            "statistics; finish (or re-run) its training with "
-                            "python -m experiments.train --workdir=" + workdir)
-  with open(path) as f:
-    return json.load(f)
+def reconstruct(codec: workdir.LatentCodec, video_bthwc: np.ndarray) -> np.ndarray:
+  """Pixels -> posterior mean -> pixels."""
+  return np.asarray(jax.device_get(codec.decode(codec.encode(video_bthwc))))
 
 
-class LatentCodec:
-  """A trained VAE (EMA parameters of its latest checkpoint) with its statistics."""
-
-  def __init__(self, vae_workdir: str, step: int | None = None):
-    from video_dit import sampling  # pylint: disable=g-import-not-at-top
-    from video_dit.models import registry  # pylint: disable=g-import-not-at-top
-    config, model, params, ckpt_step, self.digest = sampling.load_checkpoint(vae_workdir, step)
-    if registry.task(config) != "vae":
-      raise ValueError(f"{vae_workdir} holds a '{registry.task(config)}' checkpoint, not a VAE "
-                       "(train one with configs/vae_synthetic.py)")
-    stats = read_stats(vae_workdir)
-    if stats["step"] != ckpt_step:
-      raise ValueError(f"{vae_workdir}: latent statistics are of step {stats['step']} but the "
-                       f"checkpoint is step {ckpt_step}; re-run its training command to "
-                       "recompute them")
-    self.workdir, self.step, self.config = vae_workdir, ckpt_step, config
-    self.model, self.params = model, params
-    self.cfg = model.cfg
-    self.shift = jnp.asarray(stats["shift"], jnp.float32)
-    self.scale = jnp.asarray(stats["scale"], jnp.float32)
-    self._encode = jax.jit(lambda p, x: (model.apply(p, x, method=model.encode)[0]
-                                         - self.shift) / self.scale)
-    self._decode = jax.jit(lambda p, z: jnp.clip(
-        model.apply(p, z * self.scale + self.shift, method=model.decode), -1.0, 1.0))
-
-  def latent_shape(self, pixel_shape) -> tuple[int, int, int, int]:
-    return self.cfg.latent_shape(pixel_shape)
-
-  def encode(self, video_bthwc) -> jax.Array:
-    """Pixels in [-1, 1] -> normalised latents (posterior mean)."""
-    return self._encode(self.params, video_bthwc)
-
-  def decode(self, latents_bthwc) -> jax.Array:
-    """Normalised latents -> pixels in [-1, 1]."""
-    return self._decode(self.params, latents_bthwc)
+def dataset_psnr(codec: workdir.LatentCodec, data_dir: str, num_clips: int) -> dict:
+  """PSNR of the first ``num_clips`` 'test' clips as the eval pipeline decodes them
+  (first frames, centre crop) at the VAE's training size."""
+  d = codec.config.data
+  source = builders.data_source(data_dir, "test")
+  n = min(num_clips, len(source))
+  values = []
+  for start in range(0, n, 8):
+    clips = np.stack([pipeline.centre_clip(source[i], d.frames, d.height, d.width)
+                      for i in range(start, min(start + 8, n))])
+    values += np.asarray(autoencoder.psnr(reconstruct(codec, clips), clips)).tolist()
+  return dict(what="dataset", data_dir=data_dir, clips=len(values), shape=list(clips.shape[1:]),
+              psnr_db=float(np.mean(values)), psnr_db_min=float(np.min(values)))
 
 
-_CODECS: dict[str, LatentCodec] = {}
-
-
-def codec(config) -> LatentCodec | None:
-  """The codec of a DiT config's ``latent.vae_workdir`` (loaded once per process), or
-  None when the DiT works on pixels."""
-  if "latent" not in config or config.latent.source == "pixels":
-    return None
-  workdir = os.path.abspath(config.latent.vae_workdir)
-  if workdir not in _CODECS:
-    _CODECS[workdir] = LatentCodec(workdir)
-  return _CODECS[workdir]
+def video_psnr(codec: workdir.LatentCodec, path: str, frames: int = 0) -> dict:
+  """PSNR of a video file's first ``frames`` frames (0 = the VAE's training frames),
+  cropped to a multiple of the spatial factor (the VAE is fully convolutional)."""
+  frames = frames or codec.config.data.frames
+  video, _ = video_io.read_video(path)
+  s = codec.cfg.space_factor
+  h, w = video.shape[1] // s * s, video.shape[2] // s * s
+  clip = video[:frames, :h, :w].astype(np.float32)[None] / 127.5 - 1.0
+  codec.latent_shape(clip.shape[1:])  # raises when the frame count does not fit
+  value = float(np.asarray(autoencoder.psnr(reconstruct(codec, clip), clip))[0])
+  return dict(what="video", video=path, shape=list(clip.shape[1:]), psnr_db=value)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from video_dit import benchmark, sharding
-from video_dit.diffusion import Diffusion
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 
@@ -32,15 +31,15 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
   init_inputs = registry.dummy_inputs(config, 1)
   params, param_shardings = sharding.jit_init(lambda k: model.init(k, **init_inputs), mesh, key)
   shape = registry.video_shape(config)
-  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
+  diffusion = registry.build_diffusion(config, cfg)
   host = registry.random_inputs(config, batch, config.seed)
-  del host["t_b"]  # the diffusion loss draws times itself
+  del host["t"]  # the diffusion loss draws times itself
   data = sharding.shard_batch(host, mesh)
 
   def loss_fn(p, d):
-    cond = {k: v for k, v in d.items() if k != "x_bthwc"}
+    cond = {k: v for k, v in d.items() if k != "x"}
     model_fn = lambda x, t, c: model.apply(p, x, t, **c)
-    return diffusion.loss(model_fn, d["x_bthwc"], cond, jax.random.key(config.seed))[0]
+    return diffusion.loss(model_fn, d["x"], cond, jax.random.key(config.seed))[0]
 
   def step(p, d):
     loss, grads = jax.value_and_grad(loss_fn)(p, d)

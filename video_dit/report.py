@@ -17,7 +17,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from video_dit import sampling
+from video_dit import video_io
 
 
 # ----------------------------------------------------------------------------- loss plot
@@ -119,7 +119,7 @@ def _upscale(frames: np.ndarray, scale: int) -> np.ndarray:
 
 def _save_gif(video: np.ndarray, path: str, fps: float, scale: int) -> None:
   tmp = f"{path}.tmp{os.getpid()}.gif"
-  sampling.write_gif(tmp, _upscale(video, scale), fps)
+  video_io.write_gif(tmp, _upscale(video, scale), fps)
   os.replace(tmp, path)
 
 

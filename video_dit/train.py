@@ -1,5 +1,8 @@
 """Training: train_step and train_and_evaluate, in the order things happen.
 
+What is trained, and on which loss, is a task (``video_dit.tasks``: the DiT, the VAE);
+this module is the loop every task shares.
+
     validate config -> mesh -> data -> abstract init (eval_shape) -> shardings from
     the logical rules -> jit init with out_shardings -> restore -> loop
 
@@ -15,7 +18,6 @@ stops the run naming the step (or skips the update with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -24,17 +26,13 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
-import jax.experimental.multihost_utils
 import jax.numpy as jnp
 import optax
 
-from video_dit import checkpoint, latents, sampling, sharding
-from video_dit.data import builders, pipeline, synthetic, text_store
-from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit import checkpoint, sharding, tasks
+from video_dit import workdir as workdir_lib
+from video_dit.data import pipeline
 from video_dit.metrics import MetricWriter, Progress
-from video_dit.models import autoencoder
-from video_dit.models import flops as flops_lib
-from video_dit.models import registry
 
 
 @flax.struct.dataclass
@@ -83,54 +81,26 @@ def ema_decay(config, step):
   return decay
 
 
-def condition_dropout(key, batch: int, config) -> tuple[jax.Array, jax.Array]:
-  """(drop_text, drop_id) per example: both with p_both, else text or identity alone."""
-  t = config.train
-  u = jax.random.uniform(key, (batch,))
-  both = u < t.both_drop
-  text_only = (u >= t.both_drop) & (u < t.both_drop + t.text_drop)
-  id_only = (u >= t.both_drop + t.text_drop) & (u < t.both_drop + t.text_drop + t.id_drop)
-  return both | text_only, both | id_only
-
-
-# Pipeline batch field -> model argument.
-BATCH_TO_MODEL = {"text_ids": "text_ids_bl", "text_emb": "text_emb_bld",
-                  "text_mask": "text_mask_bl", "text_pooled": "text_pooled_bd",
-                  "face": "face_bhwc", "face_embed": "face_embed_be"}
-
-
-def model_inputs(batch: dict) -> tuple[jax.Array, dict]:
-  """Pipeline batch -> (clean video x0, model conditions)."""
-  cond = {arg: batch[field] for field, arg in BATCH_TO_MODEL.items() if field in batch}
-  return batch["video"], cond
-
-
-def make_train_step(model, diffusion: Diffusion, tx, config):
-  """The pure step ``(state, batch) -> (state, metrics)``."""
+def make_train_step(task: tasks.Task, tx, config):
+  """The pure step ``(state, batch) -> (state, metrics)`` of any task."""
   accum = config.optim.grad_accum
   skip_nonfinite = config.train.nonfinite == "skip"
   lr = learning_rate(config)
-
-  def loss_fn(params, x0, cond, key):
-    if isinstance(diffusion, autoencoder.VAEObjective):
-      return diffusion.loss(params, x0, key)[0]
-    model_fn = lambda x, t, c: model.apply(params, x, t, **c)
-    return diffusion.loss(model_fn, x0, cond, key)[0]
+  loss_fn = lambda params, batch, keys: task.loss(params, batch, keys)[0]
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    k_drop, k_loss = jax.random.split(key)
-    x0, cond = model_inputs(batch)
-    b = x0.shape[0]
-    cond["drop_text_b"], cond["drop_id_b"] = condition_dropout(k_drop, b, config)
+    k_prepare, k_loss = jax.random.split(key)
+    batch = task.prepare(batch, k_prepare)
+    b = batch["video"].shape[0]
     keys = jax.random.split(k_loss, b)  # per example: micro-batching changes no draw
 
     def micro(i):
       part = lambda v: jax.lax.dynamic_slice_in_dim(v, i * (b // accum), b // accum)
-      return part(x0), jax.tree.map(part, cond), part(keys)
+      return jax.tree.map(part, batch), part(keys)
 
     if accum == 1:
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, cond, keys)
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, keys)
     else:
       def body(carry, i):
         l, g = jax.value_and_grad(loss_fn)(state.params, *micro(i))
@@ -157,86 +127,10 @@ def make_train_step(model, diffusion: Diffusion, tx, config):
   return train_step
 
 
-def ensure_dataset(config) -> None:
-  """Builds the synthetic dataset on first use (other datasets must exist), and the
-  stored caption embeddings that ``text.encoder='precomputed'`` reads."""
-  d = config.data
-  try:
-    builders.find_dataset(d.data_dir)
-  except FileNotFoundError as e:
-    if registry.latent_source(config) == "cache":
-      raise FileNotFoundError(
-          f"no latent cache in {d.data_dir}; encode one with `python -m tools.encode_latents "
-          f"--vae_workdir={config.latent.vae_workdir} --data_dir=<pixel dataset> "
-          f"--out={d.data_dir}`") from e
-    if d.dataset != "synthetic_faces":
-      raise
-    spec = synthetic.spec_from_config(config)
-    if jax.process_index() == 0:
-      print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
-      builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
-    jax.experimental.multihost_utils.sync_global_devices("dataset built")
-  if config.text.encoder == "precomputed":
-    if (jax.process_index() == 0
-        and not os.path.exists(text_store.store_path(d.data_dir, config.text.precomputed))):
-      print(f"storing {config.text.precomputed} caption embeddings in {d.data_dir}", flush=True)
-      text_store.build(d.data_dir, config.text.precomputed, config.text.max_len)
-    jax.experimental.multihost_utils.sync_global_devices("text embeddings stored")
-
-
-class PeriodicSampler:
-  """Every ``sample.every_steps``: EMA samples for held-out references and captions,
-  written to ``W/samples/step_N/`` as mp4 + a PNG strip with the reference face."""
-
-  def __init__(self, config, model, diffusion: Diffusion, mesh, workdir: str):
-    self.every = config.sample.every_steps
-    if not self.every:
-      return
-    self.mesh, self.workdir, self.seed = mesh, workdir, config.seed
-    test = config.copy_and_resolve_references()
-    test.data.batch_size = config.sample.num_videos
-    batch = next(pipeline.make_iterator(test, "test", train=False))
-    n = len(batch["video"])
-    _, cond = model_inputs(batch)
-    self.faces = sampling.to_uint8(batch["face"])
-    self.cond = sharding.shard_batch(cond, mesh)
-    self.sample = sampling.make_sampler(model, diffusion, SamplerConfig.from_config(config.sample),
-                                        (n,) + registry.video_shape(config))
-    codec = latents.codec(config)
-    self.decode = codec.decode if codec is not None else None
-
-  def maybe_write(self, step: int, ema_params) -> None:
-    if not self.every or step % self.every:
-      return
-    with jax.set_mesh(self.mesh):
-      videos = self.sample(ema_params, self.cond, jax.random.key(self.seed))
-      if self.decode is not None:
-        videos = self.decode(jax.device_get(videos))
-    videos = sampling.to_uint8(jax.experimental.multihost_utils.process_allgather(videos, tiled=True))
-    if jax.process_index() == 0:
-      for i, (video, face) in enumerate(zip(videos, self.faces)):
-        sampling.write_sample(os.path.join(self.workdir, "samples", f"step_{step}", f"{i:02d}"),
-                              video, face)
-
-
-def validate(config) -> tuple[Any, Any]:
-  """Every config check that can fail, before anything is compiled: (model, objective),
-  the objective a Diffusion (DiT) or a VAEObjective (video autoencoder)."""
-  if registry.task(config) == "vae":
-    model, _ = registry.build_vae(config)
-    diffusion = autoencoder.VAEObjective(model, config.vae.recon, config.vae.kl_weight)
-  else:
-    model, cfg = registry.build(config)
-    shape = registry.video_shape(config)
-    diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape))
-    SamplerConfig.from_config(config.sample).check(diffusion.config.objective)
-    if registry.latent_source(config) != "pixels":
-      codec = latents.codec(config)  # loads the VAE: its errors come before compiling
-      want = codec.latent_shape(registry.pixel_shape(config))
-      if tuple(want) != tuple(shape):
-        raise ValueError(f"latent.shape={tuple(shape)} but the VAE in {codec.workdir} makes "
-                         f"{tuple(want)} from {registry.pixel_shape(config)} frames; set "
-                         f"latent.shape={tuple(want)}.")
+def validate(config) -> tasks.Task:
+  """Every config check that can fail, before anything is compiled: the task's (model,
+  objective, data shapes) and the trainer's own."""
+  task = tasks.for_config(config)
   learning_rate(config)
   if config.train.nonfinite not in ("stop", "skip"):
     raise ValueError(f"train.nonfinite='{config.train.nonfinite}' is unknown; use 'stop' or "
@@ -244,7 +138,7 @@ def validate(config) -> tuple[Any, Any]:
   if config.optim.grad_accum < 1 or config.data.batch_size % config.optim.grad_accum:
     raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by "
                      f"optim.grad_accum={config.optim.grad_accum}.")
-  return model, diffusion
+  return task
 
 
 # ----------------------------------------------------------------------------- loop
@@ -275,11 +169,11 @@ class _Preemption:
       signal.signal(sig, old)
 
 
-def init_train_state(config, model, tx, mesh,
+def init_train_state(config, task: tasks.Task, tx, mesh,
                      abstract: bool = False) -> tuple[TrainState, TrainState]:
   """A fresh TrainState initialised straight into its shardings, and the shardings
   (``abstract``: shapes, dtypes and shardings only, nothing allocated)."""
-  init_inputs = registry.dummy_inputs(config, 1)
+  model, init_inputs = task.model, task.init_inputs()
   boxed = jax.eval_shape(lambda k: model.init(k, **init_inputs), jax.random.key(0))
   param_sh = sharding.tree_shardings(boxed, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -302,9 +196,29 @@ def init_train_state(config, model, tx, mesh,
   return state, state_sh
 
 
+def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter) -> TrainState:
+  """The resume order: the workdir's latest checkpoint (state and data position), else
+  ``ckpt.init_from``'s latest (parameters and EMA only), else ``state`` as it is."""
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state = ckpt.restore(start, state)
+    if data_state:
+      data_iter.set_state(data_state)
+    print(f"resumed from {ckpt.directory} step {start}", flush=True)
+  elif config.ckpt.init_from:
+    init_step = workdir_lib.latest_step(config.ckpt.init_from)
+    if init_step is None:
+      raise FileNotFoundError(f"ckpt.init_from={config.ckpt.init_from} has no checkpoints")
+    directory = workdir_lib.checkpoint_dir(config.ckpt.init_from)
+    loaded, _ = checkpoint.restore(directory, init_step, state)
+    state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
+    print(f"initialised from {directory} step {init_step}", flush=True)
+  return state
+
+
 def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
-  model, diffusion = validate(config)
+  task = validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.data.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
@@ -313,53 +227,27 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_json)
 
-  ensure_dataset(config)
+  pipeline.ensure_dataset(config)
   data_iter = pipeline.make_iterator(config, "train")
 
   tx = optimizer(config)
-  state, state_sh = init_train_state(config, model, tx, mesh)
-
+  state, state_sh = init_train_state(config, task, tx, mesh)
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(start, state)
-    if data_state:
-      data_iter.set_state(data_state)
-    print(f"resumed from {ckpt.directory} step {start}", flush=True)
-  elif config.ckpt.init_from:
-    directory = os.path.join(config.ckpt.init_from, "checkpoints")
-    init_step = max(checkpoint.steps(directory), default=None)
-    if init_step is None:
-      raise FileNotFoundError(f"ckpt.init_from={config.ckpt.init_from} has no checkpoints")
-    loaded, _ = checkpoint.restore(directory, init_step, state)
-    state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
-    print(f"initialised from {directory} step {init_step}", flush=True)
+  state = restore(config, ckpt, state, data_iter)
   start = int(state.step)
 
-  step_fn = make_train_step(model, diffusion, tx, config)
+  step_fn = make_train_step(task, tx, config)
   with jax.set_mesh(mesh):
     train_step = jax.jit(step_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, None),
                          donate_argnums=0)
 
-  is_vae = registry.task(config) == "vae"
-  flops_per_step = tokens_per_step = 0.0  # the VAE's rates are steps/s only
-  if not is_vae:
-    cfg = registry.model_config(config)
-    shape = registry.video_shape(config)
-    flops_per_step = 3 * config.data.batch_size * flops_lib.forward_flops(
-        cfg, shape, config.text.max_len)
-    tokens_per_step = config.data.batch_size * flops_lib.num_tokens(cfg, shape)
-  encode = (latents.codec(config).encode if registry.latent_source(config) == "vae"
-            and not is_vae else None)
+  flops_per_step, tokens_per_step = task.step_rates()
   writer, progress = MetricWriter(workdir), Progress(config.total_steps, start)
-  samples = PeriodicSampler(config, model, diffusion, mesh, workdir) if not is_vae else None
+  samples = task.periodic(mesh, workdir)
   t_last, steps_since = time.perf_counter(), 0
   with _Preemption() as preempt:
     for step in range(start, config.total_steps):
-      batch = next(data_iter)
-      if encode is not None:  # latent.source='vae': pixels -> latents on the fly
-        batch = dict(batch, video=jax.device_get(encode(batch["video"])))
-      batch = sharding.shard_batch(batch, mesh)
+      batch = sharding.shard_batch(task.host_batch(next(data_iter)), mesh)
       with jax.set_mesh(mesh):
         state, metrics = train_step(state, batch)
       metrics = jax.device_get(metrics)
@@ -380,7 +268,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
         if steps_since:
           rate = steps_since / max(time.perf_counter() - t_last, 1e-9)
           scalars.update(steps_per_s=rate)
-          if not is_vae:
+          if flops_per_step:
             scalars.update(tokens_per_s=rate * tokens_per_step,
                            tflops_per_s=rate * flops_per_step / 1e12)
         writer.write(done, scalars)
@@ -400,22 +288,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   ckpt.close()
   writer.close()
   progress.close()
-  if is_vae and not preempt.requested:
-    write_latent_stats(config, workdir, model, state)
+  if not preempt.requested:
+    task.finish(workdir, state)
   return state
-
-
-def write_latent_stats(config, workdir: str, model, state) -> None:
-  """The VAE's per-channel latent shift/scale over training clips (EMA parameters),
-  stored next to the checkpoints for the step they belong to."""
-  step = int(state.step)
-  path = os.path.join(workdir, latents.STATS_FILE)
-  if os.path.exists(path) and latents.read_stats(workdir)["step"] == step:
-    return
-  it = pipeline.make_iterator(config, "train", train=False)
-  videos = (b["video"] for _, b in zip(range(config.vae.stats_batches), it))
-  params = jax.device_get(state.ema_params)
-  stats = latents.compute_stats(model, params, videos)
-  if jax.process_index() == 0:
-    latents.write_stats(workdir, step, stats)
-    print(f"latent statistics of step {step}: {path}", flush=True)

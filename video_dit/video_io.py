@@ -1,4 +1,5 @@
-"""Reading video files and the compact frame encoding stored in datasets.
+"""Video I/O: the compact frame encoding stored in datasets, video files, and the
+mp4 / GIF / PNG-strip writers of samples.
 
 Datasets store a clip as a list of per-frame encoded images: PNG (lossless; the
 synthetic data, whose flat colours compress well) or JPEG (real video). That is
@@ -9,6 +10,7 @@ frames it samples) and small enough for 10k-clip datasets.
 from __future__ import annotations
 
 import io
+import os
 from typing import Sequence
 
 import numpy as np
@@ -84,3 +86,35 @@ def write_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0) -> None:
     for frame in frames_thwc:
       container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     container.mux(stream.encode())
+
+
+def to_uint8(x) -> np.ndarray:
+  """[-1, 1] floats -> uint8 (clipped)."""
+  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_gif(path: str, video_thwc: np.ndarray, fps: float = 8.0) -> None:
+  """(T, H, W, 3) uint8 frames as a looping GIF."""
+  frames = [Image.fromarray(f) for f in video_thwc]
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps),
+                 loop=0)
+
+
+def frame_grid(video_thwc: np.ndarray, face_hwc: np.ndarray | None = None) -> np.ndarray:
+  """One row: the reference face (resized to the frame height), then every frame."""
+  t, h, w, _ = video_thwc.shape
+  parts = []
+  if face_hwc is not None:
+    parts.append(np.asarray(Image.fromarray(face_hwc).resize((h, h), Image.BICUBIC)))
+    parts.append(np.full((h, max(2, w // 16), 3), 255, np.uint8))
+  parts.extend(video_thwc)
+  return np.concatenate(parts, axis=1)
+
+
+def write_sample(prefix: str, video_thwc: np.ndarray, face_hwc: np.ndarray | None = None,
+                 fps: float = 8.0) -> list[str]:
+  """Writes ``prefix``.mp4 and ``prefix``.png (face + frames); returns the paths."""
+  os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+  write_video(prefix + ".mp4", video_thwc, fps)
+  Image.fromarray(frame_grid(video_thwc, face_hwc)).save(prefix + ".png")
+  return [prefix + ".mp4", prefix + ".png"]

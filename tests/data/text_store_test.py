@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit import sampling, train
+from video_dit import conditions, sampling, train
 from video_dit.data import builders, pipeline, synthetic, text_store
 from video_dit.models import registry, text
 
@@ -36,7 +36,7 @@ def test_store_holds_every_caption_once_and_matches_minilm(data_dir):
   with np.load(path, allow_pickle=False) as f:
     assert [str(c) for c in f["captions"]] == captions
     assert f["tokens"].dtype == np.float16 and f["tokens"].shape == (len(captions), 16, 384)
-  store = text_store.TextStore(data_dir, "minilm", 16)
+  store = conditions.caption_fields(_config(data_dir))
   tokens, mask, pooled = text.minilm()([captions[0]], 16)
   row = store(captions[0])
   np.testing.assert_allclose(row["text_emb"], tokens[0], atol=2e-3)  # float16 storage
@@ -69,14 +69,14 @@ def test_pipeline_model_training_and_sampling_use_the_embeddings(data_dir, tmp_p
   assert batch["text_pooled"].shape == (b, 384) and "text_ids" not in batch
   # The DiT reads the embeddings: different captions give different outputs.
   model, params = helpers.init(config)
-  x0, cond = train.model_inputs(jax.tree.map(np.asarray, batch))
-  inputs = dict(x_bthwc=x0[:2], t_b=np.full((2,), 0.5, np.float32),
+  x0, cond = conditions.split_batch(jax.tree.map(np.asarray, batch))
+  inputs = dict(x=x0[:2], t=np.full((2,), 0.5, np.float32),
                 **{k: v[:1].repeat(2, 0) for k, v in cond.items()})
   p = helpers.perturb_zeros(params)
   same = helpers.apply(model, p, inputs)
-  other = dict(inputs, text_emb_bld=np.roll(inputs["text_emb_bld"], 1, axis=-1))
+  other = dict(inputs, text_emb=np.roll(inputs["text_emb"], 1, axis=-1))
   assert not np.allclose(helpers.apply(model, p, other), same, atol=1e-4)
-  assert set(cond) == set(registry.dummy_inputs(config, 1)) - {"x_bthwc", "t_b"}
+  assert set(cond) == set(registry.dummy_inputs(config, 1)) - {"x", "t"}
   # Train two steps, then sample a prompt that is not in the dataset.
   config.total_steps = 2
   train.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
@@ -87,9 +87,10 @@ def test_pipeline_model_training_and_sampling_use_the_embeddings(data_dir, tmp_p
   assert out[0]["video_shape"] == [8, 32, 32, 3]
   # A dataset caption encoded at sampling equals its stored row.
   caption = text_store.dataset_captions(data_dir)[0]
-  cond = sampling.text_conditions(config, [caption])
-  row = text_store.TextStore(data_dir, "minilm", 16)(caption)
-  np.testing.assert_allclose(cond["text_emb_bld"][0], row["text_emb"], atol=2e-3)  # f16
+  cond = conditions.prompt_fields(config, [caption])
+  row = conditions.caption_fields(config)(caption)
+  np.testing.assert_allclose(cond["text_emb"][0], row["text_emb"], atol=2e-3)  # f16
+  np.testing.assert_array_equal(cond["text_mask"][0], row["text_mask"])
 
 
 def test_make_dataset_embed_command(data_dir):

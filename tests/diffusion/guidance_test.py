@@ -10,8 +10,8 @@ from video_dit.models import registry
 
 def toy_model(x, t, cond):
   """Text and identity both move the prediction, non-linearly, per example."""
-  text = jnp.where(cond["drop_text_b"], 0.0, cond["text"])[:, None]
-  ident = jnp.where(cond["drop_id_b"], 0.0, cond["face"])[:, None]
+  text = jnp.where(cond["drop_text"], 0.0, cond["text"])[:, None]
+  ident = jnp.where(cond["drop_id"], 0.0, cond["face"])[:, None]
   return jnp.tanh(x * (1 + t[:, None]) + text) + ident * x ** 2 + text * ident
 
 
@@ -59,7 +59,7 @@ def test_guidance_with_the_video_dit():
   model, params = helpers.init(config)
   p = helpers.perturb_zeros(params)
   inputs = registry.random_inputs(config, 2)
-  x, t = inputs.pop("x_bthwc"), inputs.pop("t_b")
+  x, t = inputs.pop("x"), inputs.pop("t")
   model_fn = jax.jit(lambda x, t, c: model.apply(p, x, t, **c))
   uu, tu, ti = guidance.separate_calls(model_fn, x, t, inputs)
   assert np.abs(np.asarray(ti - tu)).max() > 1e-4 and np.abs(np.asarray(tu - uu)).max() > 1e-4

@@ -48,7 +48,8 @@ def test_samples_match_gaussian_and_converge(cfg, first, second):
     x = np.asarray(_sample(cfg, name, 50))
     assert abs(x.mean() - MU) < 0.03 and abs(x.std() - SIGMA) < 0.03, (name, x.mean(), x.std())
     errors = [_transport_error(cfg, name, n) for n in (10, 20, 40)]
-    assert errors[0] > errors[1] > errors[2] or errors[2] < 1e-2, (name, errors)
+    # Halving the step size cuts the error by at least 1.5x (first order: ~2x).
+    assert errors[0] > 1.5 * errors[1] > 2.25 * errors[2], (name, errors)
   # The higher-order sampler is more accurate at the same number of steps.
   assert _transport_error(cfg, second, 10) < _transport_error(cfg, first, 10)
   assert _transport_error(cfg, second, 20) < 0.5 * _transport_error(cfg, first, 20)

@@ -13,7 +13,7 @@ def test_cost_numbers_are_positive_and_consistent_with_the_config():
   cfg = registry.model_config(config)
   shape = (2,) + registry.video_shape(config)
   inputs = registry.random_inputs(config, 2)
-  cond = {k: v for k, v in inputs.items() if k not in ("x_bthwc", "t_b")}
+  cond = {k: v for k, v in inputs.items() if k not in ("x", "t")}
   diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape[1:]))
   results = {}
   for name, steps in (("euler", 4), ("heun", 4)):

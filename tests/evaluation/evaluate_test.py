@@ -1,5 +1,8 @@
 import json
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 from tests import helpers
 from video_dit import train
 from video_dit.data import builders, synthetic
-from video_dit.evaluation import evaluate, probes
+from video_dit.evaluation import evaluate, probes, temporal
 
 
 def test_paired_gap_and_interval():
@@ -63,14 +66,34 @@ def test_evaluate_writes_every_metric(trained):
   assert ident["probe"]["roc_auc"] >= probes.MIN_AUC, ident
   # Real clips are the ceiling: their own reference wins almost always.
   assert ident["real"]["gap"] > 0.2 and ident["real"]["choice_accuracy"] >= 0.9
+  # The saved numbers are the probes' readings of the saved videos: recompute them.
+  with np.load(os.path.join(saved["media"], "videos.npz")) as f:
+    gen, real, faces = f["generated"], f["real"], f["faces"]
+    identity, action = f["identity"], f["action"]
+  id_probe = probes.Probe.load(str(trained / "probes" / "identity"))
+  ref = id_probe.embed_images(faces)
+  clip = id_probe.embed_frames(gen).mean(1)
+  clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
+  other = evaluate.mismatched_index(identity)
+  want = evaluate.paired_gap(np.sum(clip * ref, -1), np.sum(clip * ref[other], -1))
   g = ident["generated"]
-  assert g["n"] == 10 and g["gap_ci95"][0] <= g["gap"] <= g["gap_ci95"][1]
+  assert g["n"] == 10 and g["gap"] == pytest.approx(want["gap"], abs=1e-6)
+  assert g["matched"] == pytest.approx(want["matched"], abs=1e-6)
+  assert g["choice_accuracy"] == want["choice_accuracy"]
   text = saved["text"]
   assert text["chance"] == pytest.approx(1 / 11) and text["n"] == 10
-  assert text["real_accuracy"] > 0.5 and 0.0 <= text["accuracy"] <= 1.0
-  for name in ("generated", "real"):
+  act_probe = probes.Probe.load(str(trained / "probes" / "action"))
+  predicted = act_probe.action_logits(gen).argmax(-1)
+  assert text["accuracy"] == pytest.approx(np.mean(predicted == action))
+  assert text["predicted_counts"] == np.bincount(predicted, minlength=11).tolist()
+  assert text["real_accuracy"] == pytest.approx(
+      np.mean(act_probe.action_logits(real).argmax(-1) == action))
+  assert text["real_accuracy"] > 0.5
+  for name, videos in (("generated", gen), ("real", real)):
     t = saved["temporal"][name]
-    assert t["frame_change"] >= 0 and t["embedding_variance"] >= 0 and "drift" in t
+    frames = id_probe.embed_frames(videos)
+    assert t == pytest.approx(temporal.summary(videos, frames))
+    assert t["embedding_variance"] > 0 and t["drift"] > 0
   # An untrained model's samples are noise, real clips are smooth.
   assert saved["temporal"]["generated"]["frame_change"] > saved["temporal"]["real"][
       "frame_change"]
@@ -116,3 +139,25 @@ def test_bad_inputs(trained, tmp_path):
     evaluate.evaluate(str(trained / "run"), metrics=("fid",))
   with pytest.raises(FileNotFoundError, match="checkpoints"):
     evaluate.evaluate(str(tmp_path))
+
+
+def test_evaluate_command_writes_the_json_and_logs_quietly(trained, tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  run = str(trained / "run")
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={run}", "--num_videos=4",
+         "--metrics=temporal,cost", "--num_steps=1", f"--probe_dir={trained / 'probes'}"]
+  r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  printed = json.loads(r.stdout[r.stdout.index("{"):])
+  assert set(printed) == {"temporal", "cost"} and printed["cost"]["model_calls_per_sample"] == 1
+  with open(os.path.join(run, "eval", "step_2.json")) as f:
+    saved = json.load(f)
+  assert saved["num_videos"] == 4 and saved["sampler"]["num_steps"] == 1
+  assert saved["temporal"] == printed["temporal"]
+  # Quiet by default: no library INFO lines (absl's 'I1130 12:00:00.0 ...' prefix).
+  info = [line for line in r.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  assert not info, info[:5]
+  # --verbosity=1 brings them back.
+  r = subprocess.run(cmd + ["--verbosity=1"], cwd=root, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0 and re.search(r"^I\d{4} ", r.stderr, re.M), r.stderr[-2000:]

@@ -11,8 +11,7 @@ import pytest
 
 from configs import faces_latent, vae_synthetic
 from tests import helpers
-from tools import encode_latents
-from video_dit import latents, sampling, train
+from video_dit import latents, sampling, train, workdir
 from video_dit.data import builders, pipeline
 from video_dit.evaluation import evaluate
 
@@ -31,17 +30,17 @@ def chain(tmp_path_factory):
   vae_config = _with(vae_synthetic.get_config("runlocal,steps=10"),
                      **{"data.data_dir": str(root / "pixels")})
   train.train_and_evaluate(vae_config, str(root / "vae"), jax.devices()[:1])
-  info = encode_latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
-                                       str(root / "cache"), batch=4)
+  info = latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
+                                str(root / "cache"), batch=4)
   return root, vae_config, info
 
 
 def test_vae_stores_latent_statistics_of_its_checkpoint(chain):
   root, _, _ = chain
-  stats = latents.read_stats(str(root / "vae"))
+  stats = workdir.read_stats(str(root / "vae"))
   assert stats["step"] == 10 and len(stats["shift"]) == len(stats["scale"]) == 4
   assert all(s > 0 for s in stats["scale"]) and stats["num_latents"] > 0
-  codec = latents.LatentCodec(str(root / "vae"))
+  codec = workdir.LatentCodec(str(root / "vae"))
   x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 32, 32, 3)).astype(np.float32)
   z = codec.encode(x)
   assert z.shape == (2, 3, 8, 8, 4)
@@ -57,12 +56,12 @@ def test_cache_holds_the_codec_latents_of_each_clip_and_its_source_fields(chain)
   rec, src = cache[0], pixels[0]
   assert rec["caption"] == src["caption"] and rec["face"] == src["face"]
   clip = pipeline.centre_clip(src, 5, 32, 32)
-  want = np.asarray(latents.LatentCodec(str(root / "vae")).encode(clip[None]))[0]
+  want = np.asarray(workdir.LatentCodec(str(root / "vae")).encode(clip[None]))[0]
   np.testing.assert_allclose(builders.decode_latents(rec), want, atol=2e-2, rtol=1e-2)
   assert os.path.exists(os.path.join(info["path"], "latents.json"))
   # Re-running reuses the cache.
-  again = encode_latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
-                                        str(root / "cache"))
+  again = latents.encode_dataset(str(root / "vae"), str(root / "pixels"),
+                                 str(root / "cache"))
   assert again["reused"] and again["path"] == info["path"]
 
 
@@ -70,7 +69,7 @@ def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_p
   root, _, _ = chain
   config = faces_latent.get_config(f"runlocal,vae={root / 'vae'},cache={root / 'cache'},steps=3")
   config = _with(config, **{"sample.num_steps": 2})
-  train.ensure_dataset(config)  # stores the captions' MiniLM embeddings in the cache
+  pipeline.ensure_dataset(config)  # stores the captions' MiniLM embeddings in the cache
   batch = next(iter(pipeline.make_dataset(config, "train")))
   assert batch["video"].shape[1:] == (3, 8, 8, 4) and batch["text_emb"].shape[-1] == 384
   train.train_and_evaluate(config, str(tmp_path / "dit"), jax.devices()[:1])

@@ -3,8 +3,10 @@
 import html.parser
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -38,9 +40,19 @@ def _quickstart(workdir, data_dir, steps):
          "--config.data.clips_per_identity=2", "--config.sample.num_steps=2",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
          "--metrics=identity,text,temporal,cost"]
+  t0 = time.time()
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  wall = time.time() - t0
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  return out.stdout + out.stderr
+  # Quiet by default: none of the libraries' INFO lines ('I1130 12:00:00.0 ...').
+  info = [line for line in out.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  assert not info, info[:5]
+  return out.stdout + out.stderr, wall
+
+
+def _phases(workdir):
+  with open(os.path.join(workdir, "quickstart_phases.json")) as f:
+    return json.load(f)
 
 
 @pytest.mark.slow
@@ -57,13 +69,15 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   probes.train_probe("action", spec, steps=30, batch=16, log=None).save(
       probes.default_path(data_dir, "action", spec))
 
-  log = _quickstart(workdir, data_dir, steps=4)
+  log, wall = _quickstart(workdir, data_dir, steps=4)
   for phase in ("1/4 dataset", "2/4 training", "3/4 sampling", "4/4 report"):
     assert phase in log, log
-  with open(os.path.join(workdir, "quickstart_phases.json")) as f:
-    phases = json.load(f)
+  phases = _phases(workdir)
   assert set(phases) == {"dataset", "train", "evaluate", "report"}
-  assert all(v >= 0 for v in phases.values())
+  # Phase times are measured: training and evaluation compile and run (seconds), and
+  # together they fit inside the command's own wall time.
+  assert phases["train"] > 1 and phases["evaluate"] > 1 and phases["report"] > 0
+  assert sum(phases.values()) < wall
 
   with open(os.path.join(workdir, "report.html"), encoding="utf-8") as f:
     page = f.read()
@@ -92,12 +106,16 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
 
   # Re-running resumes: training goes on from step 4, the old evaluation stays.
   mtime = os.path.getmtime(os.path.join(workdir, "eval", "step_4.json"))
-  log = _quickstart(workdir, data_dir, steps=6)
+  log, wall = _quickstart(workdir, data_dir, steps=6)
   assert "resumed from" in log and "steps 4..6" in log
   assert os.path.getmtime(os.path.join(workdir, "eval", "step_4.json")) == mtime
   assert os.path.exists(os.path.join(workdir, "eval", "step_6.json"))
-  log = _quickstart(workdir, data_dir, steps=6)  # nothing left to do
+  resumed = _phases(workdir)  # the second run's times add to the first's
+  assert resumed["train"] > phases["train"] and resumed["evaluate"] > phases["evaluate"]
+  assert sum(resumed.values()) - sum(phases.values()) < wall
+  log, _ = _quickstart(workdir, data_dir, steps=6)  # nothing left to do
   assert "already at step 6" in log and "evaluation of step 6 found" in log
+  assert _phases(workdir)["train"] == resumed["train"]  # no training was timed
 
 
 def test_pick_examples_spreads_identities_and_actions():

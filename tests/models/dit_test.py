@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit.models import dit, registry
+from video_dit.models import dit, flops, registry
 
 
 def _other_face(inputs, seed=7):
   other = dict(inputs)
-  other["face_bhwc"] = np.random.default_rng(seed).uniform(
-      -1, 1, inputs["face_bhwc"].shape).astype(np.float32)
+  other["face"] = np.random.default_rng(seed).uniform(
+      -1, 1, inputs["face"].shape).astype(np.float32)
   return other
 
 
@@ -48,12 +48,12 @@ def test_perturbed_output_is_nontrivial_and_depends_on_text(base):
   p = helpers.perturb_zeros(params)
   out = helpers.apply(model, p, inputs)
   assert np.all(np.isfinite(out)) and np.abs(out).mean() > 1e-3
-  other = dict(inputs, text_ids_bl=inputs["text_ids_bl"][::-1])
+  other = dict(inputs, text_ids=inputs["text_ids"][::-1])
   assert np.abs(helpers.apply(model, p, other) - out).max() > 1e-5
   # Dropped text means the null tokens: the ids no longer matter.
   drop = np.ones((2,), bool)
-  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_text_b=drop),
-                                helpers.apply(model, p, other, drop_text_b=drop))
+  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_text=drop),
+                                helpers.apply(model, p, other, drop_text=drop))
 
 
 def test_zero_gate_closes_identity_until_opened(base):
@@ -75,8 +75,8 @@ def test_no_gate_depends_on_identity_from_the_start():
   diff = np.abs(helpers.apply(model, p, inputs) - helpers.apply(model, p, _other_face(inputs)))
   assert diff.max() > 1e-4
   drop = np.ones((2,), bool)  # null identity tokens: the face no longer matters
-  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_id_b=drop),
-                                helpers.apply(model, p, _other_face(inputs), drop_id_b=drop))
+  np.testing.assert_array_equal(helpers.apply(model, p, inputs, drop_id=drop),
+                                helpers.apply(model, p, _other_face(inputs), drop_id=drop))
 
 
 @pytest.mark.parametrize("gate,scale,depends", [
@@ -110,7 +110,7 @@ def test_face_embedding_branch_alone_and_with_image():
     model, params = helpers.init(config)
     p = helpers.perturb_zeros(params)
     inputs = registry.random_inputs(config, 2)
-    other = dict(inputs, face_embed_be=inputs["face_embed_be"][::-1])
+    other = dict(inputs, face_embed=inputs["face_embed"][::-1])
     assert np.abs(helpers.apply(model, p, inputs) - helpers.apply(model, p, other)).max() > 1e-4
 
 
@@ -171,9 +171,9 @@ def test_learn_sigma_and_sincos_only():
 def test_missing_conditions_use_null_tokens(base):
   _, model, params, inputs = base
   p = helpers.perturb_zeros(params)
-  bare = {"x_bthwc": inputs["x_bthwc"], "t_b": inputs["t_b"]}
-  both_dropped = helpers.apply(model, p, inputs, drop_text_b=np.ones(2, bool),
-                        drop_id_b=np.ones(2, bool))
+  bare = {"x": inputs["x"], "t": inputs["t"]}
+  both_dropped = helpers.apply(model, p, inputs, drop_text=np.ones(2, bool),
+                        drop_id=np.ones(2, bool))
   np.testing.assert_allclose(helpers.apply(model, p, bare), both_dropped, atol=1e-6)
 
 
@@ -249,9 +249,9 @@ def test_conditioning_can_be_switched_off():
   assert not {"text_encoder", "identity_encoder", "null_text", "null_id"} & names
   assert not {"text_attn", "id_attn"} & set(params["params"]["block_0"])
   inputs = registry.random_inputs(config, 2)
-  assert set(inputs) == {"x_bthwc", "t_b"}
+  assert set(inputs) == {"x", "t"}
   out = helpers.apply(model, helpers.perturb_zeros(params), inputs)
-  assert out.shape == inputs["x_bthwc"].shape and np.all(np.isfinite(out))
+  assert out.shape == inputs["x"].shape and np.all(np.isfinite(out))
   with pytest.raises(ValueError, match="decoupled"):
     registry.build(helpers.runlocal_config(**{"text.encoder": "none",
                                               "identity.mode": "decoupled"}))
@@ -260,21 +260,21 @@ def test_conditioning_can_be_switched_off():
 def test_flash_attention_is_tpu_only_with_a_clear_error():
   if jax.default_backend() == "tpu":
     pytest.skip("runs on TPU")
-  with pytest.raises(ValueError, match="Pallas TPU"):
+  with pytest.raises(ValueError, match="Pallas TPU kernel.*runs on tpu only"):
     registry.build(helpers.runlocal_config(**{"model.attention": "flash"}))
 
 
 @pytest.mark.parametrize("lk", [64, 40])
 def test_blocked_attention_matches_einsum_in_value_and_gradient(lk):
-  from video_dit.models import layers  # pylint: disable=g-import-not-at-top
+  from video_dit.models import attention, layers  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.standard_normal((2, 64, 3, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.standard_normal((2, lk, 3, 8)), jnp.float32) for _ in range(2))
   loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
-  ref = layers.attention(q, k, v, impl="einsum")
-  blocked = lambda q, k, v: layers.blocked_attention(q, k, v, block=16)  # 4 query chunks
+  ref = attention.attention(q, k, v, impl="einsum")
+  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, block=16)  # 4 query chunks
   np.testing.assert_allclose(blocked(q, k, v), ref, atol=1e-5)
-  g_ref = jax.grad(loss(lambda *a: layers.attention(*a, impl="einsum")), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(loss(lambda *a: attention.attention(*a, impl="einsum")), (0, 1, 2))(q, k, v)
   g = jax.grad(loss(blocked), (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -284,13 +284,32 @@ def test_blocked_attention_matches_einsum_in_value_and_gradient(lk):
   for a, b in zip(g16, g_ref):
     assert float(jnp.abs(a - b).max()) < 0.03 * float(jnp.abs(b).max())
     assert float(jnp.abs(a - b).max()) > 0  # the bf16 path really is a different one
-  if lk != 64:
-    return
-  # Through the model: the self-attention takes the blocked path, cross-attention falls back.
+
+
+def test_blocked_backend_runs_the_self_attention_and_names_its_fallback(monkeypatch):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from video_dit.models import attention  # pylint: disable=g-import-not-at-top
+  calls, warnings = [], []
+  blocked = attention.BACKENDS["blocked"]
+
+  def spy(q, k, v, mask):
+    calls.append((q.shape[1], k.shape[1]))
+    return blocked.fn(q, k, v, mask)
+
+  monkeypatch.setitem(attention.BACKENDS, "blocked", attention.dataclasses.replace(blocked, fn=spy))
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  attention._log_fallback.cache_clear()
   config = helpers.runlocal_config(**{"model.attention": "blocked"})
   model, params = helpers.init(config)
   ref_model, _ = registry.build(helpers.runlocal_config())
   inputs = registry.random_inputs(config, 2)
   p = helpers.perturb_zeros(params)
-  np.testing.assert_allclose(helpers.apply(model, p, inputs), helpers.apply(ref_model, p, inputs),
-                             atol=1e-5, rtol=1e-5)
+  calls.clear()
+  out = jax.jit(lambda p, i: model.apply(p, **i))(p, inputs)  # a fresh trace
+  np.testing.assert_allclose(out, helpers.apply(ref_model, p, inputs), atol=1e-5, rtol=1e-5)
+  tokens = flops.num_tokens(registry.model_config(config), registry.video_shape(config))
+  # Every DiT block's spacetime self-attention went through the blocked backend...
+  assert calls.count((tokens, tokens)) == config.model.depth, calls
+  # ...and the masked text attention did not, with one warning naming the backend.
+  fallback = [w for w in warnings if "'blocked'" in w and "key masks" in w]
+  assert len(fallback) == 1, warnings

@@ -14,16 +14,18 @@ assembles the processes' local batches into global arrays over ('data', 'fsdp').
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import grain
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 from PIL import Image
 
-from video_dit import video_io
-from video_dit.data import builders, text_store
-from video_dit.models.text import HashTokenizer
+from video_dit import conditions, video_io
+from video_dit.data import builders, synthetic, text_store
+from video_dit.models import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +66,9 @@ def _to_unit(x_uint8: np.ndarray) -> np.ndarray:
   return x_uint8.astype(np.float32) / 127.5 - 1.0
 
 
-def text_features(config):
-  """caption -> the batch's text fields: {'text_ids'} for the trainable encoder,
-  {'text_emb', 'text_mask', 'text_pooled'} from the dataset's store when precomputed."""
-  if config.text.encoder == "precomputed":
-    return text_store.TextStore(config.data.data_dir, config.text.precomputed,
-                                config.text.max_len)
-  tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_len)
-  return lambda caption: dict(text_ids=tokenizer([caption])[0])
-
-
 class DecodeExample(grain.transforms.RandomMap):
-  """Record -> {'video', 'face', text fields, 'identity_index', 'action'} as numpy."""
+  """Record -> {'video', 'face', text fields, 'identity_index', 'action'} as numpy
+  (the fields ``video_dit.conditions`` names; ``text_fn`` maps the caption)."""
 
   def __init__(self, spec: ClipSpec, text_fn):
     self.spec, self.text_fn = spec, text_fn
@@ -135,7 +128,8 @@ def make_dataset(config, split: str = "train", *, train: bool = True,
                      f"'{split}' ({len(source)} in all)")
   if train:
     ds = ds.shuffle(seed=config.seed).repeat(None)
-  ds = ds.random_map(DecodeExample(ClipSpec.from_config(config, train), text_features(config)),
+  ds = ds.random_map(DecodeExample(ClipSpec.from_config(config, train),
+                                   conditions.caption_fields(config)),
                      seed=config.seed)
   return ds.batch(batch // process_count, drop_remainder=train)
 
@@ -148,3 +142,30 @@ def make_iterator(config, split: str = "train", *, train: bool = True,
   options = grain.ReadOptions(num_threads=config.data.num_threads,
                               prefetch_buffer_size=config.data.prefetch)
   return iter(ds.to_iter_dataset(options))
+
+
+def ensure_dataset(config) -> None:
+  """Builds the synthetic dataset on first use (other datasets must exist), and the
+  stored caption embeddings that ``text.encoder='precomputed'`` reads."""
+  d = config.data
+  try:
+    builders.find_dataset(d.data_dir)
+  except FileNotFoundError as e:
+    if registry.latent_source(config) == "cache":
+      raise FileNotFoundError(
+          f"no latent cache in {d.data_dir}; encode one with `python -m tools.encode_latents "
+          f"--vae_workdir={config.latent.vae_workdir} --data_dir=<pixel dataset> "
+          f"--out={d.data_dir}`") from e
+    if d.dataset != "synthetic_faces":
+      raise
+    spec = synthetic.spec_from_config(config)
+    if jax.process_index() == 0:
+      print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
+      builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
+    jax.experimental.multihost_utils.sync_global_devices("dataset built")
+  if config.text.encoder == "precomputed":
+    if (jax.process_index() == 0
+        and not os.path.exists(text_store.store_path(d.data_dir, config.text.precomputed))):
+      print(f"storing {config.text.precomputed} caption embeddings in {d.data_dir}", flush=True)
+      text_store.build(d.data_dir, config.text.precomputed, config.text.max_len)
+    jax.experimental.multihost_utils.sync_global_devices("text embeddings stored")

@@ -65,7 +65,7 @@ def build(data_dir: str, encoder: str = "minilm", max_len: int = 32,
 
 
 class TextStore:
-  """Caption -> (tokens (L, E) f32, mask (L,) bool, pooled (E,) f32)."""
+  """The stored embeddings of every caption of a dataset, looked up by caption."""
 
   def __init__(self, data_dir: str, encoder: str, max_len: int):
     path = store_path(data_dir, encoder)
@@ -84,10 +84,11 @@ class TextStore:
     self.index = {c: i for i, c in enumerate(captions)}
     self.path = path
 
-  def __call__(self, caption: str) -> dict[str, np.ndarray]:
+  def lookup(self, caption: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The caption's stored (tokens (L, E) float16, mask (L,), pooled (E,) float32);
+    ``conditions.caption_fields`` turns them into the batch's text fields."""
     i = self.index.get(caption)
     if i is None:
       raise KeyError(f"caption {caption!r} is not in {self.path}; rebuild it with "
                      "`python -m tools.make_dataset embed ...`")
-    return dict(text_emb=self.tokens[i].astype(np.float32), text_mask=self.mask[i],
-                text_pooled=self.pooled[i])
+    return self.tokens[i], self.mask[i], self.pooled[i]

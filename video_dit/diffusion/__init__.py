@@ -8,7 +8,7 @@ The trainer and the sampler share one small interface::
 
 with ``model_fn(x_t, t, cond) -> prediction`` and model time t in [0, 1]
 (1 = pure noise). ``cond`` is a dict of batched arrays passed through to the
-model; guidance adds ``drop_text_b`` / ``drop_id_b``.
+model; guidance adds ``drop_text`` / ``drop_id``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 (s_text, s_id) = (1, 1) is the fully conditional prediction, (0, 0) the
 unconditional one, s_text = s_id = s plain CFG with scale s. The three branches
-run as one call on a 3x batch whose ``drop_text_b`` / ``drop_id_b`` flags
+run as one call on a 3x batch whose ``drop_text`` / ``drop_id`` flags
 select the model's learned null tokens.
 """
 
@@ -25,24 +25,23 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
 
   Args:
     model_fn: ``(x, t, cond) -> prediction``; ``cond`` gains boolean (B,) entries
-      ``drop_text_b`` and ``drop_id_b``.
+      ``drop_text`` and ``drop_id``.
     text_scale, id_scale: guidance scales (floats or traced scalars).
     interval: (t_lo, t_hi): guide only where t_lo <= t <= t_hi (model time, 1 =
       noise); elsewhere the fully conditional prediction is used.
     channels: guide only the first ``channels`` output channels (the rest, e.g.
       a learned variance, comes from the fully conditional branch).
   """
-  if (interval is None and isinstance(text_scale, (int, float))
-      and isinstance(id_scale, (int, float)) and text_scale == 1 and id_scale == 1):
+  if passes(text_scale, id_scale, interval) == 1:
     return lambda x, t, cond: model_fn(x, t, _with_drops(cond, x.shape[0], False, False))
 
   def fn(x, t, cond):
     b = x.shape[0]
     tile = lambda v: jnp.concatenate([v, v, v], axis=0)
-    cond3 = {k: tile(v) for k, v in cond.items() if k not in ("drop_text_b", "drop_id_b")}
+    cond3 = {k: tile(v) for k, v in cond.items() if k not in ("drop_text", "drop_id")}
     ones, zeros = jnp.ones((b,), bool), jnp.zeros((b,), bool)
-    cond3["drop_text_b"] = jnp.concatenate([ones, zeros, zeros])
-    cond3["drop_id_b"] = jnp.concatenate([ones, ones, zeros])
+    cond3["drop_text"] = jnp.concatenate([ones, zeros, zeros])
+    cond3["drop_id"] = jnp.concatenate([ones, ones, zeros])
     out = model_fn(tile(x), tile(t), cond3)
     uu, tu, ti = jnp.split(out, 3, axis=0)
     g = uu + text_scale * (tu - uu) + id_scale * (ti - tu)
@@ -56,8 +55,15 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
   return fn
 
 
+def passes(text_scale, id_scale, interval=None) -> int:
+  """Network passes per guided call: 1 when the scales are (1, 1) with no interval
+  (the fully conditional prediction alone), else 3 (one call on a 3x batch)."""
+  static = isinstance(text_scale, (int, float)) and isinstance(id_scale, (int, float))
+  return 1 if interval is None and static and text_scale == 1 and id_scale == 1 else 3
+
+
 def _with_drops(cond, b, drop_text, drop_id):
-  return dict(cond, drop_text_b=jnp.full((b,), drop_text), drop_id_b=jnp.full((b,), drop_id))
+  return dict(cond, drop_text=jnp.full((b,), drop_text), drop_id=jnp.full((b,), drop_id))
 
 
 def separate_calls(model_fn: ModelFn, x, t, cond):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_dit.diffusion import schedules
+from video_dit.diffusion import guidance, schedules
 from video_dit.diffusion.losses import DiffusionConfig
 
 SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "dpmpp_2m", "ddpm")}
@@ -39,6 +39,23 @@ class SamplerConfig:
     return cls(name=c.sampler, num_steps=c.num_steps, shift=c.shift, eta=c.eta,
                text_scale=c.text_scale, id_scale=c.face_scale,
                interval=None if interval == (0.0, 1.0) else interval)
+
+  @property
+  def model_calls(self) -> int:
+    """Guided model calls per sample (Heun evaluates twice per step, but once on the
+    last, where it is an Euler step)."""
+    return 2 * self.num_steps - 1 if self.name == "heun" else self.num_steps
+
+  @property
+  def guidance_batch(self) -> int:
+    """Network passes per guided call: 3 (none, text, text + identity) or 1 when only
+    the fully conditional prediction is used."""
+    return guidance.passes(self.text_scale, self.id_scale, self.interval)
+
+  @property
+  def network_passes(self) -> int:
+    """Forward passes of the network per generated sample: the cost that matters."""
+    return self.model_calls * self.guidance_batch
 
   def check(self, objective: str) -> None:
     if self.name not in SAMPLERS[objective]:

@@ -2,7 +2,9 @@
 
 XLA counts a loop body once, so the FLOPs of a sample are those of one guided
 model call (XLA's cost analysis of its compiled program) times the number of
-model calls the sampler makes.
+model calls the sampler makes (``SamplerConfig.model_calls``; a guided call is
+``SamplerConfig.guidance_batch`` network passes). XLA's count includes elementwise
+work; ``matmul_flops_per_sample`` counts the matmuls of the traced call only.
 """
 
 from __future__ import annotations
@@ -13,12 +15,8 @@ import jax
 import numpy as np
 
 from video_dit.diffusion import Diffusion, SamplerConfig, guidance
+from video_dit.models import flops as flops_lib
 from video_dit.sampling import make_sampler
-
-
-def model_calls(sampler: SamplerConfig) -> int:
-  """Guided model calls per sample (Heun evaluates twice per step, but once on the last)."""
-  return 2 * sampler.num_steps - 1 if sampler.name == "heun" else sampler.num_steps
 
 
 def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, cond: dict,
@@ -28,13 +26,15 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
                        sampler.id_scale, sampler.interval)
   x = jax.ShapeDtypeStruct(shape, np.float32)
   t = jax.ShapeDtypeStruct(shape[:1], np.float32)
-  compiled = jax.jit(fn).lower(x, t, cond).compile()
+  lowered = jax.jit(fn).lower(x, t, cond)
+  compiled = lowered.compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # XLA counts the per-device program; scale by the devices the program spans.
   devices = max(len(s.device_set) for s in jax.tree.leaves(compiled.output_shardings))
   flops_per_call = float(cost["flops"]) * devices
-  flops = flops_per_call * model_calls(sampler) / shape[0]
+  flops = flops_per_call * sampler.model_calls / shape[0]
+  matmul = flops_lib.traced_matmul_flops(lowered) * sampler.model_calls / shape[0]
 
   sample = make_sampler(model, diffusion, sampler, shape)
   t0 = time.perf_counter()
@@ -47,8 +47,10 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
     times.append(time.perf_counter() - t0)
   seconds = float(np.median(times)) / shape[0]
   video_seconds = shape[1] / fps
-  return dict(flops_per_sample=flops, seconds_per_sample=seconds,
+  return dict(flops_per_sample=flops, matmul_flops_per_sample=matmul,
+              seconds_per_sample=seconds,
               video_seconds_per_sample=video_seconds,
               seconds_per_video_second=seconds / video_seconds,
               tflops_per_video_second=flops / video_seconds / 1e12,
-              model_calls_per_sample=model_calls(sampler), first_call_s=first_call_s)
+              model_calls_per_sample=sampler.model_calls,
+              network_passes_per_sample=sampler.network_passes, first_call_s=first_call_s)

@@ -33,14 +33,14 @@ import time
 import jax
 import numpy as np
 
+from video_dit import conditions, sampling, sharding, video_io
 from video_dit import metrics as metrics_lib
-from video_dit import latents, sampling, sharding, train
+from video_dit import workdir as workdir_lib
 from video_dit.data import builders, pipeline, synthetic
-from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import cost as cost_lib
 from video_dit.evaluation import probes as probes_lib
 from video_dit.evaluation import temporal
-from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 
 METRICS = ("fvd", "identity", "text", "temporal", "cost")
@@ -99,8 +99,8 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   n = len(batch["video"])
   shape = (chunk,) + registry.video_shape(config)
   sample = sampling.make_sampler(model, diffusion, sampler, shape)
-  codec = latents.codec(config)
-  _, cond = train.model_inputs(batch)
+  codec = workdir_lib.codec(config)
+  _, cond = conditions.split_batch(batch)
   progress = metrics_lib.Progress(n)
   out = []
   with jax.set_mesh(mesh):
@@ -113,7 +113,7 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
                      jax.random.fold_in(jax.random.key(seed), i // chunk))
       if codec is not None:  # a latent-space DiT: decode with its VAE
         video = codec.decode(jax.device_get(video))
-      out.append(sampling.to_uint8(video)[:chunk - pad])
+      out.append(video_io.to_uint8(video)[:chunk - pad])
       progress.update(min(i + chunk, n), "videos sampled", force=True)
   progress.close()
   return np.concatenate(out)
@@ -149,17 +149,14 @@ def identity_metrics(config, gen, real, faces, identities, probe_path, train_pro
   embeds = {}
   refs = [face_id.embed_face(f) for f in faces]
   for name, videos in (("generated", gen), ("real", real)):
-    frames = [[face_id.embed_face(f) for f in v] for v in videos]
     matched, mismatched, missing, kept = [], [], 0, []
-    for i, per_frame in enumerate(frames):
-      found = np.asarray([e for e in per_frame if e is not None])
-      missing += sum(e is None for e in per_frame)
+    for i, video in enumerate(videos):
+      found, without = face_id.embed_frames(video)
+      missing += without
       if refs[i] is None or refs[other[i]] is None or not len(found):
         continue
-      cos = lambda r: float(np.mean(found @ r / (np.linalg.norm(found, axis=1) *
-                                                 np.linalg.norm(r))))
-      matched.append(cos(refs[i]))
-      mismatched.append(cos(refs[other[i]]))
+      matched.append(face_id.similarity(found, refs[i])["cosine"])
+      mismatched.append(face_id.similarity(found, refs[other[i]])["cosine"])
       kept.append(found)
     out[name] = dict(paired_gap(np.asarray(matched), np.asarray(mismatched)) if matched else
                      dict(skipped="no video had a detected face"),
@@ -186,15 +183,6 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
               actions=list(synthetic.ACTION_NAMES))
 
 
-def temporal_block(videos, embeds) -> dict:
-  out = dict(frame_change=float(np.mean([temporal.frame_change(v) for v in videos])))
-  embeds = [e for e in ([] if embeds is None else embeds) if len(e) > 1]
-  if embeds:
-    out.update(embedding_variance=float(np.mean([temporal.embedding_variance(e) for e in embeds])),
-               drift=float(np.mean([temporal.drift(e) for e in embeds])))
-  return out
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -207,15 +195,15 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   unknown = set(metrics) - set(METRICS)
   if unknown:
     raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
-  config, model, params, step, digest = sampling.load_checkpoint(workdir, step, ema)
+  restored = workdir_lib.load(workdir, step, ema)
+  config, params, step = restored.config, restored.params, restored.step
   config.sample.update({k: v for k, v in (sampler or {}).items() if v is not None})
   model, cfg = registry.build(config)
-  diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(
-      cfg, registry.video_shape(config)))
+  diffusion = registry.build_diffusion(config, cfg)
   sampler_cfg = SamplerConfig.from_config(config.sample)
   sampler_cfg.check(config.diffusion.objective)
   batch = load_examples(config, split, num_videos)
-  real, faces = sampling.to_uint8(batch["video"]), sampling.to_uint8(batch["face"])
+  real, faces = video_io.to_uint8(batch["video"]), video_io.to_uint8(batch["face"])
   identities, actions = batch["identity_index"], batch["action"]
   log(f"evaluating step {step} of {workdir} on {len(real)} '{split}' examples "
       f"({len(np.unique(identities))} identities)")
@@ -227,7 +215,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
                  num_videos=int(len(gen)), params=("ema" if ema else "raw"),
-                 params_digest=digest, sampler=dataclasses.asdict(sampler_cfg))
+                 params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg))
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
   embeds = None
 
@@ -251,7 +239,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
     return fvd.fvd(real, gen)
 
   def cost_fn():
-    one = jax.tree.map(lambda x: x[:1], train.model_inputs(batch)[1])
+    one = jax.tree.map(lambda x: x[:1], conditions.split_batch(batch)[1])
     return cost_lib.sampler_cost(model, params, diffusion, sampler_cfg, one,
                                  (1,) + registry.video_shape(config),
                                  float(config.sample.get("fps", 8.0)))
@@ -260,7 +248,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   run("identity", lambda: identity_metrics(config, gen, real, faces, identities, path("identity"),
                                            train_probes, log))
   run("text", lambda: text_metrics(config, gen, real, actions, path("action"), train_probes, log))
-  run("temporal", lambda: {name: temporal_block(v, (embeds or {}).get(name))
+  run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name))
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", cost_fn)
   results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
@@ -300,9 +288,9 @@ def _write(workdir, step, results, gen, real, faces, captions, identities, actio
   os.replace(tmp, os.path.join(media, "videos.npz"))
   for i in range(min(num_gifs, len(gen))):
     prefix = os.path.join(media, f"{i:03d}")
-    sampling.write_gif(prefix + ".gif", gen[i], fps)
-    sampling.write_gif(prefix + "_real.gif", real[i], fps)
-    sampling.write_sample(prefix, gen[i], faces[i], fps)
+    video_io.write_gif(prefix + ".gif", gen[i], fps)
+    video_io.write_gif(prefix + "_real.gif", real[i], fps)
+    video_io.write_sample(prefix, gen[i], faces[i], fps)
   results["media"] = os.path.abspath(media)
   tmp = os.path.join(out_dir, f"step_{step}.json.tmp{os.getpid()}")
   with open(tmp, "w") as f:

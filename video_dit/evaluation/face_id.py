@@ -42,18 +42,31 @@ def embed_face(image_hwc: np.ndarray, upsample: int = 1) -> np.ndarray | None:
                     np.float64)
 
 
+def embed_frames(frames_thwc: np.ndarray) -> tuple[np.ndarray, int]:
+  """(descriptors of the frames with a face (N, 128), number of frames without one)."""
+  embs = [embed_face(f) for f in frames_thwc]
+  found = np.asarray([e for e in embs if e is not None]).reshape(-1, 128)
+  return found, len(embs) - len(found)
+
+
+def similarity(found_nd: np.ndarray, reference_d: np.ndarray) -> dict:
+  """Mean cosine similarity and L2 distance of face descriptors to a reference's."""
+  cos = found_nd @ reference_d / (np.linalg.norm(found_nd, axis=1) * np.linalg.norm(reference_d))
+  return dict(cosine=float(cos.mean()),
+              l2=float(np.linalg.norm(found_nd - reference_d, axis=1).mean()))
+
+
 def identity_similarity(reference_hwc: np.ndarray, frames_thwc: np.ndarray) -> dict:
-  """Cosine similarity and L2 distance of each frame's face to the reference face.
+  """Cosine similarity and L2 distance of each frame's face to the reference face
+  (the evaluator's identity metric on real faces, for one clip).
 
   Frames without a detected face are counted, not scored.
   """
   ref = embed_face(reference_hwc)
   if ref is None:
     raise ValueError("no face found in the reference image")
-  embs = [embed_face(f) for f in frames_thwc]
-  found = np.asarray([e for e in embs if e is not None])
-  out = dict(frames=len(frames_thwc), frames_without_face=len(frames_thwc) - len(found))
+  found, missing = embed_frames(frames_thwc)
+  out = dict(frames=len(frames_thwc), frames_without_face=missing)
   if len(found):
-    cos = found @ ref / (np.linalg.norm(found, axis=1) * np.linalg.norm(ref))
-    out.update(cosine=float(cos.mean()), l2=float(np.linalg.norm(found - ref, axis=1).mean()))
+    out.update(similarity(found, ref))
   return out

@@ -37,6 +37,14 @@ def drift(embeddings_td: np.ndarray) -> float:
   return float(1.0 - first @ last / max(np.linalg.norm(first) * np.linalg.norm(last), 1e-12))
 
 
-def temporal_metrics(embeddings_td: np.ndarray, frames_thwc: np.ndarray) -> dict:
-  return dict(embedding_variance=embedding_variance(embeddings_td),
-              frame_change=frame_change(frames_thwc), drift=drift(embeddings_td))
+def summary(videos, embeddings=None) -> dict:
+  """The evaluator's temporal block for a set of clips: ``frame_change`` averaged over
+  every clip, and ``embedding_variance`` / ``drift`` averaged over the clips whose
+  per-frame identity embeddings are given (``embeddings``: a list of (T_i, D) arrays,
+  e.g. only the clips where a face was found; those with < 2 frames are left out)."""
+  out = dict(frame_change=float(np.mean([frame_change(v) for v in videos])))
+  embeddings = [e for e in ([] if embeddings is None else embeddings) if len(e) > 1]
+  if embeddings:
+    out.update(embedding_variance=float(np.mean([embedding_variance(e) for e in embeddings])),
+               drift=float(np.mean([drift(e) for e in embeddings])))
+  return out

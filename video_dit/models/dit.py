@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from video_dit.models import layers
+from video_dit.models import attention, layers
 from video_dit.models.identity import IdentityEncoder, IdentityEncoderConfig
 from video_dit.models.layers import dense, layer_norm, logical, modulate, zeros
 from video_dit.models.patching import grid_positions, grid_shape, patchify, unpatchify
@@ -83,21 +83,21 @@ class DiTBlock(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
 
     h = modulate(layer_norm(dt, affine=False, name="norm1")(x_bld), shift_msa, scale_msa)
-    x_bld = x_bld + gate_msa[:, None] * layers.SelfAttention(**attn_kw, name="attn")(h, angles)
+    x_bld = x_bld + gate_msa[:, None] * attention.SelfAttention(**attn_kw, name="attn")(h, angles)
     x_bld = constrain(x_bld, _ACT)
 
     has_identity = self.has_identity and id_bkd is not None
     decoupled = has_identity and cfg.identity_mode == "decoupled"
     if text_btd is not None:
       h = layer_norm(dt, name="norm_text")(x_bld)
-      x_bld = x_bld + layers.CrossAttention(
+      x_bld = x_bld + attention.CrossAttention(
           **attn_kw, zero_out=True, extra_gate=cfg.identity_gate == "zero",
           name="text_attn")(h, text_btd, text_mask_bt, id_bkd if decoupled else None,
                             cfg.identity_scale)
 
     if has_identity and not decoupled:
       h = layer_norm(dt, name="norm_id")(x_bld)
-      out = layers.CrossAttention(**attn_kw, name="id_attn")(h, id_bkd)  # (B, L, D)
+      out = attention.CrossAttention(**attn_kw, name="id_attn")(h, id_bkd)  # (B, L, D)
       if cfg.identity_gate == "zero":
         # Closed at init: identity can join an already trained model as a no-op.
         out = out * self.param("id_gate", logical(zeros, "embed"), (cfg.width,)).astype(dt)
@@ -148,24 +148,25 @@ class VideoDiT(nn.Module):
     with layers.matmul_policy(self.cfg.matmul_dtype):
       return self._forward(*args, **kwargs)
 
-  def _forward(self, x_bthwc, t_b, text_ids_bl=None, face_bhwc=None, face_embed_be=None,
-               drop_text_b=None, drop_id_b=None, text_emb_bld=None, text_mask_bl=None,
-               text_pooled_bd=None):
-    """Args:
-      x_bthwc: (B, T, H, W, C) noisy video (or latents).
-      t_b: (B,) diffusion time in [0, 1].
-      text_ids_bl: (B, Lt) token ids (0 = padding); None means "no text".
-      text_emb_bld / text_mask_bl / text_pooled_bd: with ``text.encoder='precomputed'``
-        instead of ids: a frozen encoder's token embeddings (B, Lt, E), their mask and
+  def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
+               drop_id=None, text_emb=None, text_mask=None, text_pooled=None):
+    """The conditions are named as the input pipeline's batch fields
+    (``video_dit.conditions``). Args:
+      x: (B, T, H, W, C) noisy video (or latents).
+      t: (B,) diffusion time in [0, 1].
+      text_ids: (B, Lt) token ids (0 = padding); None means "no text".
+      text_emb / text_mask / text_pooled: with ``text.encoder='precomputed'`` instead
+        of ids: a frozen encoder's token embeddings (B, Lt, E), their mask (B, Lt) and
         its pooled sentence vector (B, E) (e.g. MiniLM's, stored in the dataset).
-      face_bhwc / face_embed_be: reference face crop (B, S, S, 3) and/or face
+      face / face_embed: reference face crop (B, S, S, 3) in [-1, 1] and/or face
         embedding (B, E), as the identity encoder is configured; both None means
         "no identity".
-      drop_text_b / drop_id_b: (B,) bool; True swaps in the learned null tokens
+      drop_text / drop_id: (B,) bool; True swaps in the learned null tokens
         (condition dropout in training, the unconditional branches of guidance).
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
+    x_bthwc, t_b = x, t
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     b = x_bthwc.shape[0]
     grid = grid_shape(x_bthwc.shape[1:4], cfg.patch)
@@ -180,12 +181,12 @@ class VideoDiT(nn.Module):
 
     c = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")(t_b)  # (B, D)
 
-    text = text_mask = ident = None
+    text = text_mask_bt = ident = None
     if cfg.use_text:
-      text, text_mask, c = self._text(b, text_ids_bl, drop_text_b, c, text_emb_bld,
-                                      text_mask_bl, text_pooled_bd)
+      text, text_mask_bt, c = self._text(b, text_ids, drop_text, c, text_emb, text_mask,
+                                         text_pooled)
     if cfg.use_identity:
-      ident, c = self._identity(b, face_bhwc, face_embed_be, drop_id_b, c)
+      ident, c = self._identity(b, face, face_embed, drop_id, c)
 
     block = DiTBlock
     step = _ScanStep
@@ -196,17 +197,17 @@ class VideoDiT(nn.Module):
       blocks = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(nn.broadcast,) * 5, length=cfg.depth,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(cfg, name="blocks")(x, c, angles, text, text_mask, ident)
+      x, _ = blocks(cfg, name="blocks")(x, c, angles, text, text_mask_bt, ident)
     else:
       for i in range(cfg.depth):
         x = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
-            x, c, angles, text, text_mask, ident)
+            x, c, angles, text, text_mask_bt, ident)
 
     out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
     x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
     return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
 
-  def _text(self, b, text_ids_bl, drop_text_b, c, text_emb_bld=None, text_mask_bl=None,
+  def _text(self, b, text_ids_bl, drop_text, c, text_emb_bld=None, text_mask_bl=None,
             text_pooled_bd=None):
     """Text tokens -> width; null tokens where dropped or absent. The trainable encoder
     reads ids; precomputed embeddings (a frozen encoder's) go straight to text_proj."""
@@ -216,7 +217,7 @@ class VideoDiT(nn.Module):
     pooled = None
     if cfg.text_precomputed_dim:
       if text_emb_bld is None:
-        drop_text_b = jnp.ones((b,), bool)
+        drop_text = jnp.ones((b,), bool)
         text_emb_bld = jnp.zeros((b, cfg.text.max_len, cfg.text_precomputed_dim), dt)
         text_mask_bl = jnp.zeros((b, cfg.text.max_len), bool).at[:, 0].set(True)
         text_pooled_bd = jnp.zeros((b, cfg.text_precomputed_dim), dt)
@@ -226,13 +227,13 @@ class VideoDiT(nn.Module):
             text_pooled_bd.astype(dt))
     else:
       if text_ids_bl is None:
-        drop_text_b = jnp.ones((b,), bool)
+        drop_text = jnp.ones((b,), bool)
         text_ids_bl = jnp.zeros((b, cfg.text.max_len), jnp.int32)
       text_emb, text_mask = TextEncoder(cfg.text, dt, cfg.attention, name="text_encoder")(
           text_ids_bl)
     text = layers.Mlp(cfg.width, cfg.width, dt, name="text_proj")(text_emb)  # (B, Lt, D)
-    if drop_text_b is not None:
-      drop = drop_text_b[:, None]
+    if drop_text is not None:
+      drop = drop_text[:, None]
       text = jnp.where(drop[..., None], null_text[:text.shape[1]].astype(dt), text)
       text_mask = text_mask | drop
       if pooled is not None:
@@ -244,7 +245,7 @@ class VideoDiT(nn.Module):
           mean if pooled is None else mean + pooled)
     return text, text_mask, c
 
-  def _identity(self, b, face_bhwc, face_embed_be, drop_id_b, c):
+  def _identity(self, b, face_bhwc, face_embed_be, drop_id, c):
     """K tokens from the reference face; null tokens where dropped or absent."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     null_id = self.param("null_id", logical(nn.initializers.normal(0.02), None, "embed"),
@@ -254,8 +255,8 @@ class VideoDiT(nn.Module):
     else:
       ident = IdentityEncoder(cfg.identity, cfg.width, dt, cfg.attention,
                               name="identity_encoder")(face_bhwc, face_embed_be)
-      if drop_id_b is not None:
-        ident = jnp.where(drop_id_b[:, None, None], null_id.astype(dt), ident)
+      if drop_id is not None:
+        ident = jnp.where(drop_id[:, None, None], null_id.astype(dt), ident)
     ident = constrain(ident, ("act_batch", "act_id_len", "act_embed"))
     if cfg.identity_pooled_to_adaln:
       c = c + dense(cfg.width, ("embed", "mlp"), dt, name="id_pool")(ident.mean(1))

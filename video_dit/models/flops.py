@@ -9,6 +9,7 @@ elementwise work, so the two differ most on tiny models.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from video_dit.models.dit import ModelConfig, patchify_dim
 
@@ -79,3 +80,27 @@ def num_tokens(cfg: ModelConfig, video_shape) -> int:
   t, h, w = video_shape[:3]
   pt, ph, pw = cfg.patch
   return (t // pt) * (h // ph) * (w // pw)
+
+
+_DOT = re.compile(r"stablehlo\.dot_general .*?contracting_dims = \[([\d, ]*)\] x .*?"
+                  r": \(tensor<([\dx]+)x\w+>, tensor<[^>]+>\) -> tensor<([\dx]*)x?\w+>")
+
+
+def traced_matmul_flops(lowered) -> int:
+  """2 * M * N * K summed over every dot in a lowered program (``jax.jit(f).lower(...)``),
+  loop bodies counted once per appearance. Unlike XLA's cost analysis of the compiled
+  program it counts matmuls only (no elementwise work), so it is what ``forward_flops``
+  predicts; like it, a ``lax.scan`` body appears once however many steps it runs."""
+  total = 0
+  for m in _DOT.finditer(lowered.as_text()):
+    contracting = [int(i) for i in m.group(1).replace(" ", "").split(",") if i]
+    lhs = [int(s) for s in m.group(2).split("x")]
+    out = [int(s) for s in m.group(3).split("x") if s]
+    k = 1
+    for i in contracting:
+      k *= lhs[i]
+    n = 1
+    for s in out:
+      n *= s
+    total += 2 * n * k
+  return total

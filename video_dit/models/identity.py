@@ -16,7 +16,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from video_dit.models import layers
+from video_dit.models import attention, layers
 from video_dit.models.patching import grid_positions, patchify
 from video_dit.models.rope import sincos_nd
 
@@ -46,7 +46,7 @@ class PerceiverLayer(nn.Module):
     norm = lambda name: layers.layer_norm(self.dtype, axis_name="id_embed", name=name)
     q = norm("norm_latents")(latents_bkd)
     kv = jnp.concatenate([norm("norm_context")(context_bnd), q], axis=1)
-    latents_bkd = latents_bkd + layers.CrossAttention(
+    latents_bkd = latents_bkd + attention.CrossAttention(
         self.num_heads, self.dtype, self.impl, "id_embed", name="attn")(q, kv)
     h = norm("norm_mlp")(latents_bkd)
     return latents_bkd + layers.Mlp(int(latents_bkd.shape[-1] * self.mlp_ratio),
@@ -77,7 +77,7 @@ class IdentityEncoder(nn.Module):
       grid = (cfg.face_size // p, cfg.face_size // p)
       x = x + sincos_nd(grid_positions((1,) + grid)[:, 1:], cfg.width).astype(x.dtype)
       for i in range(cfg.depth):
-        x = layers.EncoderLayer(cfg.num_heads, cfg.mlp_ratio, self.dtype, self.impl,
+        x = attention.EncoderLayer(cfg.num_heads, cfg.mlp_ratio, self.dtype, self.impl,
                                 "id_embed", name=f"vit_{i}")(x)
       context.append(layers.layer_norm(self.dtype, axis_name="id_embed", name="vit_norm")(x))
     if cfg.embed_dim:

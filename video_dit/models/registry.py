@@ -14,7 +14,8 @@ import numpy as np
 
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
-from video_dit.models.layers import ATTENTION_IMPLS, MATMUL_DTYPES
+from video_dit.models import attention
+from video_dit.models.layers import MATMUL_DTYPES
 from video_dit.models.patching import grid_shape
 from video_dit.models.rope import check_split, default_split
 from video_dit.models.text import TextEncoderConfig
@@ -123,13 +124,7 @@ def model_config(config) -> ModelConfig:
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
   _choice("model.matmul_dtype", matmul_dtype, MATMUL_DTYPES)
-  _choice("model.attention", m.attention, ATTENTION_IMPLS)
-  if m.attention == "flash" and jax.default_backend() != "tpu":
-    raise ValueError(f"model.attention='flash' is the Pallas TPU kernel; this backend is "
-                     f"{jax.default_backend()}: use 'cudnn' on NVIDIA GPUs, 'einsum' on CPU.")
-  if m.attention == "cudnn" and m.dtype == "float32":
-    raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' (or float16); "
-                     "use attention='einsum' or 'xla' for float32.")
+  attention.check(m.attention, jax.default_backend(), m.dtype)
   if not (m.rope or m.sincos):
     raise ValueError("the model has no position information; set model.rope=True "
                      "and/or model.sincos=True.")
@@ -188,44 +183,58 @@ def build(config) -> tuple[VideoDiT, ModelConfig]:
   return VideoDiT(cfg), cfg
 
 
+def build_model(config):
+  """The validated network of any task's config: the VideoDiT or the video VAE."""
+  return (build_vae if task(config) == "vae" else build)(config)[0]
+
+
+def build_diffusion(config, cfg: ModelConfig | None = None):
+  """The Diffusion of a DiT config (its time shift depends on the tokens per clip)."""
+  from video_dit.diffusion import Diffusion  # pylint: disable=g-import-not-at-top
+  from video_dit.models import flops  # pylint: disable=g-import-not-at-top
+  cfg = cfg or model_config(config)
+  return Diffusion.from_config(config.diffusion, flops.num_tokens(cfg, video_shape(config)))
+
+
 def dummy_inputs(config, batch: int) -> dict[str, Any]:
-  """Zero inputs of the right shapes for every input the model is configured with."""
+  """Zero inputs of the right shapes for every input the model is configured with,
+  named as the model's arguments (= the pipeline's batch fields, ``conditions``)."""
   if task(config) == "vae":
     return dict(x_bthwc=jnp.zeros((batch,) + pixel_shape(config), jnp.float32))
   cfg = model_config(config)
-  inputs = dict(x_bthwc=jnp.zeros((batch,) + video_shape(config), jnp.float32),
-                t_b=jnp.zeros((batch,), jnp.float32))
+  inputs = dict(x=jnp.zeros((batch,) + video_shape(config), jnp.float32),
+                t=jnp.zeros((batch,), jnp.float32))
   if cfg.use_text and cfg.text_precomputed_dim:
-    inputs["text_emb_bld"] = jnp.zeros((batch, cfg.text.max_len, cfg.text_precomputed_dim))
-    inputs["text_mask_bl"] = jnp.ones((batch, cfg.text.max_len), bool)
-    inputs["text_pooled_bd"] = jnp.zeros((batch, cfg.text_precomputed_dim))
+    inputs["text_emb"] = jnp.zeros((batch, cfg.text.max_len, cfg.text_precomputed_dim))
+    inputs["text_mask"] = jnp.ones((batch, cfg.text.max_len), bool)
+    inputs["text_pooled"] = jnp.zeros((batch, cfg.text_precomputed_dim))
   elif cfg.use_text:
-    inputs["text_ids_bl"] = jnp.ones((batch, cfg.text.max_len), jnp.int32)
+    inputs["text_ids"] = jnp.ones((batch, cfg.text.max_len), jnp.int32)
   if not cfg.use_identity:
     return inputs
   if cfg.identity.face_size:
     s = cfg.identity.face_size
-    inputs["face_bhwc"] = jnp.zeros((batch, s, s, 3), jnp.float32)
+    inputs["face"] = jnp.zeros((batch, s, s, 3), jnp.float32)
   if cfg.identity.embed_dim:
-    inputs["face_embed_be"] = jnp.zeros((batch, cfg.identity.embed_dim), jnp.float32)
+    inputs["face_embed"] = jnp.zeros((batch, cfg.identity.embed_dim), jnp.float32)
   return inputs
 
 
 def random_inputs(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random host inputs of ``dummy_inputs``' shapes: video ~ N(0, 1), t ~ U(0, 1),
+  """Random host inputs of ``dummy_inputs``' shapes: x ~ N(0, 1), t ~ U(0, 1),
   token ids in [1, vocab), face crop / embedding ~ U(-1, 1)."""
   rng = np.random.default_rng(seed)
   out = {}
   for k, v in dummy_inputs(config, batch).items():
-    if k == "x_bthwc":
+    if k == "x":
       out[k] = rng.standard_normal(v.shape, dtype=np.float32)
-    elif k == "t_b":
+    elif k == "t":
       out[k] = rng.uniform(0, 1, v.shape).astype(np.float32)
-    elif k == "text_ids_bl":
+    elif k == "text_ids":
       out[k] = rng.integers(1, config.text.vocab_size, v.shape, dtype=np.int32)
-    elif k == "text_mask_bl":
+    elif k == "text_mask":
       out[k] = np.arange(v.shape[1])[None] < rng.integers(1, v.shape[1] + 1, (batch, 1))
-    elif k in ("text_emb_bld", "text_pooled_bd"):
+    elif k in ("text_emb", "text_pooled"):
       out[k] = rng.standard_normal(v.shape).astype(np.float32)
     else:
       out[k] = rng.uniform(-1, 1, v.shape).astype(np.float32)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_dit.models import layers
+from video_dit.models import attention, layers
 
 
 class HashTokenizer:
@@ -76,7 +76,7 @@ class TextEncoder(nn.Module):
                      (cfg.max_len, cfg.width))
     x = x + pos[:length].astype(x.dtype)
     for i in range(cfg.depth):
-      x = layers.EncoderLayer(cfg.num_heads, cfg.mlp_ratio, self.dtype, self.impl,
+      x = attention.EncoderLayer(cfg.num_heads, cfg.mlp_ratio, self.dtype, self.impl,
                               name=f"layer_{i}")(x, mask_bl)
     return layers.layer_norm(self.dtype, name="norm")(x), mask_bl
 
@@ -121,7 +121,7 @@ class _BertLayer(nn.Module):
     d, h = cfg.width, cfg.num_heads
     proj = lambda name: nn.DenseGeneral((h, d // h), name=name)(x_bld)
     q, k, v = proj("query"), proj("key"), proj("value")
-    o = layers.attention(q, k, v, mask_bl)
+    o = attention.attention(q, k, v, mask_bl)
     x_bld = nn.LayerNorm(cfg.eps, name="attn_norm")(
         x_bld + nn.DenseGeneral(d, axis=(-2, -1), name="attn_out")(o))
     m = nn.gelu(nn.Dense(cfg.mlp, name="fc1")(x_bld), approximate=False)

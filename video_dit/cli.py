@@ -1,0 +1,45 @@
+"""What every command-line entry point does first: reject stray arguments and keep the
+console quiet.
+
+Quiet by default: the libraries underneath (orbax, jax, TFDS, absl) log pages of INFO
+lines; our commands show warnings, errors and their own progress only. ``--verbosity=1``
+(absl's flag) or ``--verbosity=0`` brings the library INFO lines back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+
+# Library loggers whose warnings are expected in normal use, not a problem to act on.
+_EXPECTED_WARNINGS = ("Using custom data configuration",)
+
+
+class _DropExpected(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(s in str(record.msg) for s in _EXPECTED_WARNINGS)
+
+
+def quiet_logs() -> None:
+  """Warnings and our own output only, unless ``--verbosity`` was given."""
+  if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
+    return
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_DropExpected())
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()  # our builders print their own progress line
+  except ImportError:
+    pass
+
+
+def setup(argv) -> None:
+  """For ``main(argv)``: no positional arguments; quiet logs."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_logs()

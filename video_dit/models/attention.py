@@ -1,0 +1,332 @@
+"""Attention: the backends behind one registry, and the attention modules.
+
+Every backend computes softmax(q k^T / sqrt(Dh)) v over (B, L, H, Dh) arrays:
+
+  einsum   plain XLA, softmax in float32; takes key masks; fastest on CPU at short
+           lengths, memory quadratic in tokens.
+  blocked  flash attention in plain JAX: chunks of query rows against all keys with an
+           exact softmax, a hand-written backward that recomputes only the logits from
+           the saved log-sum-exp, bf16 operands under the 'bfloat16' matmul policy;
+           memory linear in tokens. No key masks.
+  xla      ``jax.nn.dot_product_attention(implementation='xla')``.
+  cudnn    the same with cuDNN's fused flash attention: NVIDIA GPUs, bf16/fp16 only.
+  flash    the Pallas TPU flash-attention kernel: TPUs, no key masks, lengths that are
+           multiples of 128.
+
+``check(name, platform, dtype)`` runs when a config is validated, so a backend that
+cannot run on this platform or dtype is an error naming it, before anything compiles.
+A call that a backend does not cover (a key mask, a length it cannot chunk: e.g. the
+text cross-attention under 'blocked') is computed by ``einsum`` and logged once per
+backend and reason, by name; the fallback is never silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from video_dit.models import layers
+from video_dit.models.rope import apply_rope
+from video_dit.sharding import constrain
+
+
+def einsum_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None):
+  """Reference attention in XLA; ``mask_bk`` marks the keys that may be attended to."""
+  scale = 1.0 / math.sqrt(q_bqhd.shape[-1])  # on q: L*Dh multiplies instead of L*L
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q_bqhd * jnp.asarray(scale, q_bqhd.dtype), k_bkhd,
+                      preferred_element_type=jnp.float32)
+  if mask_bk is not None:
+    logits = jnp.where(mask_bk[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v_bkhd.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bkhd)
+
+
+def _dot_product_attention(impl):
+  def fn(q_bqhd, k_bkhd, v_bkhd, mask_bk=None):
+    mask = None if mask_bk is None else mask_bk[:, None, None, :]
+    return jax.nn.dot_product_attention(q_bqhd, k_bkhd, v_bkhd, mask=mask, implementation=impl)
+  return fn
+
+
+BLOCK = 512  # query rows per chunk; measured best on CPU at 4096 tokens
+MAX_CHUNK = 1 << 21  # (query rows x keys) per chunk and head: ~8 MB of f32 logits
+
+
+def _chunk(lq: int, lk: int) -> int:
+  """Query rows per chunk: BLOCK, fewer for long keys so a chunk's logits stay bounded
+  (memory linear in tokens); 0 when no power-of-two chunk >= 64 divides ``lq``."""
+  block = BLOCK
+  while block > 64 and block * lk > MAX_CHUNK:
+    block //= 2
+  block = min(block, lq)
+  while block >= 64 and lq % block:
+    block //= 2
+  return block if block >= 64 or block == lq else 0
+
+
+def _chunked_forward(q, k, v, block, mm):
+  """q (pre-scaled), k, v: (B, H, L, D). Each chunk of ``block`` query rows against all
+  keys with an exact softmax; returns the output and the log-sum-exp per query row."""
+  b, h, lq, d = q.shape
+  kc, vc = k.astype(mm), v.astype(mm)
+
+  def one(q_chunk):
+    s = jnp.einsum("bhqd,bhkd->bhqk", q_chunk.astype(mm), kc, preferred_element_type=jnp.float32)
+    m = s.max(-1, keepdims=True)
+    p = jnp.exp(s - m)
+    l = p.sum(-1, keepdims=True)
+    o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(mm), vc, preferred_element_type=jnp.float32)
+    return o / l, (m + jnp.log(l))[..., 0]
+
+  o, lse = jax.lax.map(one, _chunks(q, block))
+  return _unchunk(o), _unchunk(lse)
+
+
+def _chunks(x, block):  # (B, H, L, ...) -> (L/block, B, H, block, ...)
+  b, h, l = x.shape[:3]
+  return jnp.moveaxis(x.reshape(b, h, l // block, block, *x.shape[3:]), 2, 0)
+
+
+def _unchunk(x):  # the inverse of _chunks
+  n, b, h, block = x.shape[:4]
+  return jnp.moveaxis(x, 0, 2).reshape(b, h, n * block, *x.shape[4:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_attention(q, k, v, block, mm):
+  return _chunked_forward(q, k, v, block, mm)[0]
+
+
+def _chunked_attention_fwd(q, k, v, block, mm):
+  o, lse = _chunked_forward(q, k, v, block, mm)
+  return o, (q, k, v, o, lse)
+
+
+def _chunked_attention_bwd(block, mm, res, do):
+  """The flash-attention backward, one chunk of query rows at a time: probabilities are
+  recomputed from the saved log-sum-exp. Every product is computed transposed (keys
+  on rows) so that each matmul reads row-major operands (XLA:CPU's fast path)."""
+  q, k, v, o, lse = res
+  b, h, lq, d = q.shape
+  delta = (do * o).sum(-1)  # (B, H, Lq): rowsum(dP * P) = rowsum(dO * O)
+  kc, vc = k.astype(mm), v.astype(mm)
+  k_t = jnp.swapaxes(k, -1, -2).astype(mm)  # (B, H, D, Lk)
+
+  def step(carry, xs):
+    dk, dv = carry
+    q_c, do_c, lse_c, delta_c = xs
+    q_c, do_c = q_c.astype(mm), do_c.astype(mm)
+    p_t = jnp.exp(jnp.einsum("bhkd,bhqd->bhkq", kc, q_c, preferred_element_type=jnp.float32)
+                  - lse_c[:, :, None, :])
+    dv = dv + jnp.einsum("bhkq,bhqd->bhkd", p_t.astype(mm), do_c,
+                         preferred_element_type=jnp.float32)
+    dp_t = jnp.einsum("bhkd,bhqd->bhkq", vc, do_c, preferred_element_type=jnp.float32)
+    ds_t = (p_t * (dp_t - delta_c[:, :, None, :])).astype(mm)
+    dk = dk + jnp.einsum("bhkq,bhqd->bhkd", ds_t, q_c, preferred_element_type=jnp.float32)
+    dq_t = jnp.einsum("bhdk,bhkq->bhdq", k_t, ds_t, preferred_element_type=jnp.float32)
+    return (dk, dv), dq_t
+
+  zeros_kv = jnp.zeros(k.shape, jnp.float32)
+  (dk, dv), dq_t = jax.lax.scan(
+      step, (zeros_kv, zeros_kv), tuple(_chunks(x, block) for x in (q, do, lse, delta)))
+  dq = jnp.moveaxis(dq_t, 0, 3).reshape(b, h, d, lq).swapaxes(-1, -2)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
+
+
+def blocked_attention(q_bqhd, k_bkhd, v_bkhd, block: int = 0):
+  """Unmasked attention in chunks of query rows with a hand-written flash-attention
+  backward: no (L, L) array ever exists and nothing is recomputed but the logits.
+
+  Under ``matmul_policy('bfloat16')`` the four products take bfloat16 operands with
+  float32 accumulation (softmax statistics stay float32), as cudnn's bf16 path does.
+  """
+  lq, d = q_bqhd.shape[1], q_bqhd.shape[-1]
+  block = block or _chunk(lq, k_bkhd.shape[1])
+  if not block or lq % block:
+    raise ValueError(f"blocked attention needs query chunks dividing {lq} tokens (got {block})")
+  mm = (jnp.bfloat16 if layers.matmul_dtype() == "bfloat16"
+        else jnp.promote_types(q_bqhd.dtype, jnp.float32))
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)
+  o = _chunked_attention(heads_first(q_bqhd * jnp.asarray(1.0 / math.sqrt(d), q_bqhd.dtype)),
+                         heads_first(k_bkhd), heads_first(v_bkhd), block, mm)
+  return heads_first(o.astype(v_bkhd.dtype))
+
+
+def _pallas_flash(q_bqhd, k_bkhd, v_bkhd):
+  from jax.experimental.pallas.ops.tpu import flash_attention  # pylint: disable=g-import-not-at-top
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # the kernel takes (B, H, L, Dh)
+  o = flash_attention.flash_attention(heads_first(q_bqhd), heads_first(k_bkhd),
+                                      heads_first(v_bkhd),
+                                      sm_scale=1.0 / math.sqrt(q_bqhd.shape[-1]))
+  return heads_first(o)
+
+
+_HEADS = ("act_batch", "act_len", "act_heads", None)
+
+
+class SelfAttention(nn.Module):
+  """Fused-qkv multi-head self-attention with optional RoPE angles (L, head_dim/2)."""
+  num_heads: int
+  dtype: Any = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+
+  @nn.compact
+  def __call__(self, x_bld, rope_angles=None, mask_bl=None):
+    d = x_bld.shape[-1]
+    head_dim = d // self.num_heads
+    qkv = layers.dense((3, self.num_heads, head_dim), (self.embed_axis, None, "heads", "head_dim"),
+                self.dtype, name="qkv")(x_bld)  # (B, L, 3, H, Dh)
+    q, k, v = (constrain(qkv[:, :, i], _HEADS) for i in range(3))
+    if rope_angles is not None:
+      q, k = apply_rope(q, rope_angles), apply_rope(k, rope_angles)
+    o = constrain(attention(q, k, v, mask_bl, self.impl), _HEADS)
+    return layers.dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
+                 name="out")(o)
+
+
+class CrossAttention(nn.Module):
+  """Queries from x, keys/values from a context sequence.
+
+  With ``extra`` (the decoupled, IP-Adapter-style identity mode) the same
+  queries also attend to a second context through their own k/v projections
+  (``extra_kv``); the two results are summed, the second times ``extra_scale``
+  and, if ``extra_gate``, a zero-initialised (heads, head_dim) gate.
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+  zero_out: bool = False      # zero-init output projection: a fresh layer adds nothing
+  extra_gate: bool = False
+
+  @nn.compact
+  def __call__(self, x_bld, ctx_bkd, ctx_mask_bk=None, extra_bmd=None, extra_scale=1.0):
+    d = x_bld.shape[-1]
+    head_dim = d // self.num_heads
+    heads = (self.num_heads, head_dim)
+    q = constrain(layers.dense(heads, (self.embed_axis, "heads", "head_dim"), self.dtype,
+                        name="q")(x_bld), _HEADS)
+    kv = layers.dense((2,) + heads, (self.embed_axis, None, "heads", "head_dim"), self.dtype,
+               name="kv")(ctx_bkd)
+    o = attention(q, kv[:, :, 0], kv[:, :, 1], ctx_mask_bk, self.impl)
+    if extra_bmd is not None:
+      ekv = layers.dense((2,) + heads, (self.embed_axis, None, "heads", "head_dim"), self.dtype,
+                  name="extra_kv")(extra_bmd)
+      eo = attention(q, ekv[:, :, 0], ekv[:, :, 1], None, self.impl)
+      if self.extra_gate:
+        gate = layers.logical(layers.zeros, "heads", "head_dim")
+        eo = eo * self.param("extra_gate", gate, heads)
+      o = o + extra_scale * eo
+    o = constrain(o, _HEADS)
+    return layers.dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
+                 init=layers.zeros if self.zero_out else layers.xavier, name="out")(o)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LN transformer layer: self-attention (optional key mask) and MLP."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  impl: str = "einsum"
+  embed_axis: str = "embed"
+
+  @nn.compact
+  def __call__(self, x_bld, mask_bl=None, rope_angles=None):
+    d = x_bld.shape[-1]
+    h = layers.layer_norm(self.dtype, axis_name=self.embed_axis, name="norm1")(x_bld)
+    x_bld = x_bld + SelfAttention(self.num_heads, self.dtype, self.impl, self.embed_axis,
+                                  name="attn")(h, rope_angles, mask_bl)
+    h = layers.layer_norm(self.dtype, axis_name=self.embed_axis, name="norm2")(x_bld)
+    return x_bld + layers.Mlp(int(d * self.mlp_ratio), dtype=self.dtype,
+                       embed_axis=self.embed_axis, name="mlp")(h)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  """An attention implementation and what it can run."""
+  fn: Callable                             # (q, k, v, mask_bk or None) -> o
+  what: str = ""
+  platforms: tuple[str, ...] = ()          # jax.default_backend() values; () = any
+  dtypes: tuple[str, ...] = ()             # compute dtypes; () = any
+  cannot: Callable = lambda q, k, mask: None   # a call it does not cover -> the reason
+
+
+def _blocked_cannot(q, k, mask):
+  if mask is not None:
+    return "it takes no key masks"
+  if not _chunk(q.shape[1], k.shape[1]):
+    return f"no power-of-two chunk >= 64 divides {q.shape[1]} query rows"
+  return None
+
+
+def _flash_cannot(q, k, mask):
+  if mask is not None:
+    return "it takes no key masks"
+  if q.shape[1] % 128 or k.shape[1] % 128:
+    return f"lengths {q.shape[1]} x {k.shape[1]} are not multiples of 128"
+  return None
+
+
+BACKENDS: dict[str, Backend] = {
+    "einsum": Backend(einsum_attention, "XLA einsums"),
+    "blocked": Backend(lambda q, k, v, mask: blocked_attention(q, k, v),
+                       "flash attention in plain JAX", cannot=_blocked_cannot),
+    "xla": Backend(_dot_product_attention("xla"), "jax.nn.dot_product_attention"),
+    "cudnn": Backend(_dot_product_attention("cudnn"), "cuDNN fused attention",
+                     platforms=("gpu", "cuda"), dtypes=("bfloat16", "float16")),
+    "flash": Backend(lambda q, k, v, mask: _pallas_flash(q, k, v), "the Pallas TPU kernel",
+                     platforms=("tpu",), cannot=_flash_cannot),
+}
+ATTENTION_IMPLS = tuple(BACKENDS)
+_PLATFORM_HINT = {"cpu": "'einsum' or 'blocked'", "gpu": "'cudnn' (bf16) or 'xla'",
+                  "tpu": "'flash' or 'einsum'"}
+
+
+def check(name: str, platform: str, dtype: str) -> None:
+  """Raises, naming the backend and the fix, when it cannot run on ``platform`` with
+  compute ``dtype``."""
+  if name not in BACKENDS:
+    raise ValueError(f"model.attention={name!r} is not one of {ATTENTION_IMPLS}.")
+  b = BACKENDS[name]
+  if b.dtypes and dtype not in b.dtypes:
+    raise ValueError(f"model.attention={name!r} ({b.what}) needs model.dtype="
+                     f"{b.dtypes[0]!r} (or {', '.join(map(repr, b.dtypes[1:]))}), not "
+                     f"{dtype!r}; set it, or use attention='einsum' or 'xla'.")
+  if b.platforms and platform not in b.platforms:
+    raise ValueError(f"model.attention={name!r} ({b.what}) runs on {'/'.join(b.platforms)} "
+                     f"only; this backend is {platform}: use "
+                     f"{_PLATFORM_HINT.get(platform, 'einsum')}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(name: str, reason: str) -> None:
+  logging.warning("attention %r cannot run some calls (%s); those calls use 'einsum'.",
+                  name, reason)
+
+
+def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
+  """Multi-head attention with the named backend; ``mask_bk`` marks the keys that may
+  be attended to. A call the backend does not cover runs ``einsum`` (logged once)."""
+  backend = BACKENDS.get(impl)
+  if backend is None:
+    raise ValueError(f"attention implementation {impl!r} is unknown; use one of "
+                     f"{ATTENTION_IMPLS}.")
+  reason = backend.cannot(q_bqhd, k_bkhd, mask_bk)
+  if reason:
+    _log_fallback(impl, reason)
+    backend = BACKENDS["einsum"]
+  return backend.fn(q_bqhd, k_bkhd, v_bkhd, mask_bk)

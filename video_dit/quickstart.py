@@ -1,0 +1,96 @@
+"""The whole pipeline in one call (``python -m experiments.quickstart``), resumable.
+
+1. builds the synthetic dataset if it is missing;
+2. trains the config (resuming from the workdir's checkpoints);
+3. samples held-out identities with their prompts and evaluates them (identity gap with
+   its 95% CI, action accuracy vs chance, FVD, cost);
+4. writes ``W/report.html``: reference face, generated GIF, prompt and a real clip per
+   sample, the loss curve and the metrics table.
+
+A finished phase is not repeated: training continues from its last checkpoint and an
+evaluation of the final step is reused. The wall time of each phase is kept in
+``W/quickstart_phases.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from video_dit import report, train
+from video_dit import workdir as workdir_lib
+from video_dit.data import pipeline
+from video_dit.evaluation import evaluate
+
+
+def _log(msg: str) -> None:
+  print(f"[quickstart] {msg}", flush=True)
+
+
+def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
+        metrics=evaluate.METRICS) -> str:
+  """Runs (or resumes) every phase; returns the report's path."""
+  os.makedirs(workdir, exist_ok=True)
+  phases_path = os.path.join(workdir, "quickstart_phases.json")
+  phases = {}
+  if os.path.exists(phases_path):
+    with open(phases_path, encoding="utf-8") as f:
+      phases = json.load(f)
+
+  def timed(name, fn):
+    t0 = time.time()
+    out = fn()
+    phases[name] = phases.get(name, 0.0) + (time.time() - t0)
+    tmp = f"{phases_path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(phases, f, indent=1)
+    os.replace(tmp, phases_path)
+    return out
+
+  if num_videos < 2:
+    raise ValueError(f"--num_videos={num_videos} must be >= 2 (the identity gap pairs videos "
+                     "of different identities)")
+  train.validate(config)  # every config error before any work
+  _log(f"1/4 dataset: {config.data.data_dir}")
+  timed("dataset", lambda: pipeline.ensure_dataset(config))
+
+  done = workdir_lib.latest_step(workdir) or 0
+  if done >= config.total_steps:
+    _log(f"2/4 training: already at step {done} of {config.total_steps}")
+  else:
+    _log(f"2/4 training: steps {done}..{config.total_steps} "
+         f"(batch {config.data.batch_size}, {config.model.width} wide, {config.model.depth} "
+         "blocks); progress below, Ctrl-C saves and a re-run resumes")
+    timed("train", lambda: train.train_and_evaluate(config, workdir))
+  step = workdir_lib.latest_step(workdir)
+
+  eval_path = os.path.join(workdir, "eval", f"step_{step}.json")
+  results = None
+  if os.path.exists(eval_path):
+    with open(eval_path, encoding="utf-8") as f:
+      results = json.load(f)
+    if (results.get("num_videos") != num_videos or
+        not set(metrics) <= set(results) or
+        not os.path.exists(os.path.join(results.get("media", ""), "videos.npz"))):
+      results = None
+  if results is None:
+    _log(f"3/4 sampling {num_videos} held-out examples and evaluating step {step} "
+         "(the identity and action probes train once, ~2 min, and are kept with the data)")
+    results = timed("evaluate", lambda: evaluate.evaluate(
+        workdir, step=step, num_videos=num_videos, metrics=tuple(metrics),
+        chunk=32, num_gifs=0, log=_log))
+  else:
+    _log(f"3/4 evaluation of step {step} found: {eval_path}")
+
+  _log("4/4 report")
+  path = timed("report", lambda: report.write_report(
+      workdir, results, num_samples=num_samples, phases=dict(phases),
+      fps=float(config.sample.fps), title=f"video_dit quickstart: step {step}"))
+  for a, b, c in report.metric_rows(results):
+    _log(f"  {a}: {b}  ({c})")
+  _log("wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+  _log(f"report: {os.path.abspath(path)}")
+  return path
+
+

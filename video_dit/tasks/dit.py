@@ -1,0 +1,106 @@
+"""The video DiT: the diffusion loss with condition dropout, and periodic samples."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.experimental.multihost_utils
+
+from video_dit import conditions, sampling, sharding, video_io, workdir
+from video_dit.data import pipeline
+from video_dit.diffusion import SamplerConfig
+from video_dit.models import flops as flops_lib
+from video_dit.models import registry
+from video_dit.tasks.base import Task
+
+
+def condition_dropout(key, batch: int, config) -> tuple[jax.Array, jax.Array]:
+  """(drop_text, drop_id) per example: both with p_both, else text or identity alone."""
+  t = config.train
+  u = jax.random.uniform(key, (batch,))
+  both = u < t.both_drop
+  text_only = (u >= t.both_drop) & (u < t.both_drop + t.text_drop)
+  id_only = (u >= t.both_drop + t.text_drop) & (u < t.both_drop + t.text_drop + t.id_drop)
+  return both | text_only, both | id_only
+
+
+class DiTTask(Task):
+  """Denoise videos (or VAE latents) given text and a reference face.
+
+  ``latent.source='vae'`` encodes each pixel batch with the frozen VAE on the host;
+  ``'cache'`` reads stored latents; sampling and evaluation decode with the same VAE.
+  """
+
+  name = "dit"
+
+  def __init__(self, config):
+    self.config = config
+    self.model, self.cfg = registry.build(config)
+    self.shape = registry.video_shape(config)
+    self.diffusion = registry.build_diffusion(config, self.cfg)
+    self.sampler = SamplerConfig.from_config(config.sample)
+    self.sampler.check(self.diffusion.config.objective)
+    self.codec = None
+    if registry.latent_source(config) != "pixels":
+      self.codec = workdir.codec(config)  # loads the VAE: its errors come before compiling
+      want = self.codec.latent_shape(registry.pixel_shape(config))
+      if tuple(want) != tuple(self.shape):
+        raise ValueError(f"latent.shape={tuple(self.shape)} but the VAE in "
+                         f"{self.codec.workdir} makes {tuple(want)} from "
+                         f"{registry.pixel_shape(config)} frames; set latent.shape={tuple(want)}.")
+
+  def prepare(self, batch, key):
+    drop_text, drop_id = condition_dropout(key, batch["video"].shape[0], self.config)
+    return dict(batch, drop_text=drop_text, drop_id=drop_id)
+
+  def loss(self, params, batch, keys):
+    x0, cond = conditions.split_batch(batch)
+    model_fn = lambda x, t, c: self.model.apply(params, x, t, **c)
+    return self.diffusion.loss(model_fn, x0, cond, keys)
+
+  def host_batch(self, batch):
+    if registry.latent_source(self.config) == "vae":  # pixels -> latents on the fly
+      return dict(batch, video=jax.device_get(self.codec.encode(batch["video"])))
+    return batch
+
+  def step_rates(self):
+    c = self.config
+    flops = 3 * c.data.batch_size * flops_lib.forward_flops(self.cfg, self.shape, c.text.max_len)
+    return float(flops), float(c.data.batch_size * flops_lib.num_tokens(self.cfg, self.shape))
+
+  def periodic(self, mesh, workdir_path):
+    return PeriodicSampler(self, mesh, workdir_path) if self.config.sample.every_steps else None
+
+
+class PeriodicSampler:
+  """Every ``sample.every_steps``: EMA samples for held-out references and captions,
+  written to ``W/samples/step_N/`` as mp4 + a PNG strip with the reference face."""
+
+  def __init__(self, task: DiTTask, mesh, workdir_path: str):
+    config = task.config
+    self.every = config.sample.every_steps
+    self.mesh, self.workdir, self.seed = mesh, workdir_path, config.seed
+    test = config.copy_and_resolve_references()
+    test.data.batch_size = config.sample.num_videos
+    batch = next(pipeline.make_iterator(test, "test", train=False))
+    _, cond = conditions.split_batch(batch)
+    self.faces = video_io.to_uint8(batch["face"])
+    self.cond = sharding.shard_batch(cond, mesh)
+    self.sample = sampling.make_sampler(task.model, task.diffusion, task.sampler,
+                                        (len(batch["video"]),) + task.shape)
+    self.decode = task.codec.decode if task.codec is not None else None
+
+  def maybe_write(self, step: int, ema_params) -> None:
+    if step % self.every:
+      return
+    with jax.set_mesh(self.mesh):
+      videos = self.sample(ema_params, self.cond, jax.random.key(self.seed))
+      if self.decode is not None:
+        videos = self.decode(jax.device_get(videos))
+    videos = video_io.to_uint8(
+        jax.experimental.multihost_utils.process_allgather(videos, tiled=True))
+    if jax.process_index() == 0:
+      for i, (video, face) in enumerate(zip(videos, self.faces)):
+        video_io.write_sample(os.path.join(self.workdir, "samples", f"step_{step}", f"{i:02d}"),
+                              video, face)

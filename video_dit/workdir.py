@@ -1,0 +1,155 @@
+"""A training workdir, read back: its checkpoints, config, parameters and latent codec.
+
+    W/config.json            the config of the run (written before training starts)
+    W/checkpoints/<step>/    orbax checkpoints: state (params, EMA, optimizer, RNG),
+                             data-iterator position, config
+    W/latent_stats.json      a VAE's per-channel latent shift (mean) and scale (std) over
+                             training clips, with the checkpoint step they belong to
+
+Sampling, evaluation, the latent cache and the trainer's ``ckpt.init_from`` all load a
+workdir through this module. ``LatentCodec`` is a trained VAE workdir (EMA parameters
++ statistics) that maps pixels in [-1, 1] to normalised latents ((z - shift) / scale,
+what a latent-space DiT learns to generate) and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from video_dit import checkpoint
+from video_dit.models import registry
+
+STATS_FILE = "latent_stats.json"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+def steps(workdir: str) -> list[int]:
+  """The workdir's complete checkpoint steps, oldest first ([] when none)."""
+  return checkpoint.steps(checkpoint_dir(workdir))
+
+
+def latest_step(workdir: str) -> int | None:
+  return max(steps(workdir), default=None)
+
+
+def resolve_step(workdir: str, step: int | None = None) -> int:
+  """``step`` (or the latest), checked to exist, with an error that says what to do."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ folder; train first with "
+                            f"python -m experiments.train --workdir={workdir} ...")
+  available = steps(workdir)
+  if not available:
+    raise FileNotFoundError(f"no complete checkpoint in {directory}")
+  if step is not None and step not in available:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; it has {available}")
+  return available[-1] if step is None else step
+
+
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config saved with a checkpoint (the latest by default)."""
+  step = resolve_step(workdir, step)
+  return ml_collections.ConfigDict(checkpoint.restore_config(checkpoint_dir(workdir), step))
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint on this host: its config, the model it builds, one set of parameters."""
+  config: ml_collections.ConfigDict
+  model: Any
+  params: Any
+  step: int
+  digest: str          # checkpoint.digest(params), as tools.inspect_checkpoint prints it
+  ema: bool            # params are the EMA parameters (else the trained ones)
+
+
+def load(workdir: str, step: int | None = None, ema: bool = True) -> Restored:
+  """A workdir's checkpoint (the latest by default), EMA parameters unless ``ema=False``."""
+  step = resolve_step(workdir, step)
+  config = load_config(workdir, step)
+  model = registry.build_model(config)
+  _, state = checkpoint.load_host(checkpoint_dir(workdir), step)
+  params = state["ema_params" if ema else "params"]
+  return Restored(config, model, params, step, checkpoint.digest(params), ema)
+
+
+# ----------------------------------------------------------------------------- latent codec
+
+
+def write_stats(workdir: str, step: int, stats: dict) -> str:
+  path = os.path.join(workdir, STATS_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(dict(stats, step=int(step)), f, indent=2)
+  os.replace(tmp, path)  # atomic
+  return path
+
+
+def read_stats(workdir: str) -> dict:
+  path = os.path.join(workdir, STATS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: the VAE in {workdir} has no latent "
+                            "statistics; finish (or re-run) its training with "
+                            "python -m experiments.train --workdir=" + workdir)
+  with open(path) as f:
+    return json.load(f)
+
+
+class LatentCodec:
+  """A trained VAE (EMA parameters of its latest checkpoint) with its statistics."""
+
+  def __init__(self, vae_workdir: str, step: int | None = None):
+    r = load(vae_workdir, step)
+    if registry.task(r.config) != "vae":
+      raise ValueError(f"{vae_workdir} holds a '{registry.task(r.config)}' checkpoint, not a "
+                       "VAE (train one with configs/vae_synthetic.py)")
+    stats = read_stats(vae_workdir)
+    if stats["step"] != r.step:
+      raise ValueError(f"{vae_workdir}: latent statistics are of step {stats['step']} but the "
+                       f"checkpoint is step {r.step}; re-run its training command to "
+                       "recompute them")
+    self.workdir, self.step, self.config, self.digest = vae_workdir, r.step, r.config, r.digest
+    self.model, self.params = r.model, r.params
+    self.cfg = r.model.cfg
+    model = r.model
+    self.shift = jnp.asarray(stats["shift"], jnp.float32)
+    self.scale = jnp.asarray(stats["scale"], jnp.float32)
+    self._encode = jax.jit(lambda p, x: (model.apply(p, x, method=model.encode)[0]
+                                         - self.shift) / self.scale)
+    self._decode = jax.jit(lambda p, z: jnp.clip(
+        model.apply(p, z * self.scale + self.shift, method=model.decode), -1.0, 1.0))
+
+  def latent_shape(self, pixel_shape) -> tuple[int, int, int, int]:
+    return self.cfg.latent_shape(pixel_shape)
+
+  def encode(self, video_bthwc) -> jax.Array:
+    """Pixels in [-1, 1] -> normalised latents (posterior mean)."""
+    return self._encode(self.params, video_bthwc)
+
+  def decode(self, latents_bthwc) -> jax.Array:
+    """Normalised latents -> pixels in [-1, 1]."""
+    return self._decode(self.params, latents_bthwc)
+
+
+_CODECS: dict[str, LatentCodec] = {}
+
+
+def codec(config) -> LatentCodec | None:
+  """The codec of a DiT config's ``latent.vae_workdir`` (loaded once per process), or
+  None when the DiT works on pixels."""
+  if registry.latent_source(config) == "pixels":
+    return None
+  workdir = os.path.abspath(config.latent.vae_workdir)
+  if workdir not in _CODECS:
+    _CODECS[workdir] = LatentCodec(workdir)
+  return _CODECS[workdir]
