@@ -9,20 +9,13 @@ import pytest
 from PIL import Image
 
 from tests import helpers
-from video_dit import sampling, train, video_io
-from video_dit.data import builders, synthetic
+from video_dit import sampling, video_io
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp("sampling")
-  data_dir = str(root / "data")
-  spec = synthetic.SyntheticSpec(num_identities=4, clips_per_identity=2, frames=8, height=32,
-                                 width=32, face_size=32)
-  builders.SyntheticFaces(data_dir=data_dir, spec=spec).prepare()
-  config = helpers.runlocal_config(**{"data.data_dir": data_dir, "sample.num_steps": 3})
-  config.total_steps = 2
-  train.train_and_evaluate(config, str(root / "run"), jax.devices()[:1])
+  helpers.train_tiny_run(root, **{"sample.num_steps": 3})
   helpers.save_reference_face(root / "face.png", 48)
   return root
 

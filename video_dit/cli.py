@@ -15,7 +15,11 @@ from absl import flags
 from absl import logging as absl_logging
 
 # Library loggers whose warnings are expected in normal use, not a problem to act on.
-_EXPECTED_WARNINGS = ("Using custom data configuration",)
+_EXPECTED_WARNINGS = (
+    "Using custom data configuration",       # TFDS, on every synthetic build
+    "Given directory is read only",          # orbax, each time a checkpoint is read
+    "read_only=True, setting save_interval_steps=0",
+)
 
 
 class _DropExpected(logging.Filter):

@@ -50,7 +50,8 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
                     out_shardings=(None, param_shardings, None))
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
-    compiled = fwd_bwd.lower(params, data).compile()
+    lowered = fwd_bwd.lower(params, data)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(params, data))  # warm-up
     times = []
@@ -69,6 +70,7 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
       # XLA counts the per-device program; summed over devices (replicated work
       # such as the small encoders counts once per device).
       flops_per_step_xla=benchmark.xla_flops(compiled, mesh.size),
+      flops_per_step_matmul=flops_lib.traced_matmul_flops(lowered),
       flops_per_step_analytic=3 * batch * flops_lib.forward_flops(cfg, shape,
                                                                  cfg.text.max_len),
       compile_s=compile_s, step_s=step_s, loss=float(loss), grad_norm=float(grad_norm),

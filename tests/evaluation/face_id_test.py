@@ -28,3 +28,26 @@ def test_frames_without_a_face_are_counted_and_a_faceless_reference_raises():
   assert r["l2"] < 0.6
   with pytest.raises(ValueError, match="no face found in the reference"):
     face_id.identity_similarity(blank[0], frames[:2])
+
+
+def test_the_evaluator_scores_real_faces_with_this_module():
+  # Two "identities": the carphone speaker and the astronaut photo, each clip scored
+  # against its own reference and the other one, as evaluate.identity_metrics does.
+  from tools import real_video_example  # pylint: disable=g-import-not-at-top
+  from video_dit.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  frames, _ = video_io.read_video(real_video_example.carphone_path())
+  size = (2 * frames.shape[2], 2 * frames.shape[1])  # 2x: dlib's HOG finds both faces
+  resize = lambda image: np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+  frames = np.stack([resize(f) for f in frames[:50:10]])
+  astronaut = resize(skimage_data.astronaut())
+  videos = np.stack([frames[1:], np.stack([astronaut] * 4)])
+  faces = np.stack([frames[0], astronaut])
+  config = type("C", (), {"data": type("D", (), {"dataset": "video_folder"})()})()
+  out, embeds = evaluate.identity_metrics(config, videos, videos, faces, np.array([0, 1]),
+                                          None, False, None)
+  real = out["real"]
+  assert real["choice_accuracy"] == 1.0 and real["gap"] > 0
+  want = [face_id.identity_similarity(faces[i], videos[i])["cosine"] for i in range(2)]
+  assert real["matched"] == pytest.approx(np.mean(want))
+  assert len(embeds["real"]) == 2 and embeds["real"][0].shape[1] == 128

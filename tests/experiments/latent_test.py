@@ -4,6 +4,8 @@ dataset's store) and on the fly, sample (decoded to pixels) and evaluate."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from configs import faces_latent, vae_synthetic
 from tests import helpers
-from video_dit import latents, sampling, train, workdir
+from video_dit import latents, sampling, train, video_io, workdir
 from video_dit.data import builders, pipeline
 from video_dit.evaluation import evaluate
 
@@ -105,3 +107,26 @@ def test_latent_config_errors_name_the_fix(chain, tmp_path):
   config = faces_latent.get_config(f"runlocal,vae={tmp_path / 'novae'}")
   with pytest.raises(FileNotFoundError, match="checkpoints"):
     train.validate(config)
+
+
+def test_vae_psnr_command_matches_the_library(chain, tmp_path):
+  root, _, _ = chain
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  clip = (np.random.default_rng(0).uniform(0, 255, (5, 32, 48, 3))).astype(np.uint8)
+  video_io.write_video(str(tmp_path / "clip.mp4"), clip, fps=8)
+  run = lambda *a: subprocess.run([sys.executable, "-m", "tools.vae_psnr",
+                                   f"--vae_workdir={root / 'vae'}", *a], cwd=repo,
+                                  capture_output=True, text=True, timeout=300)
+  r = run(f"--data_dir={root / 'pixels'}", "--num_clips=4", f"--video={tmp_path / 'clip.mp4'}",
+          "--frames=5")
+  assert r.returncode == 0, r.stderr[-2000:]
+  dataset, video = (json.loads(line) for line in r.stdout.strip().splitlines())
+  codec = workdir.LatentCodec(str(root / "vae"))
+  want = latents.dataset_psnr(codec, str(root / "pixels"), 4)
+  assert dataset["clips"] == 4 and dataset["step"] == 10
+  assert dataset["psnr_db"] == pytest.approx(want["psnr_db"], abs=1e-4)
+  assert video["shape"] == [5, 32, 48, 3]
+  assert video["psnr_db"] == pytest.approx(
+      latents.video_psnr(codec, str(tmp_path / "clip.mp4"), 5)["psnr_db"], abs=1e-4)
+  r = run()
+  assert r.returncode != 0 and "--data_dir and/or --video" in r.stderr

@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit import checkpoint, train, workdir
-from video_dit.data import builders, synthetic
+from video_dit import checkpoint, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("inspect")
-  data_dir = str(root / "data")
-  spec = synthetic.SyntheticSpec(num_identities=4, clips_per_identity=2, frames=8, height=32,
-                                 width=32, face_size=32)
-  builders.SyntheticFaces(data_dir=data_dir, spec=spec).prepare()
-  config = helpers.runlocal_config(**{"data.data_dir": data_dir, "ckpt.every_steps": 1,
-                                      "sample.every_steps": 0})
-  config.total_steps = 2
-  train.train_and_evaluate(config, str(root / "run"), jax.devices()[:1])
-  return str(root / "run")
+  return helpers.train_tiny_run(tmp_path_factory.mktemp("inspect"),
+                                **{"ckpt.every_steps": 1, "sample.every_steps": 0})
 
 
 def _inspect(*args):
