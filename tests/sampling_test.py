@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests import helpers
 from video_dit import sampling, video_io
+from video_dit.data import real_video
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,7 @@ def test_bad_inputs_raise_clear_errors(workdir, tmp_path):
 
 
 def test_a_face_photo_is_detected_and_cropped(tmp_path):
-  from tools import real_video_example  # pylint: disable=g-import-not-at-top
-  frames, _ = video_io.read_video(real_video_example.carphone_path())
+  frames, _ = video_io.read_video(real_video.carphone_path())
   Image.fromarray(frames[0]).save(tmp_path / "photo.png")
   crop = sampling.load_face(str(tmp_path / "photo.png"), 32)
   assert crop.shape == (32, 32, 3) and crop.std() > 10

@@ -13,7 +13,6 @@ r"""Benchmarks, printed as JSON lines; compare numbers from one run only.
 --what=sample  one whole guided sample of sample.num_videos videos
 --what=memory  compile only, per mesh in --meshes: per-device memory of the train step
 --what=data    input pipeline clips/s on the config's dataset
---what=vae     the video autoencoder (configs with a VAE only)
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from video_dit import benchmark, cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
-_WHAT = flags.DEFINE_list("what", ["train"], "train, sample, memory, data, vae.")
+_WHAT = flags.DEFINE_list("what", ["train"], "train, sample, memory, data.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); median reported.")
 _COMPARE = flags.DEFINE_string("compare", None,
                                "Overrides for config B, 'group.field=value;...'; A and B "
@@ -52,12 +51,14 @@ _BENCH_DIR = flags.DEFINE_string("bench_dir", "/tmp/video_dit_bench",
 def main(argv):
   cli.setup(argv)
   label = config_flags.get_config_filename(flags.FLAGS["config"])
-  try:
-    rows = benchmark.run(_CONFIG.value, label, _WHAT.value, steps=_STEPS.value,
-                         compare_with=_COMPARE.value, rounds=_ROUNDS.value, sweep=_SWEEP.value,
-                         meshes=_MESHES.value, bench_dir=_BENCH_DIR.value)
+  try:  # flag mistakes are usage errors; anything later keeps its traceback
+    benchmark.check_request(_CONFIG.value, _WHAT.value, _COMPARE.value, _SWEEP.value,
+                            _MESHES.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  rows = benchmark.run(_CONFIG.value, label, _WHAT.value, steps=_STEPS.value,
+                       compare_with=_COMPARE.value, rounds=_ROUNDS.value, sweep=_SWEEP.value,
+                       meshes=_MESHES.value, bench_dir=_BENCH_DIR.value)
   for r in rows:
     print(benchmark.json_line(r), flush=True)
 

@@ -29,7 +29,6 @@ import numpy as np
 
 from video_dit import sharding, train
 from video_dit.data import builders, pipeline
-from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import cost as cost_lib
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
@@ -118,8 +117,7 @@ class TrainBench:
     batch = config.data.batch_size
     sharding.check_batch(batch, self.mesh)
     tx = train.optimizer(config)
-    self.cfg = registry.model_config(config)
-    self.shape = registry.video_shape(config)
+    self.cfg, self.shape = task.cfg, task.shape
     host = registry.random_inputs(config, batch, config.seed)
     host_batch = {"video": host.pop("x"), **{k: v for k, v in host.items() if k != "t"}}
     step_fn = train.make_train_step(task, tx, config)
@@ -181,10 +179,9 @@ def train_step(config, steps: int = 5, peak: tuple[float, str] | None = None,
 
 def sample(config, steps: int = 2, peak: tuple[float, str] | None = None) -> dict:
   """One whole sample (the config's sampler and guidance) of a batch of sample.num_videos."""
-  model, cfg = registry.build(config)
-  shape = registry.video_shape(config)
-  diffusion = registry.build_diffusion(config, cfg)
-  sampler = SamplerConfig.from_config(config.sample)
+  dit = registry.build_dit(config)
+  model, cfg, shape, diffusion, sampler = (dit.model, dit.cfg, dit.shape, dit.diffusion,
+                                           dit.sampler)
   inputs = registry.dummy_inputs(config, 1)
   params = jax.jit(model.init)(jax.random.key(0), **inputs)
   batch = config.sample.num_videos
@@ -259,12 +256,7 @@ def memory_table(config, meshes: str) -> list[dict]:
   """Compile-only train steps, one per mesh ('axis=size,...' separated by ';')."""
   rows = []
   for spec in filter(None, meshes.split(";")):
-    sizes = dict(data=1, fsdp=1, tensor=1)
-    for part in spec.split(","):
-      k, _, v = part.partition("=")
-      if k not in sizes:
-        raise ValueError(f"--meshes: '{k}' is not a mesh axis (data, fsdp, tensor)")
-      sizes[k] = int(v)
+    sizes = _mesh_sizes(spec)
     c = override(config, ";".join(f"mesh.{k}={v}" for k, v in sizes.items()))
     r = train_step(c, compile_only=True, peak=(float("nan"), "not measured"))
     rows.append(dict(what="memory", mesh=sizes, **{k: v for k, v in r.items()
@@ -274,7 +266,36 @@ def memory_table(config, meshes: str) -> list[dict]:
   return rows
 
 
-WHATS = ("train", "sample", "memory", "data", "vae")
+WHATS = ("train", "sample", "memory", "data")
+
+
+def _mesh_sizes(spec: str) -> dict[str, int]:
+  sizes = dict(data=1, fsdp=1, tensor=1)
+  for part in spec.split(","):
+    k, _, v = part.partition("=")
+    if k not in sizes or not v.lstrip("-").isdigit():
+      raise ValueError(f"--meshes: '{part}' is not axis=size with an axis of (data, fsdp, "
+                       "tensor)")
+    sizes[k] = int(v)
+  return sizes
+
+
+def check_request(config, whats, compare_with: str | None = None, sweep: str | None = None,
+                  meshes: str = "data=1") -> None:
+  """Raises ValueError naming a bad --what, override, sweep or mesh before any work."""
+  for what in whats:
+    if what not in WHATS:
+      raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
+  if compare_with:
+    override(config, compare_with)
+  if sweep:
+    field, eq, values = sweep.partition("=")
+    if not eq or not values:
+      raise ValueError(f"--sweep={sweep!r} must be group.field=v1,v2,...")
+    for v in values.split(","):
+      override(config, f"{field}={v}")
+  for spec in filter(None, meshes.split(";")):
+    _mesh_sizes(spec)
 
 
 def run_one(config, what: str, label: str, peak, steps: int, meshes: str = "data=1",
@@ -287,8 +308,6 @@ def run_one(config, what: str, label: str, peak, steps: int, meshes: str = "data
     rows = memory_table(config, meshes)
   elif what == "data":
     rows = [data_throughput(config, steps, bench_dir)]
-  elif what == "vae":
-    raise ValueError("--what=vae: this config has no video autoencoder to benchmark")
   else:
     raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
   return [dict(config=label, **r) for r in rows]
@@ -317,9 +336,7 @@ def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None 
         bench_dir: str = "/tmp/video_dit_bench") -> list[dict]:
   """Everything ``tools.benchmark`` can be asked: ``whats`` for the config, or A vs B
   (``compare_with``: overrides for B), or a ``sweep`` 'group.field=v1,v2,...'."""
-  for what in whats:
-    if what not in WHATS:
-      raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
+  check_request(config, whats, compare_with, sweep, meshes)
   peak = None
   if any(w in ("train", "sample") for w in whats) or compare_with:
     peak = peak_tflops(config)

@@ -46,11 +46,16 @@ def _manager(directory: str, keep: int | None = None,
                      "config": ocp.JsonCheckpointHandler()})
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """Where a training workdir keeps its checkpoints."""
+  return os.path.join(workdir, "checkpoints")
+
+
 class Checkpointer:
   """Saves and restores ``{state, data, config}`` under ``workdir/checkpoints``."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(workdir, "checkpoints")
+    self.directory = checkpoint_dir(workdir)
     self.manager = _manager(self.directory, keep)
 
   def latest_step(self) -> int | None:

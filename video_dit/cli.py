@@ -2,13 +2,15 @@
 console quiet.
 
 Quiet by default: the libraries underneath (orbax, jax, TFDS, absl) log pages of INFO
-lines; our commands show warnings, errors and their own progress only. ``--verbosity=1``
-(absl's flag) or ``--verbosity=0`` brings the library INFO lines back.
+lines; our commands show warnings, errors and their own progress only (TFDS's dataset
+build bars only on a terminal). absl's ``--verbosity=0`` brings the library INFO lines
+back, ``--verbosity=1`` DEBUG lines too.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app
 from absl import flags
@@ -35,11 +37,9 @@ def quiet_logs() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger().setLevel(logging.WARNING)
   absl_logging.get_absl_handler().addFilter(_DropExpected())
-  try:
+  if not sys.stderr.isatty():  # TFDS's bars would print a line per update into a log
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    tfds.disable_progress_bar()  # our builders print their own progress line
-  except ImportError:
-    pass
+    tfds.disable_progress_bar()
 
 
 def setup(argv) -> None:

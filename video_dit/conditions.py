@@ -36,12 +36,10 @@ def split_batch(batch: dict) -> tuple[object, dict]:
   return batch["video"], {k: batch[k] for k in COND_FIELDS if k in batch}
 
 
-def _stored_precision(tokens, mask, pooled) -> dict[str, np.ndarray]:
-  """The text fields of a frozen encoder's outputs, at the precision the dataset's
-  caption store keeps them (float16 tokens, float32 pooled)."""
-  return dict(text_emb=np.asarray(tokens).astype(np.float16).astype(np.float32),
-              text_mask=np.asarray(mask).astype(bool),
-              text_pooled=np.asarray(pooled).astype(np.float32))
+def _text_fields(tokens, mask, pooled) -> dict[str, np.ndarray]:
+  """A frozen encoder's stored outputs (``text_store.as_stored``) as the model's fields."""
+  return dict(text_emb=np.asarray(tokens, np.float32), text_mask=np.asarray(mask, bool),
+              text_pooled=np.asarray(pooled, np.float32))
 
 
 def caption_fields(config) -> Callable[[str], dict[str, np.ndarray]]:
@@ -49,7 +47,7 @@ def caption_fields(config) -> Callable[[str], dict[str, np.ndarray]]:
   t = config.text
   if t.encoder == "precomputed":
     store = text_store.TextStore(config.data.data_dir, t.precomputed, t.max_len)
-    return lambda caption: _stored_precision(*store.lookup(caption))
+    return lambda caption: _text_fields(*store.lookup(caption))
   if t.encoder == "none":
     return lambda caption: {}
   tokenizer = HashTokenizer(t.vocab_size, t.max_len)
@@ -60,7 +58,8 @@ def prompt_fields(config, prompts: list[str]) -> dict[str, np.ndarray]:
   """New prompts -> a batch of text fields, as the pipeline would give for them."""
   t = config.text
   if t.encoder == "precomputed":
-    return _stored_precision(*text_store.encode(t.precomputed, prompts, t.max_len))
+    return _text_fields(*text_store.as_stored(
+        *text_store.encode(t.precomputed, prompts, t.max_len)))
   if t.encoder == "none":
     return {}
   return dict(text_ids=HashTokenizer(t.vocab_size, t.max_len)(prompts))

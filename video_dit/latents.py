@@ -107,7 +107,7 @@ def video_psnr(codec: workdir.LatentCodec, path: str, frames: int = 0) -> dict:
   video, _ = video_io.read_video(path)
   s = codec.cfg.space_factor
   h, w = video.shape[1] // s * s, video.shape[2] // s * s
-  clip = video[:frames, :h, :w].astype(np.float32)[None] / 127.5 - 1.0
+  clip = video_io.to_unit(video[None, :frames, :h, :w])
   codec.latent_shape(clip.shape[1:])  # raises when the frame count does not fit
   value = float(np.asarray(autoencoder.psnr(reconstruct(codec, clip), clip))[0])
   return dict(what="video", video=path, shape=list(clip.shape[1:]), psnr_db=value)

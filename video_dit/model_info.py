@@ -23,15 +23,14 @@ def run(config, batch: int = 0, steps: int = 1) -> dict:
   """Sharded forward/backward of the config's model; returns the measurements
   (``step_s``: the median of ``steps`` timed calls after one warm-up call)."""
   mesh = sharding.make_mesh(config.mesh)
-  model, cfg = registry.build(config)
+  dit = registry.build_dit(config)
+  model, cfg, shape, diffusion = dit.model, dit.cfg, dit.shape, dit.diffusion
   batch = batch or config.data.batch_size
   sharding.check_batch(batch, mesh)
 
   key = jax.random.key(config.seed)
   init_inputs = registry.dummy_inputs(config, 1)
   params, param_shardings = sharding.jit_init(lambda k: model.init(k, **init_inputs), mesh, key)
-  shape = registry.video_shape(config)
-  diffusion = registry.build_diffusion(config, cfg)
   host = registry.random_inputs(config, batch, config.seed)
   del host["t"]  # the diffusion loss draws times itself
   data = sharding.shard_batch(host, mesh)

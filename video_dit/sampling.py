@@ -88,9 +88,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   codec = workdir_lib.codec(config)
   if num_frames and codec is not None:
     config.latent.shape = codec.latent_shape(registry.pixel_shape(config))
-  model, cfg = registry.build(config)
-  diffusion = registry.build_diffusion(config, cfg)
-  sampler_cfg = SamplerConfig.from_config(config.sample)
+  dit = registry.build_dit(config)
+  sampler_cfg = dit.sampler
   face_size = config.identity.face_size
   face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
   calls = sampler_cfg.model_calls
@@ -100,7 +99,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     bar["done"] += 1
     bar["progress"].update(min(bar["done"], calls), "sampler steps")
 
-  sample = make_sampler(model, diffusion, sampler_cfg, (1,) + registry.video_shape(config),
+  sample = make_sampler(dit.model, dit.diffusion, sampler_cfg, (1,) + dit.shape,
                         on_model_call=tick)
   config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
   os.makedirs(out_dir, exist_ok=True)
@@ -108,7 +107,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   for i, (r, crop) in enumerate(zip(requests, face_crops)):
     seed = int(r.get("seed", 0))
     cond = {**conditions.prompt_fields(config, [r["prompt"]]),
-            "face": (crop[None].astype(np.float32) / 127.5 - 1.0)}
+            "face": video_io.to_unit(crop[None])}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
     video = sample(params, cond, jax.random.key(seed))
     if codec is not None:  # a latent-space DiT: decode with its VAE

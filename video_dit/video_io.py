@@ -88,6 +88,11 @@ def write_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0) -> None:
     container.mux(stream.encode())
 
 
+def to_unit(x_uint8) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1], the range every model input uses."""
+  return np.asarray(x_uint8).astype(np.float32) / 127.5 - 1.0
+
+
 def to_uint8(x) -> np.ndarray:
   """[-1, 1] floats -> uint8 (clipped)."""
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

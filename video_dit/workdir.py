@@ -29,8 +29,7 @@ from video_dit.models import registry
 STATS_FILE = "latent_stats.json"
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")
+checkpoint_dir = checkpoint.checkpoint_dir
 
 
 def steps(workdir: str) -> list[int]:
@@ -69,7 +68,8 @@ class Restored:
   model: Any
   params: Any
   step: int
-  digest: str          # checkpoint.digest(params), as tools.inspect_checkpoint prints it
+  digest: str          # checkpoint.digest(params): tools.inspect_checkpoint prints both the
+                       # params digest and the EMA one
   ema: bool            # params are the EMA parameters (else the trained ones)
 
 

@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from configs import common, synthetic_faces
@@ -82,3 +83,16 @@ def test_identity_bench_and_quickstart_presets():
   assert synthetic_faces.get_config("quickstart,steps=7").total_steps == 7
   with pytest.raises(ValueError, match="choose one of the presets"):
     synthetic_faces.get_config("quickstart,runlocal")
+
+
+def test_platform_and_task_errors_name_the_fix():
+  from video_dit import tasks  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu":
+    with pytest.raises(ValueError, match="cuDNN fused attention.*runs on gpu.*use 'einsum'"):
+      registry.build(helpers.runlocal_config(**{"model.attention": "cudnn",
+                                                "model.dtype": "bfloat16"}))
+  config = helpers.runlocal_config()
+  with config.unlocked():
+    config.task = "gan"
+  with pytest.raises(ValueError, match="task='gan' is not one of \\('dit', 'vae'\\)"):
+    tasks.for_config(config)

@@ -1,6 +1,8 @@
+import jax
 import numpy as np
 
 from tests import helpers
+from video_dit import sampling
 from video_dit.diffusion import Diffusion, SamplerConfig
 from video_dit.evaluation import cost
 from video_dit.models import flops as flops_lib
@@ -16,15 +18,18 @@ def test_cost_numbers_are_positive_and_consistent_with_the_config():
   cond = {k: v for k, v in inputs.items() if k not in ("x", "t")}
   diffusion = Diffusion.from_config(config.diffusion, flops_lib.num_tokens(cfg, shape[1:]))
   results = {}
-  for name, steps in (("euler", 4), ("heun", 4)):
-    sampler = SamplerConfig(name=name, num_steps=steps, text_scale=3.0, id_scale=2.0)
+  for name, steps, scales in (("euler", 4, (3.0, 2.0)), ("heun", 4, (3.0, 2.0)),
+                              ("unguided", 4, (1.0, 1.0))):
+    sampler = SamplerConfig(name=name.replace("unguided", "euler"), num_steps=steps,
+                            text_scale=scales[0], id_scale=scales[1])
     r = cost.sampler_cost(model, params, diffusion, sampler, cond, shape, fps=8.0, repeats=1)
     assert all(v > 0 for v in r.values())
-    # Guided: 3 network passes per call. The traced matmuls are the analytic count
-    # exactly; XLA's count of the compiled call adds the elementwise work (a few %).
-    analytic = 3 * r["model_calls_per_sample"] * flops_lib.forward_flops(
+    # Guided: 3 network passes per call (1 at scales (1, 1)). The traced matmuls of the
+    # guided call are the analytic count exactly; XLA's count adds elementwise work.
+    passes = 1 if name == "unguided" else 3
+    analytic = passes * r["model_calls_per_sample"] * flops_lib.forward_flops(
         cfg, shape[1:], config.text.max_len)
-    assert r["network_passes_per_sample"] == 3 * r["model_calls_per_sample"]
+    assert r["network_passes_per_sample"] == passes * r["model_calls_per_sample"]
     assert r["matmul_flops_per_sample"] == analytic
     assert 1.0 < r["flops_per_sample"] / r["matmul_flops_per_sample"] < 1.1
     assert r["video_seconds_per_sample"] == 1.0  # 8 frames at 8 fps
@@ -33,3 +38,18 @@ def test_cost_numbers_are_positive_and_consistent_with_the_config():
   assert results["heun"]["model_calls_per_sample"] == 7
   np.testing.assert_allclose(results["heun"]["flops_per_sample"] / 7,
                              results["euler"]["flops_per_sample"] / 4, rtol=1e-6)
+
+
+def test_the_sampler_makes_the_model_calls_it_counts():
+  config = helpers.runlocal_config()
+  model, params = helpers.init(config)
+  dit = registry.build_dit(config)
+  cond = {k: v for k, v in registry.random_inputs(config, 1).items() if k not in ("x", "t")}
+  for name, steps, want in (("euler", 3, 3), ("heun", 3, 5)):  # Heun: Euler on the last step
+    sampler = SamplerConfig(name=name, num_steps=steps, text_scale=3.0, id_scale=2.0)
+    ticks = []
+    fn = sampling.make_sampler(model, dit.diffusion, sampler, (1,) + dit.shape,
+                               on_model_call=lambda: ticks.append(1))
+    jax.block_until_ready(fn(params, cond, jax.random.key(0)))
+    jax.effects_barrier()
+    assert len(ticks) == sampler.model_calls == want, name

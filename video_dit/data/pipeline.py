@@ -62,10 +62,6 @@ def _resize_crop(frames_thwc: np.ndarray, h: int, w: int, rng) -> np.ndarray:
   return frames_thwc[:, top:top + h, left:left + w]
 
 
-def _to_unit(x_uint8: np.ndarray) -> np.ndarray:
-  return x_uint8.astype(np.float32) / 127.5 - 1.0
-
-
 class DecodeExample(grain.transforms.RandomMap):
   """Record -> {'video', 'face', text fields, 'identity_index', 'action'} as numpy
   (the fields ``video_dit.conditions`` names; ``text_fn`` maps the caption)."""
@@ -87,7 +83,7 @@ class DecodeExample(grain.transforms.RandomMap):
       face = np.asarray(Image.fromarray(face).resize((spec.face_size,) * 2, Image.BICUBIC))
     caption = record["caption"]
     caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-    return dict(video=video, face=_to_unit(face), **self.text_fn(caption),
+    return dict(video=video, face=video_io.to_unit(face), **self.text_fn(caption),
                 identity_index=np.int32(record["identity_index"]),
                 action=np.int32(record["action"]))
 
@@ -101,7 +97,7 @@ class DecodeExample(grain.transforms.RandomMap):
     indices = np.minimum(start + spec.stride * np.arange(spec.frames), n - 1)
     video = video_io.decode_frames(record["frames"], indices)
     video = _resize_crop(video, spec.height, spec.width, rng if spec.random_clip else None)
-    return _to_unit(video)
+    return video_io.to_unit(video)
 
 
 def centre_clip(record: dict[str, Any], frames: int, height: int, width: int) -> np.ndarray:

@@ -34,6 +34,13 @@ def encode(encoder: str, texts: list[str], max_len: int):
   return text.minilm()(texts, max_len)
 
 
+def as_stored(tokens, mask, pooled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """An encoder's outputs at the precision the store keeps them: float16 tokens, bool
+  mask, float32 pooled (prompts encoded at sampling time get the same rounding)."""
+  return (np.asarray(tokens).astype(np.float16), np.asarray(mask).astype(bool),
+          np.asarray(pooled).astype(np.float32))
+
+
 def dataset_captions(data_dir: str) -> list[str]:
   """Every distinct caption of every split, sorted."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -56,10 +63,10 @@ def build(data_dir: str, encoder: str = "minilm", max_len: int = 32,
       if f["mask"].shape[1] == max_len:
         return path
   captions = dataset_captions(data_dir)
-  tokens, mask, pooled = encode(encoder, captions, max_len)
+  tokens, mask, pooled = as_stored(*encode(encoder, captions, max_len))
   tmp = path + ".tmp.npz"
-  np.savez(tmp, captions=np.asarray(captions, dtype=str), tokens=tokens.astype(np.float16),
-           mask=mask, pooled=pooled.astype(np.float32))
+  np.savez(tmp, captions=np.asarray(captions, dtype=str), tokens=tokens, mask=mask,
+           pooled=pooled)
   os.replace(tmp, path)  # atomic: a crash leaves the old store (or none)
   return path
 

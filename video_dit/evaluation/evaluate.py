@@ -37,7 +37,6 @@ from video_dit import conditions, sampling, sharding, video_io
 from video_dit import metrics as metrics_lib
 from video_dit import workdir as workdir_lib
 from video_dit.data import builders, pipeline, synthetic
-from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import cost as cost_lib
 from video_dit.evaluation import probes as probes_lib
 from video_dit.evaluation import temporal
@@ -198,10 +197,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   restored = workdir_lib.load(workdir, step, ema)
   config, params, step = restored.config, restored.params, restored.step
   config.sample.update({k: v for k, v in (sampler or {}).items() if v is not None})
-  model, cfg = registry.build(config)
-  diffusion = registry.build_diffusion(config, cfg)
-  sampler_cfg = SamplerConfig.from_config(config.sample)
-  sampler_cfg.check(config.diffusion.objective)
+  dit = registry.build_dit(config)
+  model, diffusion, sampler_cfg = dit.model, dit.diffusion, dit.sampler
   batch = load_examples(config, split, num_videos)
   real, faces = video_io.to_uint8(batch["video"]), video_io.to_uint8(batch["face"])
   identities, actions = batch["identity_index"], batch["action"]

@@ -6,6 +6,7 @@ error naming the bad value and the fix *before* anything is traced or compiled.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,7 +15,8 @@ import numpy as np
 
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
-from video_dit.models import attention
+from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit.models import attention, flops
 from video_dit.models.layers import MATMUL_DTYPES
 from video_dit.models.patching import grid_shape
 from video_dit.models.rope import check_split, default_split
@@ -188,12 +190,25 @@ def build_model(config):
   return (build_vae if task(config) == "vae" else build)(config)[0]
 
 
-def build_diffusion(config, cfg: ModelConfig | None = None):
-  """The Diffusion of a DiT config (its time shift depends on the tokens per clip)."""
-  from video_dit.diffusion import Diffusion  # pylint: disable=g-import-not-at-top
-  from video_dit.models import flops  # pylint: disable=g-import-not-at-top
-  cfg = cfg or model_config(config)
-  return Diffusion.from_config(config.diffusion, flops.num_tokens(cfg, video_shape(config)))
+@dataclasses.dataclass(frozen=True)
+class BuiltDiT:
+  """Everything a DiT config derives: built once, used by training, sampling,
+  evaluation and the benchmarks alike."""
+  model: VideoDiT
+  cfg: ModelConfig
+  shape: tuple[int, int, int, int]    # (T, H, W, C) the model sees: pixels or latents
+  diffusion: Diffusion                # its time shift depends on the tokens per clip
+  sampler: SamplerConfig              # config.sample, checked against the objective
+
+
+def build_dit(config) -> BuiltDiT:
+  """The validated DiT of a config with its Diffusion and sampler."""
+  model, cfg = build(config)
+  shape = video_shape(config)
+  diffusion = Diffusion.from_config(config.diffusion, flops.num_tokens(cfg, shape))
+  sampler = SamplerConfig.from_config(config.sample)
+  sampler.check(diffusion.config.objective)
+  return BuiltDiT(model, cfg, shape, diffusion, sampler)
 
 
 def dummy_inputs(config, batch: int) -> dict[str, Any]:

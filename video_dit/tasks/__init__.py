@@ -6,6 +6,8 @@
 
 A new task (few-step distillation, a LoRA fine-tune, ...) subclasses ``Task`` and adds
 itself to ``TASKS``; the trainer's loop, checkpoints, EMA, resume and metrics come free.
+A task that trains a new network also names it in ``models.registry.build_model``,
+which is how a workdir's checkpoint is rebuilt for sampling (``workdir.load``).
 """
 
 from __future__ import annotations

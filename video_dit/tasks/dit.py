@@ -9,7 +9,6 @@ import jax.experimental.multihost_utils
 
 from video_dit import conditions, sampling, sharding, video_io, workdir
 from video_dit.data import pipeline
-from video_dit.diffusion import SamplerConfig
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 from video_dit.tasks.base import Task
@@ -36,11 +35,9 @@ class DiTTask(Task):
 
   def __init__(self, config):
     self.config = config
-    self.model, self.cfg = registry.build(config)
-    self.shape = registry.video_shape(config)
-    self.diffusion = registry.build_diffusion(config, self.cfg)
-    self.sampler = SamplerConfig.from_config(config.sample)
-    self.sampler.check(self.diffusion.config.objective)
+    dit = registry.build_dit(config)
+    self.model, self.cfg, self.shape = dit.model, dit.cfg, dit.shape
+    self.diffusion, self.sampler = dit.diffusion, dit.sampler
     self.codec = None
     if registry.latent_source(config) != "pixels":
       self.codec = workdir.codec(config)  # loads the VAE: its errors come before compiling
