@@ -73,7 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
                 vocab_size=8192, max_len=32, width=256, depth=2, num_heads=4,
                 pooled_to_adaln=True)
   c.identity = dict(
-      mode="separate", gate="zero",  # mode: separate|decoupled|none
+      mode="separate", gate="zero",  # mode: none | separate | decoupled | reference |
+      #                                  separate+reference | decoupled+reference
       scale=1.0, every=1, pooled_to_adaln=False,
       face_size=64, face_patch=8, embed_dim=0, embed_tokens=4,
       width=256, depth=4, num_heads=4, num_tokens=16, resampler_depth=2)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from video_dit import conditions, video_io
@@ -24,20 +25,29 @@ from video_dit import metrics as metrics_lib
 from video_dit import workdir as workdir_lib
 from video_dit.data import faces
 from video_dit.diffusion import Diffusion, SamplerConfig
-from video_dit.models import registry
+from video_dit.models import dit, registry
 
 
 def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
                  shape: tuple[int, ...],
-                 on_model_call: Callable[[], None] | None = None) -> Callable:
+                 on_model_call: Callable[[], None] | None = None,
+                 cache_reference: bool = True) -> Callable:
   """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space.
 
   ``on_model_call`` (e.g. a progress bar's tick) runs on the host after every
-  guided model call of the sampler loop.
+  guided model call of the sampler loop. With in-context reference tokens
+  (``identity.mode`` '...reference'), their keys/values are computed once per sample
+  and reused by every step (``cache_reference=False`` recomputes them each call).
   """
   sampler.check(diffusion.config.objective)
 
   def sample(params, cond, key):
+    if cache_reference:  # reference tokens' keys/values: once per sample, not per step
+      kv = dit.reference_kv(model, params, jnp.zeros(shape, jnp.float32),
+                            jnp.zeros(shape[:1], jnp.float32), cond)
+      if kv is not None:
+        cond = dict(cond, ref_kv=kv)
+
     def model_fn(x, t, c):
       out = model.apply(params, x, t, **c)
       if on_model_call is not None:
@@ -88,8 +98,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   codec = workdir_lib.codec(config)
   if num_frames and codec is not None:
     config.latent.shape = codec.latent_shape(registry.pixel_shape(config))
-  dit = registry.build_dit(config)
-  sampler_cfg = dit.sampler
+  built = registry.build_dit(config)
+  sampler_cfg = built.sampler
   face_size = config.identity.face_size
   face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
   calls = sampler_cfg.model_calls
@@ -99,7 +109,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     bar["done"] += 1
     bar["progress"].update(min(bar["done"], calls), "sampler steps")
 
-  sample = make_sampler(dit.model, dit.diffusion, sampler_cfg, (1,) + dit.shape,
+  sample = make_sampler(built.model, built.diffusion, sampler_cfg, (1,) + built.shape,
                         on_model_call=tick)
   config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
   os.makedirs(out_dir, exist_ok=True)

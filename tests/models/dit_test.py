@@ -313,3 +313,77 @@ def test_blocked_backend_runs_the_self_attention_and_names_its_fallback(monkeypa
   # ...and the masked text attention did not, with one warning naming the backend.
   fallback = [w for w in warnings if "'blocked'" in w and "key masks" in w]
   assert len(fallback) == 1, warnings
+
+
+IDENTITY_MODES = ("none", "separate", "decoupled", "reference", "separate+reference",
+                  "decoupled+reference")
+
+
+@pytest.mark.parametrize("mode", IDENTITY_MODES)
+def test_analytic_flops_are_the_traced_matmuls_of_every_identity_mode(mode):
+  config = helpers.runlocal_config(**{"identity.mode": mode})
+  model, params = helpers.init(config)
+  inputs = registry.random_inputs(config, 2)
+  lowered = jax.jit(lambda p, i: model.apply(p, **i)).lower(params, inputs)
+  cfg = registry.model_config(config)
+  assert flops.traced_matmul_flops(lowered) == 2 * flops.forward_flops(
+      cfg, registry.video_shape(config), config.text.max_len)
+  assert cfg.identity_reference == mode.endswith("reference")
+  assert cfg.use_identity == (mode.split("+")[0] in ("separate", "decoupled"))
+  assert ("identity_encoder" in params["params"]) == cfg.use_identity
+
+
+def test_reference_tokens_are_seen_by_the_video_and_never_see_it():
+  config = helpers.runlocal_config(**{"identity.mode": "reference"})
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params, keep=())
+  inputs = registry.random_inputs(config, 2)
+  cond = {k: v for k, v in inputs.items() if k not in ("x", "t")}
+  kv = dit.reference_kv(model, p, inputs["x"], inputs["t"], cond)
+  assert len(kv) == config.model.depth
+  # The reference stream does not depend on the noisy video, its time or the text.
+  rng = np.random.default_rng(5)
+  other = dit.reference_kv(model, p, rng.standard_normal(inputs["x"].shape).astype(np.float32),
+                           np.full((2,), 0.9, np.float32),
+                           dict(cond, text_ids=cond["text_ids"][::-1]))
+  for (k, v), (k2, v2) in zip(kv, other):
+    np.testing.assert_array_equal(k, k2)
+    np.testing.assert_array_equal(v, v2)
+  # The video attends to it: another face changes the prediction...
+  out = helpers.apply(model, p, inputs)
+  assert np.abs(out - helpers.apply(model, p, _other_face(inputs))).max() > 1e-3
+  # ...unless the identity is dropped, which hides the reference tokens.
+  drop = np.ones(2, bool)
+  np.testing.assert_allclose(helpers.apply(model, p, inputs, drop_id=drop),
+                             helpers.apply(model, p, _other_face(inputs), drop_id=drop),
+                             atol=1e-6)
+  # Precomputed keys/values give the same prediction as computing them in the pass.
+  cached = model.apply(p, inputs["x"], inputs["t"], **cond, ref_kv=kv)
+  np.testing.assert_allclose(cached, out, atol=1e-5)
+
+
+def test_cached_reference_sampling_equals_uncached():
+  from video_dit import sampling  # pylint: disable=g-import-not-at-top
+  config = helpers.runlocal_config(**{"identity.mode": "separate+reference",
+                                      "sample.num_steps": 3})
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params, keep=())
+  built = registry.build_dit(config)
+  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
+  videos = [np.asarray(sampling.make_sampler(model, built.diffusion, built.sampler,
+                                             (2,) + built.shape, cache_reference=cache)(
+                                                 p, cond, jax.random.key(0)))
+            for cache in (True, False)]
+  np.testing.assert_allclose(videos[0], videos[1], atol=1e-5)
+  assert np.abs(videos[0]).max() > 0.1
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    ({"identity.mode": "reference", "model.scan_layers": True}, "scan_layers=False"),
+    ({"identity.mode": "reference", "identity.pooled_to_adaln": True}, "identity encoder"),
+    ({"identity.mode": "reference", "identity.face_size": 0}, "identity.face_size"),
+    ({"identity.mode": "reference+separate"}, "identity.mode='reference\\+separate' is not"),
+])
+def test_reference_mode_errors_name_the_fix(overrides, msg):
+  with pytest.raises(ValueError, match=msg):
+    registry.build(helpers.runlocal_config(**overrides))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 ModelFn = Callable  # (x_t (B, ...), t (B,), cond dict) -> prediction (B, ...)
@@ -38,7 +39,8 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
   def fn(x, t, cond):
     b = x.shape[0]
     tile = lambda v: jnp.concatenate([v, v, v], axis=0)
-    cond3 = {k: tile(v) for k, v in cond.items() if k not in ("drop_text", "drop_id")}
+    cond3 = {k: jax.tree.map(tile, v) for k, v in cond.items()
+             if k not in ("drop_text", "drop_id")}
     ones, zeros = jnp.ones((b,), bool), jnp.zeros((b,), bool)
     cond3["drop_text"] = jnp.concatenate([ones, zeros, zeros])
     cond3["drop_id"] = jnp.concatenate([ones, ones, zeros])

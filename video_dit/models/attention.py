@@ -175,24 +175,45 @@ _HEADS = ("act_batch", "act_len", "act_heads", None)
 
 
 class SelfAttention(nn.Module):
-  """Fused-qkv multi-head self-attention with optional RoPE angles (L, head_dim/2)."""
+  """Fused-qkv multi-head self-attention with optional RoPE angles (L, head_dim/2).
+
+  ``extra_kv`` (keys, values of other tokens, e.g. cached reference tokens) are attended
+  to as well, where ``extra_mask_bk`` allows; ``return_kv`` also returns this call's own
+  (keys, values), RoPE applied, for another sequence to attend to, and ``kv_only``
+  returns just those (no attention computed).
+  """
   num_heads: int
   dtype: Any = jnp.float32
   impl: str = "einsum"
   embed_axis: str = "embed"
 
   @nn.compact
-  def __call__(self, x_bld, rope_angles=None, mask_bl=None):
+  def __call__(self, x_bld, rope_angles=None, mask_bl=None, extra_kv=None, extra_mask_bk=None,
+               return_kv=False, kv_only=False):
     d = x_bld.shape[-1]
     head_dim = d // self.num_heads
-    qkv = layers.dense((3, self.num_heads, head_dim), (self.embed_axis, None, "heads", "head_dim"),
-                self.dtype, name="qkv")(x_bld)  # (B, L, 3, H, Dh)
+    qkv = layers.dense((3, self.num_heads, head_dim),
+                       (self.embed_axis, None, "heads", "head_dim"), self.dtype,
+                       name="qkv")(x_bld)  # (B, L, 3, H, Dh)
     q, k, v = (constrain(qkv[:, :, i], _HEADS) for i in range(3))
     if rope_angles is not None:
       q, k = apply_rope(q, rope_angles), apply_rope(k, rope_angles)
+    own_kv = (k, v)
+    if kv_only:
+      return own_kv
+    if extra_kv is not None:
+      ek, ev = extra_kv
+      if mask_bl is not None or extra_mask_bk is not None:
+        b, l, le = x_bld.shape[0], k.shape[1], ek.shape[1]
+        mask_bl = jnp.concatenate(
+            [jnp.ones((b, l), bool) if mask_bl is None else mask_bl,
+             jnp.ones((b, le), bool) if extra_mask_bk is None else extra_mask_bk], axis=1)
+      k = jnp.concatenate([k, ek.astype(k.dtype)], axis=1)
+      v = jnp.concatenate([v, ev.astype(v.dtype)], axis=1)
     o = constrain(attention(q, k, v, mask_bl, self.impl), _HEADS)
-    return layers.dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
-                 name="out")(o)
+    out = layers.dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
+                       name="out")(o)
+    return (out, own_kv) if return_kv else out
 
 
 class CrossAttention(nn.Module):

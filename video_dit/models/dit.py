@@ -4,7 +4,10 @@
     t --sinusoid+MLP--> c (B, D);  + pooled text;  (+ pooled identity)
     text ids  --text encoder--> (B, Lt, D) + mask;  null tokens where text is dropped
     face      --identity encoder--> (B, K, D);      null tokens where identity is dropped
+    reference face --patchify (as a clean frame at t = -1)--> Lr tokens   (optional)
     N x DiTBlock:  x += gate_msa * SelfAttn(adaLN(x), 3D RoPE)      full spacetime
+                                  (+ the reference tokens' keys/values; they attend
+                                   only to themselves, with adaLN at diffusion t = 0)
                    x += TextCrossAttn(LN(x), text)
                    x += gate_id * IdCrossAttn(LN(x), identity)        every n-th block
                    x += gate_mlp * MLP(adaLN(x))
@@ -64,6 +67,7 @@ class ModelConfig:
   text_precomputed_dim: int = 0    # > 0: precomputed text embeddings of this size, no encoder
   identity: IdentityEncoderConfig = IdentityEncoderConfig()
   identity_mode: str = "separate"                   # or "decoupled" (IP-Adapter style)
+  identity_reference: bool = False                  # in-context reference tokens
   identity_gate: str = "zero"                       # zero-initialised gate, or "none"
   identity_scale: float = 1.0                       # decoupled mode: weight of identity
   identity_every: int = 1                           # identity attention in every n-th block
@@ -71,19 +75,46 @@ class ModelConfig:
 
 
 class DiTBlock(nn.Module):
+  """One block; with ``ref`` also the reference tokens' stream (see ``VideoDiT``)."""
   cfg: ModelConfig
   has_identity: bool
 
   @nn.compact
-  def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd):
+  def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd, ref=None):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     attn_kw = dict(num_heads=cfg.num_heads, dtype=dt, impl=cfg.attention)
     # adaLN-Zero: zero-init so every gate starts closed and the block is the identity.
-    mod = dense(6 * cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln")(nn.silu(c_bd))
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, -1)
+    adaln = dense(6 * cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln")
+    norm1 = layer_norm(dt, affine=False, name="norm1")
+    norm2 = layer_norm(dt, affine=False, name="norm2")
+    attn = attention.SelfAttention(**attn_kw, name="attn")
+    mlp = layers.Mlp(int(cfg.width * cfg.mlp_ratio), dtype=dt, name="mlp")
 
-    h = modulate(layer_norm(dt, affine=False, name="norm1")(x_bld), shift_msa, scale_msa)
-    x_bld = x_bld + gate_msa[:, None] * attention.SelfAttention(**attn_kw, name="attn")(h, angles)
+    ref_out, ref_kv, ref_mask = None, None, None
+    if ref is not None:
+      ref_mask = ref.get("mask")
+      if "kv" in ref:  # cached: the reference stream never sees the video
+        ref_kv = ref["kv"]
+      else:
+        # Reference tokens: clean (their own adaLN at t=0), attending only to themselves;
+        # the last block needs only their keys and values.
+        r = ref["tokens"]
+        sr, cr, gr, sm, cm, gm = jnp.split(adaln(nn.silu(ref["c"])), 6, -1)
+        h_r = modulate(norm1(r), sr, cr)
+        if ref.get("last"):
+          ref_kv = attn(h_r, ref["angles"], kv_only=True)
+        else:
+          o, ref_kv = attn(h_r, ref["angles"], return_kv=True)
+          r = r + gr[:, None] * o
+          ref_out = r + gm[:, None] * mlp(modulate(norm2(r), sm, cm))
+        self.sow("intermediates", "ref_kv", ref_kv)
+
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
+        adaln(nn.silu(c_bd)), 6, -1)
+    h = modulate(norm1(x_bld), shift_msa, scale_msa)
+    if ref_mask is not None:  # (B,) -> every reference key of that example
+      ref_mask = jnp.broadcast_to(ref_mask[:, None], ref_kv[0].shape[:2])
+    x_bld = x_bld + gate_msa[:, None] * attn(h, angles, extra_kv=ref_kv, extra_mask_bk=ref_mask)
     x_bld = constrain(x_bld, _ACT)
 
     has_identity = self.has_identity and id_bkd is not None
@@ -103,10 +134,9 @@ class DiTBlock(nn.Module):
         out = out * self.param("id_gate", logical(zeros, "embed"), (cfg.width,)).astype(dt)
       x_bld = x_bld + out
 
-    h = modulate(layer_norm(dt, affine=False, name="norm2")(x_bld), shift_mlp, scale_mlp)
-    x_bld = x_bld + gate_mlp[:, None] * layers.Mlp(int(cfg.width * cfg.mlp_ratio), dtype=dt,
-                                                   name="mlp")(h)
-    return constrain(x_bld, _ACT)
+    h = modulate(norm2(x_bld), shift_mlp, scale_mlp)
+    x_bld = x_bld + gate_mlp[:, None] * mlp(h)
+    return constrain(x_bld, _ACT), ref_out
 
 
 class _ScanStep(nn.Module):
@@ -115,7 +145,7 @@ class _ScanStep(nn.Module):
 
   @nn.compact
   def __call__(self, x_bld, *args):
-    return DiTBlock(self.cfg, True, name="block")(x_bld, *args), None
+    return DiTBlock(self.cfg, True, name="block")(x_bld, *args)[0], None
 
 
 class FinalLayer(nn.Module):
@@ -149,7 +179,7 @@ class VideoDiT(nn.Module):
       return self._forward(*args, **kwargs)
 
   def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
-               drop_id=None, text_emb=None, text_mask=None, text_pooled=None):
+               drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None):
     """The conditions are named as the input pipeline's batch fields
     (``video_dit.conditions``). Args:
       x: (B, T, H, W, C) noisy video (or latents).
@@ -162,7 +192,10 @@ class VideoDiT(nn.Module):
         embedding (B, E), as the identity encoder is configured; both None means
         "no identity".
       drop_text / drop_id: (B,) bool; True swaps in the learned null tokens
-        (condition dropout in training, the unconditional branches of guidance).
+        (condition dropout in training, the unconditional branches of guidance); with
+        reference tokens, drop_id also hides them from the video.
+      ref_kv: the reference tokens' per-block (keys, values) from ``reference_kv``
+        (a sampler's cache); None computes them from ``face``.
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
@@ -172,14 +205,25 @@ class VideoDiT(nn.Module):
     grid = grid_shape(x_bthwc.shape[1:4], cfg.patch)
     positions = grid_positions(grid)  # (L, 3) in token order
 
-    x = patchify(x_bthwc, cfg.patch).astype(dt)  # (B, L, pt*ph*pw*C)
-    x = dense(cfg.width, ("patch", "embed"), dt, name="patch_embed")(x)  # (B, L, D)
+    patch_embed = dense(cfg.width, ("patch", "embed"), dt, name="patch_embed")
+    x = patch_embed(patchify(x_bthwc, cfg.patch).astype(dt))  # (B, L, D)
     if cfg.sincos:
       x = x + sincos_nd(positions, cfg.width).astype(dt)
     x = constrain(x, _ACT)
     angles = rope_angles(positions, cfg.rope_split, cfg.rope_theta) if cfg.rope else None
 
-    c = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")(t_b)  # (B, D)
+    t_embed = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")
+    c = t_embed(t_b)  # (B, D)
+
+    refs = [None] * cfg.depth
+    if cfg.identity_reference and (face is not None or ref_kv is not None):
+      mask = None if drop_id is None else ~drop_id  # a dropped identity hides its tokens
+      if ref_kv is not None:
+        refs = [dict(kv=kv, mask=mask) for kv in ref_kv]
+      else:
+        tokens, ref_angles = self._reference(face, x_bthwc.shape[2:4], patch_embed)
+        refs[0] = dict(tokens=tokens, c=t_embed(jnp.zeros_like(t_b)), angles=ref_angles,
+                       mask=mask, last=cfg.depth == 1)
 
     text = text_mask_bt = ident = None
     if cfg.use_text:
@@ -200,12 +244,30 @@ class VideoDiT(nn.Module):
       x, _ = blocks(cfg, name="blocks")(x, c, angles, text, text_mask_bt, ident)
     else:
       for i in range(cfg.depth):
-        x = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
-            x, c, angles, text, text_mask_bt, ident)
+        x, ref_tokens = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
+            x, c, angles, text, text_mask_bt, ident, refs[i])
+        if ref_tokens is not None:
+          refs[i + 1] = dict(refs[i], tokens=ref_tokens, last=i + 2 == cfg.depth)
 
     out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
     x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
     return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
+
+  def _reference(self, face_bhwc, frame_hw, patch_embed):
+    """In-context reference tokens: the face crop as one clean tubelet-deep frame at the
+    video's frame size, embedded like the video, at temporal position -1 (before
+    frame 0). -> ((B, H'W', D) tokens, their RoPE angles or None)."""
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    face = face_bhwc.astype(jnp.float32)
+    if face.shape[1:3] != tuple(frame_hw):
+      face = jax.image.resize(face, (face.shape[0], *frame_hw, face.shape[-1]), "bilinear")
+    frames = jnp.repeat(face[:, None], cfg.patch[0], axis=1)  # (B, pt, H, W, C)
+    positions = grid_positions(grid_shape(frames.shape[1:4], cfg.patch)).at[:, 0].set(-1.0)
+    tokens = patch_embed(patchify(frames, cfg.patch).astype(dt))
+    if cfg.sincos:
+      tokens = tokens + sincos_nd(positions, cfg.width).astype(dt)
+    angles = rope_angles(positions, cfg.rope_split, cfg.rope_theta) if cfg.rope else None
+    return constrain(tokens, _ACT), angles
 
   def _text(self, b, text_ids_bl, drop_text, c, text_emb_bld=None, text_mask_bl=None,
             text_pooled_bd=None):
@@ -266,3 +328,18 @@ class VideoDiT(nn.Module):
 def patchify_dim(cfg: ModelConfig) -> int:
   pt, ph, pw = cfg.patch
   return pt * ph * pw * cfg.channels
+
+
+def reference_kv(model: VideoDiT, params, x, t, cond: dict):
+  """The reference tokens' per-block (keys, values), or None without reference tokens.
+
+  They depend on the face crop and the parameters only (the tokens are clean and attend
+  to themselves alone), so a sampler computes them once per sample and passes them to
+  every step as ``ref_kv``; ``x`` and ``t`` only fix the shapes of this one pass.
+  """
+  if not model.cfg.identity_reference or cond.get("face") is None:
+    return None
+  cond = {k: v for k, v in cond.items() if k != "ref_kv"}
+  _, state = model.apply(params, x, t, **cond, mutable=["intermediates"])
+  blocks = state["intermediates"]
+  return [blocks[f"block_{i}"]["ref_kv"][0] for i in range(model.cfg.depth)]

@@ -61,9 +61,17 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
   total += 2 * k * idc.width * d
   total += 2 * d * d if cfg.identity_pooled_to_adaln and cfg.use_identity else 0
 
+  lr = 0  # in-context reference tokens: one tubelet-deep frame of the face
+  if cfg.identity_reference:
+    lr = (h // ph) * (w // pw)
+    total += 2 * lr * p * d + 2 * 256 * d + 2 * d * d            # patch embed, t=0 embed
+    total += cfg.depth * (2 * d * 6 * d + 2 * lr * d * 3 * d)    # their adaLN, q/k/v
+    total += (cfg.depth - 1) * (4 * lr * lr * d + 2 * lr * d * d  # attention and MLP
+                                + 4 * lr * d * int(r * d))       # (not in the last block)
   for i in range(cfg.depth):
     total += 2 * d * 6 * d                                       # adaLN
     total += 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d   # self-attention
+    total += 4 * n * lr * d                                      # ... over reference keys
     total += _cross(n, text_len, d, d) if cfg.use_text else 0    # text cross-attention
     if cfg.use_identity and i % cfg.identity_every == 0:
       if cfg.identity_mode == "decoupled":

@@ -105,6 +105,18 @@ def build_vae(config):
   return VideoVAE(cfg), cfg
 
 
+IDENTITY_MODES = ("none", "separate", "decoupled", "reference", "separate+reference",
+                  "decoupled+reference")
+
+
+def identity_paths(mode: str) -> tuple[str, bool]:
+  """``identity.mode`` -> (the cross-attention path: 'separate' | 'decoupled' | '', whether
+  in-context reference tokens join the sequence)."""
+  _choice("identity.mode", mode, IDENTITY_MODES)
+  parts = mode.split("+")
+  return next((p for p in parts if p in ("separate", "decoupled")), ""), "reference" in parts
+
+
 def model_config(config) -> ModelConfig:
   """Validates ``config.model/text/identity/data`` and returns the ModelConfig."""
   m, tx, idc = config.model, config.text, config.identity
@@ -140,18 +152,32 @@ def model_config(config) -> ModelConfig:
     _choice("text.precomputed", tx.get("precomputed", ""), PRECOMPUTED_TEXT)
     precomputed_dim = PRECOMPUTED_TEXT[tx.precomputed]
   _heads("identity", idc.width, idc.num_heads)
-  _choice("identity.mode", idc.mode, ("separate", "decoupled", "none"))
-  if idc.mode == "decoupled" and tx.encoder == "none":
+  cross, reference = identity_paths(idc.mode)
+  if cross == "decoupled" and tx.encoder == "none":
     raise ValueError("identity.mode='decoupled' shares the text cross-attention; it needs a "
                      "text encoder (text.encoder != 'none') or use identity.mode='separate'.")
   scan = bool(m.get("scan_layers", False))
-  if scan and idc.every != 1 and idc.mode != "none":
+  if scan and idc.every != 1 and cross:
     raise ValueError(f"model.scan_layers=True needs identical blocks, but identity.every="
                      f"{idc.every}; set identity.every=1 or model.scan_layers=False.")
+  if reference:
+    if scan:
+      raise ValueError(f"identity.mode={idc.mode!r} (in-context reference tokens) runs the "
+                       "blocks unscanned; set model.scan_layers=False.")
+    if latent_source(config) != "pixels" or m.channels != 3:
+      raise ValueError(f"identity.mode={idc.mode!r} makes the reference frame from the face "
+                       "crop, in pixels: it needs latent.source='pixels' and model.channels=3 "
+                       "(latent-space reference tokens are not built yet).")
+    if not idc.face_size:
+      raise ValueError(f"identity.mode={idc.mode!r} needs the face crop: set "
+                       "identity.face_size.")
+    if idc.pooled_to_adaln and not cross:
+      raise ValueError("identity.pooled_to_adaln needs the identity encoder: use "
+                       "identity.mode='separate+reference' or pooled_to_adaln=False.")
   _choice("identity.gate", idc.gate, ("zero", "none"))
   if idc.every < 1:
     raise ValueError(f"identity.every={idc.every} must be >= 1 (1 = every block).")
-  if idc.mode != "none" and not (idc.face_size or idc.embed_dim):
+  if cross and not (idc.face_size or idc.embed_dim):
     raise ValueError("the identity encoder has no input; set identity.face_size (face crop "
                      "side) and/or identity.embed_dim (external face-embedding size).")
   if idc.face_size and idc.face_size % idc.face_patch:
@@ -172,9 +198,9 @@ def model_config(config) -> ModelConfig:
       patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
       matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
-      use_text=tx.encoder != "none", use_identity=idc.mode != "none",
+      use_text=tx.encoder != "none", use_identity=bool(cross),
       text_pooled_to_adaln=tx.pooled_to_adaln, text_precomputed_dim=precomputed_dim,
-      identity=ident, identity_mode=idc.mode,
+      identity=ident, identity_mode=cross or "separate", identity_reference=reference,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln)
 
@@ -225,12 +251,10 @@ def dummy_inputs(config, batch: int) -> dict[str, Any]:
     inputs["text_pooled"] = jnp.zeros((batch, cfg.text_precomputed_dim))
   elif cfg.use_text:
     inputs["text_ids"] = jnp.ones((batch, cfg.text.max_len), jnp.int32)
-  if not cfg.use_identity:
-    return inputs
-  if cfg.identity.face_size:
+  if cfg.identity_reference or (cfg.use_identity and cfg.identity.face_size):
     s = cfg.identity.face_size
     inputs["face"] = jnp.zeros((batch, s, s, 3), jnp.float32)
-  if cfg.identity.embed_dim:
+  if cfg.use_identity and cfg.identity.embed_dim:
     inputs["face_embed"] = jnp.zeros((batch, cfg.identity.embed_dim), jnp.float32)
   return inputs
 
