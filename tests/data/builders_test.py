@@ -158,3 +158,21 @@ def test_an_edited_manifest_builds_a_new_dataset(tmp_path):
   first = make()
   manifest.write_text(manifest.read_text().splitlines()[0] + "\n")
   assert make().data_path != first.data_path
+
+
+def test_an_empty_split_is_reported_not_fatal(tmp_path):
+  # The only test-split record (identity p0) is bad; the train split (p1) is good. Splits
+  # are built in order test, train: the empty test split must not stop the train split.
+  _write_folder(tmp_path / "root")
+  assert builders.identity_split("p0", 0.2) == "test"
+  assert builders.identity_split("p1", 0.2) == "train"
+  ok = dict(caption="a person nods", consent=True, face="faces/p1.png")
+  (tmp_path / "root/manifest.jsonl").write_text(
+      json.dumps(dict(ok, video="clips/corrupt.mp4", identity="p0")) + "\n"
+      + json.dumps(dict(ok, video="clips/good.mp4", identity="p1")) + "\n")
+  out = _run_make_dataset("folder", f"--data_dir={tmp_path}/data",
+                          f"--manifest={tmp_path}/root/manifest.jsonl", "--face_size=32")
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "built: 1 records (train 1)" in out.stdout
+  assert "empty splits: test" in out.stdout and "line 1: unreadable or corrupt" in out.stdout
+  assert len(builders.data_source(f"{tmp_path}/data", "train")) == 1

@@ -46,6 +46,9 @@ def summarize(report: dict) -> str:
   built = report["built"]
   lines.append(f"built: {sum(built.values())} records ("
                + ", ".join(f"{k} {v}" for k, v in sorted(built.items())) + ")")
+  if report.get("empty_splits"):
+    lines.append("empty splits: " + ", ".join(report["empty_splits"])
+                 + " (every record skipped; the other splits were built)")
   skipped = report["skipped"]
   lines.append(f"skipped: {len(skipped)} records")
   reasons = collections.Counter(s["reason"].split(" (")[0] for s in skipped)

@@ -59,6 +59,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(data_dir=data_dir, file_format="array_record", **kwargs)
     self.report: dict[str, Any] = {"built": collections.Counter(), "skipped": []}
     self.excluded_splits: set[str] = set()
+    self.attempted_splits: set[str] = set()
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=_features(),
@@ -70,25 +71,51 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def prepare(self) -> dict[str, Any]:
     """Builds the dataset (no-op if it exists); returns the build report.
 
-    TFDS refuses a split without examples; when every record of a split turns
-    out bad, the build is redone once without that split. When nothing at all
-    could be built the report says so and no dataset is written.
+    Splits are independent: TFDS refuses a split without examples, so when every
+    record of a split turns out bad, the build is redone without that split (reported
+    under ``empty_splits``). When nothing at all could be built the report says so and
+    no dataset is written.
     """
     self.excluded_splits = set()
-    for attempt in range(2):
+    skipped_before: list[dict] = []  # the records of splits left out stay reported
+    while True:
       self.report["built"].clear()
       self.report["skipped"].clear()
+      self.report["empty_splits"] = sorted(self.excluded_splits)
+      self.attempted_splits = set()
       self.info.metadata["report"] = self.report
       try:
         self.download_and_prepare()
-        return self.report
+        return self._merge_skipped(skipped_before)
       except AssertionError as e:
         if "No examples were yielded" not in str(e):
           raise
-        if not sum(self.report["built"].values()) or attempt:
-          return self.report
-        self.excluded_splits = {"train", "test"} - set(self.report["built"])
+        empty = {s for s in self.attempted_splits if not self.report["built"][s]}
+        if not empty:
+          raise
+        skipped_before += self.report["skipped"]
+        self.excluded_splits |= empty
+        if not self.candidate_splits - self.excluded_splits:  # nothing left to build
+          self.report["empty_splits"] = sorted(self.excluded_splits)
+          return self._merge_skipped(skipped_before)
+
+  def _merge_skipped(self, earlier: list[dict]) -> dict[str, Any]:
+    """The report with the skips of earlier attempts, each record once, in file order."""
+    merged = {}
+    for skip in earlier + self.report["skipped"]:
+      merged.setdefault(skip["record"], skip)
+    self.report["skipped"][:] = sorted(merged.values(), key=lambda s: _record_order(s["record"]))
     return self.report
+
+  @property
+  def candidate_splits(self) -> set[str]:
+    """The splits this builder would make before any is left out for being empty."""
+    return {"train", "test"}
+
+
+def _record_order(record: str):
+  parts = record.split()
+  return (0, int(parts[1]), "") if len(parts) == 2 and parts[1].isdigit() else (1, 0, record)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -171,9 +198,14 @@ class VideoFolder(_Builder):
       raise FileNotFoundError(f"manifest {self.manifest} does not exist; pass "
                               "--manifest=path/to/manifest.jsonl")
     records = list(self._records())
-    splits = {identity_split(str(r["identity"]), self.options.test_fraction)
-              for _, r in records} - self.excluded_splits
+    self._candidates = {identity_split(str(r["identity"]), self.options.test_fraction)
+                        for _, r in records}
+    splits = self._candidates - self.excluded_splits
     return {split: self._generate_examples(records, split) for split in sorted(splits)}
+
+  @property
+  def candidate_splits(self) -> set[str]:
+    return getattr(self, "_candidates", {"train", "test"})
 
   def _records(self) -> Iterator[tuple[str, dict]]:
     """Valid manifest entries; everything else is reported and skipped."""
@@ -220,6 +252,7 @@ class VideoFolder(_Builder):
     return os.path.commonpath([full, os.path.realpath(self.root)]) == os.path.realpath(self.root)
 
   def _generate_examples(self, records, split):
+    self.attempted_splits.add(split)
     opts = self.options
     for where, rec in records:
       if identity_split(str(rec["identity"]), opts.test_fraction) != split:
