@@ -188,7 +188,8 @@ def sample(config, steps: int = 2, peak: tuple[float, str] | None = None) -> dic
   host = registry.random_inputs(config, batch, config.seed)
   cond = {k: v for k, v in host.items() if k not in ("x", "t")}
   c = cost_lib.sampler_cost(model, params, diffusion, sampler, cond, (batch,) + shape,
-                            float(config.sample.fps), repeats=steps)
+                            float(config.sample.fps), repeats=steps,
+                            pixel_frames=config.data.frames)  # the DiT alone: no decode
   calls = sampler.model_calls
   analytic = batch * sampler.network_passes * flops_lib.forward_flops(cfg, shape,
                                                                       config.text.max_len)

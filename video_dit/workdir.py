@@ -136,6 +136,11 @@ class LatentCodec:
     """Pixels in [-1, 1] -> normalised latents (posterior mean)."""
     return self._encode(self.params, video_bthwc)
 
+  def lower_decode(self, latent_shape_bthwc):
+    """The decode program lowered for a batch of latents of that shape (for its cost)."""
+    return self._decode.lower(self.params, jax.ShapeDtypeStruct(latent_shape_bthwc,
+                                                                jnp.float32))
+
   def decode(self, latents_bthwc) -> jax.Array:
     """Normalised latents -> pixels in [-1, 1]."""
     return self._decode(self.params, latents_bthwc)

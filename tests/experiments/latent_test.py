@@ -82,6 +82,15 @@ def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_p
   assert out[0]["video_shape"] == [5, 32, 32, 3]  # decoded pixels, not latents
   results = evaluate.evaluate(str(tmp_path / "dit"), num_videos=4, metrics=("temporal", "cost"))
   assert results["num_videos"] == 4
+  # Cost per video-second in latent space: the seconds are the decoded pixel frames
+  # (5 at sample.fps, not 3 latent frames), and the VAE decode is part of the cost.
+  cost = results["cost"]
+  assert cost["video_seconds_per_sample"] == pytest.approx(5 / config.sample.fps)
+  assert cost["decode_flops_per_sample"] > 0 and cost["decode_seconds_per_sample"] > 0
+  assert cost["flops_per_sample"] == pytest.approx(
+      cost["dit_flops_per_sample"] + cost["decode_flops_per_sample"])
+  assert cost["seconds_per_video_second"] == pytest.approx(
+      cost["seconds_per_sample"] / cost["video_seconds_per_sample"])
   with open(tmp_path / "dit" / "eval" / "metrics.jsonl") as f:
     assert json.loads(f.readlines()[-1])["step"] == 3
 

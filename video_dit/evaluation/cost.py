@@ -1,4 +1,5 @@
-"""What a generated video costs: FLOPs and seconds per sample and per video-second.
+"""What a generated video costs: FLOPs and seconds per sample and per video-second
+(of decoded pixel frames: a latent-space DiT's cost includes its VAE decode).
 
 XLA counts a loop body once, so the FLOPs of a sample are those of one guided
 model call (XLA's cost analysis of its compiled program) times the number of
@@ -20,37 +21,61 @@ from video_dit.sampling import make_sampler
 
 
 def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, cond: dict,
-                 shape: tuple[int, ...], fps: float, repeats: int = 2) -> dict:
-  """Cost of sampling a batch of ``shape`` (B, T, H, W, C) with ``cond``."""
+                 shape: tuple[int, ...], fps: float, repeats: int = 2,
+                 pixel_frames: int | None = None, codec=None) -> dict:
+  """Cost of sampling a batch of ``shape`` (B, T, H, W, C) with ``cond``.
+
+  A latent-space DiT passes its ``codec`` (``workdir.LatentCodec``): the VAE decode to
+  pixels is timed and counted with the sampler, and the video-seconds are the decoded
+  ``pixel_frames`` at ``fps`` (default: T, for a pixel-space DiT).
+  """
   fn = guidance.guided(lambda x, t, c: model.apply(params, x, t, **c), sampler.text_scale,
                        sampler.id_scale, sampler.interval)
   x = jax.ShapeDtypeStruct(shape, np.float32)
   t = jax.ShapeDtypeStruct(shape[:1], np.float32)
   lowered = jax.jit(fn).lower(x, t, cond)
-  compiled = lowered.compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # XLA counts the per-device program; scale by the devices the program spans.
-  devices = max(len(s.device_set) for s in jax.tree.leaves(compiled.output_shardings))
-  flops_per_call = float(cost["flops"]) * devices
-  flops = flops_per_call * sampler.model_calls / shape[0]
+  dit_flops = _xla_flops(lowered.compile()) * sampler.model_calls / shape[0]
   matmul = flops_lib.traced_matmul_flops(lowered) * sampler.model_calls / shape[0]
+  decode_flops = 0.0
+  if codec is not None:
+    decode_flops = _xla_flops(codec.lower_decode(shape).compile()) / shape[0]
 
   sample = make_sampler(model, diffusion, sampler, shape)
+
+  def generate(key):
+    video = sample(params, cond, key)
+    decoded = codec.decode(video) if codec is not None else video
+    return jax.block_until_ready(video), jax.block_until_ready(decoded)
+
   t0 = time.perf_counter()
-  jax.block_until_ready(sample(params, cond, jax.random.key(0)))  # compile + warm-up
+  generate(jax.random.key(0))  # compile + warm-up
   first_call_s = time.perf_counter() - t0
-  times = []
+  times, decode_times = [], []
   for i in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(sample(params, cond, jax.random.key(i + 1)))
+    video = jax.block_until_ready(sample(params, cond, jax.random.key(i + 1)))
+    t1 = time.perf_counter()
+    if codec is not None:
+      jax.block_until_ready(codec.decode(video))
     times.append(time.perf_counter() - t0)
+    decode_times.append(time.perf_counter() - t1)
   seconds = float(np.median(times)) / shape[0]
-  video_seconds = shape[1] / fps
-  return dict(flops_per_sample=flops, matmul_flops_per_sample=matmul,
+  video_seconds = (pixel_frames or shape[1]) / fps
+  flops = dit_flops + decode_flops
+  return dict(flops_per_sample=flops, dit_flops_per_sample=dit_flops,
+              decode_flops_per_sample=decode_flops, matmul_flops_per_sample=matmul,
               seconds_per_sample=seconds,
+              decode_seconds_per_sample=float(np.median(decode_times)) / shape[0],
               video_seconds_per_sample=video_seconds,
               seconds_per_video_second=seconds / video_seconds,
               tflops_per_video_second=flops / video_seconds / 1e12,
               model_calls_per_sample=sampler.model_calls,
               network_passes_per_sample=sampler.network_passes, first_call_s=first_call_s)
+
+
+def _xla_flops(compiled) -> float:
+  """XLA's FLOPs of a compiled program over all the devices it spans."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  devices = max(len(s.device_set) for s in jax.tree.leaves(compiled.output_shardings))
+  return float(cost["flops"]) * devices

@@ -239,7 +239,9 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
     one = jax.tree.map(lambda x: x[:1], conditions.split_batch(batch)[1])
     return cost_lib.sampler_cost(model, params, diffusion, sampler_cfg, one,
                                  (1,) + registry.video_shape(config),
-                                 float(config.sample.get("fps", 8.0)))
+                                 float(config.sample.get("fps", 8.0)),
+                                 pixel_frames=config.data.frames,
+                                 codec=workdir_lib.codec(config))
 
   run("fvd", fvd_fn)
   run("identity", lambda: identity_metrics(config, gen, real, faces, identities, path("identity"),
