@@ -14,7 +14,6 @@ its last checkpoint; an evaluation of the final step is reused). ``--config``
 takes any experiment config, e.g. ``configs/synthetic_faces.py:identity_bench``.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -38,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

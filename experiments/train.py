@@ -8,7 +8,6 @@ Multi-host: set --distributed (or VIDEO_DIT_DISTRIBUTED=1) on every process.
 
 import os
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -31,4 +30,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

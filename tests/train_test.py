@@ -126,6 +126,34 @@ def test_bad_training_config_raises_before_compiling(data_dir):
     train.validate(_config(data_dir, **{"optim.grad_accum": 3}))
 
 
+@pytest.mark.parametrize("overrides,msg", [
+    ({"total_steps": 0}, "total_steps=0 must be >= 1"),
+    ({"ckpt.keep": 0}, "ckpt.keep=0 must be >= 1"),
+    ({"ckpt.every_steps": 0}, "ckpt.every_steps=0 must be >= 1"),
+    ({"train.log_every": 0}, "train.log_every=0 must be >= 1"),
+    ({"optim.lr": float("nan")}, "optim.lr=nan must be a finite number > 0"),
+    ({"optim.lr": -1e-4}, "optim.lr=-0.0001 must be a finite number > 0"),
+    ({"optim.lr": float("inf")}, "optim.lr=inf must be a finite number > 0"),
+])
+def test_bad_values_stop_before_anything_is_written(data_dir, tmp_path, overrides, msg):
+  total = overrides.pop("total_steps", 2)
+  config = _config(data_dir, total_steps=total, **overrides)
+  with pytest.raises(ValueError, match=msg):
+    train.train_and_evaluate(config, str(tmp_path / "w"), ONE)
+  assert not os.path.exists(tmp_path / "w")  # not even W/config.json
+
+
+def test_an_unknown_config_key_is_one_line_naming_it(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "experiments.train",
+                      "--config=configs/synthetic_faces.py:runlocal",
+                      f"--workdir={tmp_path / 'w'}", "--config.model.widht=3"],
+                     cwd=root, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "--config.model.widht=3" in r.stderr and '"width"' in r.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_gradient_accumulation_matches_the_full_batch(data_dir, tmp_path):
   full = _config(data_dir, total_steps=3)
   a = train.train_and_evaluate(full, str(tmp_path / "full"), ONE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -45,4 +44,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

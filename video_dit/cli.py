@@ -10,6 +10,7 @@ back, ``--verbosity=1`` DEBUG lines too.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app
@@ -47,3 +48,27 @@ def setup(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_logs()
+
+
+def run(main) -> None:
+  """``app.run(main)``, with a mistyped ``--config.*`` override (an unknown field, found
+  while the flags are parsed, before ``main`` runs) as one line naming it."""
+  started = []
+
+  def wrapped(argv):
+    started.append(True)
+    return main(argv)
+
+  try:
+    app.run(wrapped)
+  except (KeyError, AttributeError) as e:
+    if started:
+      raise
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    text = str(e)
+    key = re.search(r"'([^'\\]+)\\*'", text)
+    hint = re.search(r'Did you mean \\*"([^"\\]+)', text)
+    sys.exit(f"error: {' '.join(overrides)}: no config field "
+             f"{repr(key.group(1)) if key else text}"
+             + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+             + "; the config file's get_config() lists the fields")

@@ -18,6 +18,7 @@ stops the run naming the step (or skips the update with
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -130,6 +131,14 @@ def make_train_step(task: tasks.Task, tx, config):
 def validate(config) -> tasks.Task:
   """Every config check that can fail, before anything is compiled: the task's (model,
   objective, data shapes) and the trainer's own."""
+  for name, value in (("total_steps", config.total_steps), ("ckpt.keep", config.ckpt.keep),
+                      ("ckpt.every_steps", config.ckpt.every_steps),
+                      ("train.log_every", config.train.log_every)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}={value} must be >= 1; set --config.{name}=N.")
+  lr = config.optim.lr
+  if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    raise ValueError(f"optim.lr={lr} must be a finite number > 0 (e.g. 1e-4).")
   task = tasks.for_config(config)
   learning_rate(config)
   if config.train.nonfinite not in ("stop", "skip"):
