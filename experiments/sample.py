@@ -2,14 +2,12 @@ r"""Samples videos of a reference face doing what a prompt says, from a training
 
   python -m experiments.sample --workdir=W --face=face.png --prompt="a person nods" \
       --out=samples/ [--step=N --seed=S --num_steps=K --sampler=heun \
-      --text_scale=4 --face_scale=2 --num_frames=F --raw --face_is_crop]
+      --text_scale=4 --face_scale=2 --num_frames=F --raw --face_is_crop --overwrite]
   python -m experiments.sample --workdir=W --batch_file=requests.jsonl --out=samples/
 
 ``--batch_file`` is JSON lines of {"face": ..., "prompt": ..., "seed": ..., "name": ...}.
 Writes per sample .mp4, .gif, .png (reference face + frames) and provenance .json.
 """
-
-import json
 
 from absl import app
 from absl import flags
@@ -31,13 +29,13 @@ _BATCH_FILE = flags.DEFINE_string("batch_file", None, "JSON lines of face/prompt
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
 _FACE_IS_CROP = flags.DEFINE_bool("face_is_crop", False,
                                   "The face image is already a crop: skip face detection.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs that exist in --out.")
 
 
 def main(argv):
   cli.setup(argv)
   if _BATCH_FILE.value:
-    with open(_BATCH_FILE.value) as f:
-      requests = [json.loads(line) for line in f if line.strip()]
+    requests = sampling.read_requests(_BATCH_FILE.value)
   else:
     if not _FACE.value or _PROMPT.value is None:
       raise app.UsageError("give --face and --prompt, or --batch_file")
@@ -46,7 +44,8 @@ def main(argv):
       _WORKDIR.value, requests, _OUT.value, step=_STEP.value,
       sampler=dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
                    text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value),
-      num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value)
+      num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
+      overwrite=_OVERWRITE.value)
   for w in written:
     print(f"{w['prompt']!r} seed {w['seed']} (step {w['step']}): " + " ".join(w["files"]))
 

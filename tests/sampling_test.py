@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -95,3 +96,53 @@ def test_cli_with_a_batch_file(workdir, tmp_path):
   with open(tmp_path / "out" / "r1.json") as f:
     meta = json.load(f)
   assert meta["sampler"]["name"] == "heun" and meta["prompt"] == "a person smiles"
+
+
+def test_bad_requests_fail_before_anything_is_written(workdir, tmp_path, monkeypatch):
+  run, face, out = str(workdir / "run"), str(workdir / "face.png"), tmp_path / "out"
+  ok = dict(face=face, prompt="a person nods")
+  gen = lambda requests, **kw: sampling.generate(run, requests, str(out), face_is_crop=True,
+                                                 **kw)
+  for scales, msg in (((float("nan"), None), "text_scale=nan"),
+                      ((None, float("inf")), "id_scale=inf"),
+                      ((-1.0, None), "text_scale=-1.0")):
+    with pytest.raises(ValueError, match=msg):
+      gen([ok], sampler=dict(text_scale=scales[0], face_scale=scales[1]))
+  # The second request is bad: nothing of the first is written either.
+  for bad, msg in ((dict(name="../../x"), "name '../../x'"), (dict(name="/tmp/x"), "name"),
+                   (dict(name="a/b"), "name"), (dict(seed="abc"), "seed 'abc'"),
+                   (dict(seed=1.5), "seed 1.5")):
+    with pytest.raises(ValueError, match=msg):
+      gen([ok, dict(ok, **bad)])
+  Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "tiny.png")
+  with pytest.raises(ValueError, match="8x8 px.*at least 16"):
+    gen([ok, dict(ok, face=str(tmp_path / "tiny.png"))])
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the face PNG is then a "bomb"
+  with pytest.raises(ValueError, match="too large"):
+    gen([ok])
+  monkeypatch.undo()
+  assert not out.exists()
+  # Outputs are never overwritten silently.
+  gen([dict(ok, name="a")])
+  before = (out / "a.json").read_bytes()
+  with pytest.raises(FileExistsError, match="a.mp4.*--overwrite"):
+    gen([dict(ok, name="a", seed=3)])
+  assert (out / "a.json").read_bytes() == before
+  gen([dict(ok, name="a", seed=3)], overwrite=True)
+  assert json.loads((out / "a.json").read_text())["seed"] == 3
+
+
+def test_batch_files_are_read_whole_first_and_long_prompts_warned(workdir, tmp_path, caplog):
+  batch = tmp_path / "requests.jsonl"
+  batch.write_text('{"face": "f.png", "prompt": "x"}\n\n{"face": "f.png", prompt: 1}\n')
+  with pytest.raises(ValueError, match="line 3: not valid JSON"):
+    sampling.read_requests(str(batch))
+  batch.write_text('{"face": "f.png", "prompt": "x"}\n["not", "an", "object"]\n')
+  with pytest.raises(ValueError, match="line 2: not a JSON object"):
+    sampling.read_requests(str(batch))
+  long = " ".join(["nod"] * 40)  # runlocal keeps 16 tokens
+  with caplog.at_level(logging.WARNING):
+    sampling.generate(str(workdir / "run"), [dict(face=str(workdir / "face.png"),
+                                                  prompt=long)],
+                      str(tmp_path / "out"), face_is_crop=True)
+  assert "24 of its 40 tokens" in caplog.text

@@ -63,3 +63,17 @@ def prompt_fields(config, prompts: list[str]) -> dict[str, np.ndarray]:
   if t.encoder == "none":
     return {}
   return dict(text_ids=HashTokenizer(t.vocab_size, t.max_len)(prompts))
+
+
+def prompt_tokens(config, prompt: str) -> int:
+  """How many tokens the text encoder makes of ``prompt`` before truncation to
+  ``text.max_len`` (0 without a text encoder)."""
+  t = config.text
+  if t.encoder == "precomputed":
+    from video_dit.models import text  # pylint: disable=g-import-not-at-top
+    tokenizer = text.minilm().tokenizer
+    tokenizer.no_truncation()
+    return len(tokenizer.encode(prompt).ids)
+  if t.encoder == "none":
+    return 0
+  return len(HashTokenizer(t.vocab_size, t.max_len).words(prompt))

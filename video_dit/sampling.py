@@ -15,10 +15,12 @@ import json
 import os
 from typing import Callable
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from video_dit import conditions, video_io
 from video_dit import metrics as metrics_lib
@@ -58,37 +60,99 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   return jax.jit(sample)
 
 
+def min_face_side(size: int) -> int:
+  """The smallest face (crop side, or detected box side) worth upsampling to ``size``."""
+  return max(16, size // 2)
+
+
 def load_face(path: str, size: int, is_crop: bool = False) -> np.ndarray:
   """The reference face as a (size, size, 3) uint8 crop.
 
   A photo goes through face detection and a square crop around the largest face;
   ``is_crop`` takes the image as an already-cropped face (e.g. synthetic faces,
-  which a photo face detector does not see).
+  which a photo face detector does not see). A face smaller than
+  ``min_face_side(size)`` pixels, an unreadable image and one over PIL's
+  decompression-bomb limit are errors that say so.
   """
   try:
     with open(path, "rb") as f:
       image = video_io.decode_image(f.read())
+  except Image.DecompressionBombError as e:
+    raise ValueError(f"the face image {path} is too large to decode safely ({e}); use a "
+                     "smaller photo") from e
   except (OSError, ValueError) as e:
     raise ValueError(f"cannot read the face image {path}: {e}") from e
+  least = min_face_side(size)
   if is_crop:
+    h, w = image.shape[:2]
+    if min(h, w) < least:
+      raise ValueError(f"the face crop {path} is {w}x{h} px; this model needs at least "
+                       f"{least} px per side (it sees {size}x{size}); use a larger crop")
     return faces.square_resize(image, size)
   boxes = faces.detect_faces(image)
   if not boxes:
     raise ValueError(f"no face found in {path}; use a photo with a clear frontal face, or "
                      "pass --face_is_crop if the image is already a face crop")
+  if min(boxes[0][2:]) < least:
+    raise ValueError(f"the face in {path} is {boxes[0][2]}x{boxes[0][3]} px; this model "
+                     f"needs at least {least} px per side; use a closer or larger photo")
   return faces.crop_face(image, boxes[0], size)
 
 
-def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
-             sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
-             face_is_crop: bool = False) -> list[dict]:
-  """Samples one video per request ``{face, prompt, seed}`` and writes, per sample,
-  ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``."""
+def read_requests(path: str) -> list[dict]:
+  """A batch file (JSON lines of {face, prompt, seed, name}), read whole: a malformed
+  line is an error naming it, before anything is sampled."""
+  requests = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        request = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {n}: not valid JSON ({e.msg})") from e
+      if not isinstance(request, dict):
+        raise ValueError(f"{path} line {n}: not a JSON object with face, prompt, seed, name")
+      requests.append(request)
+  return requests
+
+
+def _check_requests(requests: list[dict]) -> list[tuple[int, str]]:
+  """(seed, output name) per request; raises naming the first bad request."""
+  out = []
   for i, r in enumerate(requests):
     if not str(r.get("prompt", "")).strip():
       raise ValueError(f"request {i}: the prompt is empty; describe the action to generate")
     if not r.get("face"):
       raise ValueError(f"request {i}: no face image given")
+    seed = r.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not str(seed).isdigit():
+      raise ValueError(f"request {i}: seed {seed!r} is not a non-negative whole number")
+    seed = int(seed)
+    name = str(r.get("name") or f"sample_{i:03d}_seed{seed}")
+    if name in (".", "..") or os.path.basename(name) != name or os.sep in name or "/" in name:
+      raise ValueError(f"request {i}: name {name!r} must be a plain file name (no folders): "
+                       "outputs are written inside --out")
+    out.append((seed, name))
+  return out
+
+
+def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
+             sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
+             face_is_crop: bool = False, overwrite: bool = False) -> list[dict]:
+  """Samples one video per request ``{face, prompt, seed, name}`` and writes, per sample,
+  ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``.
+
+  Every request, the sampler settings and the face images are checked before anything
+  is sampled or written; existing outputs are an error unless ``overwrite``.
+  """
+  seeds_names = _check_requests(requests)
+  for _, name in seeds_names:
+    for ext in (".mp4", ".gif", ".png", ".json"):
+      path = os.path.join(out_dir, name + ext)
+      if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another --out or name, or pass "
+                              "--overwrite to replace it")
   restored = workdir_lib.load(workdir, step, ema)
   config, params, step = restored.config, restored.params, restored.step
   overrides = {k: v for k, v in (sampler or {}).items() if v is not None}
@@ -102,6 +166,11 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   sampler_cfg = built.sampler
   face_size = config.identity.face_size
   face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
+  for r in requests:
+    tokens = conditions.prompt_tokens(config, r["prompt"])
+    if tokens > config.text.max_len:
+      logging.warning("prompt %r: %d of its %d tokens are dropped (text.max_len=%d)",
+                      r["prompt"], tokens - config.text.max_len, tokens, config.text.max_len)
   calls = sampler_cfg.model_calls
   bar = {"progress": None, "done": 0}
 
@@ -114,8 +183,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
   os.makedirs(out_dir, exist_ok=True)
   written = []
-  for i, (r, crop) in enumerate(zip(requests, face_crops)):
-    seed = int(r.get("seed", 0))
+  for r, crop, (seed, name) in zip(requests, face_crops, seeds_names):
     cond = {**conditions.prompt_fields(config, [r["prompt"]]),
             "face": video_io.to_unit(crop[None])}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
@@ -124,7 +192,6 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
       video = codec.decode(jax.device_get(video))
     video = video_io.to_uint8(video[0])
     bar["progress"].close()
-    name = r.get("name") or f"sample_{i:03d}_seed{seed}"
     prefix = os.path.join(out_dir, name)
     fps = float(config.sample.get("fps", 8.0))  # checkpoints from before sample.fps
     paths = video_io.write_sample(prefix, video, crop, fps)
