@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -210,6 +211,9 @@ def test_sigkill_resumes_bit_exact_and_sigterm_saves(data_dir, tmp_path):
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0 and "resumed from" in out.stdout + out.stderr
   assert _digest(killed) == _digest(straight)
+  # The replayed steps are logged once: the metrics are the uninterrupted run's.
+  assert _losses(killed) == _losses(straight)
+  assert not os.path.exists(os.path.join(killed, "train.lock"))  # released at the end
 
   termed = str(tmp_path / "termed")
   proc = subprocess.Popen(_train_cmd(termed, data_dir, total), cwd=REPO, env=_env(),
@@ -223,6 +227,39 @@ def test_sigkill_resumes_bit_exact_and_sigterm_saves(data_dir, tmp_path):
   assert 0 < saved < total  # it stopped early, on a checkpoint of the step it reached
   step, state = checkpoint.load_host(os.path.join(termed, "checkpoints"))
   assert step == saved and int(state["step"]) == saved
+
+
+def test_a_second_trainer_on_the_same_workdir_refuses(data_dir, tmp_path):
+  config = _config(data_dir, total_steps=2)
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("theirs")
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    (workdir / "train.lock").write_text(json.dumps(dict(
+        pid=holder.pid, host=socket.gethostname(), started="2026-11-30T00:00:00Z")))
+    with pytest.raises(RuntimeError, match=f"in use by another trainer \\(pid {holder.pid}"):
+      train.train_and_evaluate(config, str(workdir), ONE)
+    assert (workdir / "config.json").read_text() == "theirs"  # nothing was touched
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is gone: its lock is stale and the next trainer takes over.
+  train.train_and_evaluate(config, str(workdir), ONE)
+  assert checkpoint.steps(str(workdir / "checkpoints")) == [2]
+  assert not (workdir / "train.lock").exists()
+
+
+def test_metrics_rows_after_the_restored_step_are_dropped(tmp_path):
+  from video_dit import metrics  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(dict(step=s, loss=1.0 / s)) + "\n" for s in (5, 10, 15))
+                  + '{"step": 20, "lo')  # a torn last line
+  writer = metrics.MetricWriter(str(tmp_path), after=10)
+  writer.write(15, dict(loss=0.5))
+  writer.close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r["step"] for r in rows] == [5, 10, 15] and rows[-1]["loss"] == 0.5
 
 
 def test_periodic_samples_are_written(data_dir, tmp_path):

@@ -17,13 +17,17 @@ import jax
 class MetricWriter:
   """Writes scalars to metrics.jsonl and TensorBoard; a no-op on processes > 0."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, after: int | None = None):
+    """``after``: a resumed run's start step; rows of later steps are dropped first."""
     self.enabled = jax.process_index() == 0
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if after is not None and os.path.exists(path):
+      _drop_rows_after(path, after)
+    self._jsonl = open(path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -47,6 +51,26 @@ class MetricWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites ``path`` (atomically) without the rows of steps > ``step`` (and without a
+  torn last line)."""
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if row.get("step", 0) <= step:
+      keep.append(json.dumps(row) + "\n")
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
 
 
 class Progress:

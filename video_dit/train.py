@@ -230,6 +230,17 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   task = validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.data.batch_size, mesh)
+  lock = workdir_lib.Lock(workdir)
+  if jax.process_index() == 0:  # one trainer per workdir (the processes of one run share it)
+    lock.acquire()
+  try:
+    return _train(config, task, mesh, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
+  """The loop of ``train_and_evaluate``, under the workdir's lock."""
   os.makedirs(workdir, exist_ok=True)
   config_json = config.to_json_best_effort(sort_keys=True, indent=2)
   if jax.process_index() == 0:
@@ -251,7 +262,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
                          donate_argnums=0)
 
   flops_per_step, tokens_per_step = task.step_rates()
-  writer, progress = MetricWriter(workdir), Progress(config.total_steps, start)
+  # Rows after the restored step were written by a run that died before its next
+  # checkpoint: this run replays those steps, so their rows go.
+  writer, progress = MetricWriter(workdir, after=start), Progress(config.total_steps, start)
   samples = task.periodic(mesh, workdir)
   t_last, steps_since = time.perf_counter(), 0
   with _Preemption() as preempt:

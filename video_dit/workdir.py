@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -81,6 +83,77 @@ def load(workdir: str, step: int | None = None, ema: bool = True) -> Restored:
   _, state = checkpoint.load_host(checkpoint_dir(workdir), step)
   params = state["ema_params" if ema else "params"]
   return Restored(config, model, params, step, checkpoint.digest(params), ema)
+
+
+# ----------------------------------------------------------------------------- lock
+
+LOCK_FILE = "train.lock"
+
+
+class Lock:
+  """``W/train.lock``: one trainer per workdir. It holds the trainer's pid, host and
+  start time; a second trainer refuses, naming the holder. A lock whose process is
+  gone (same host) is stale and taken over."""
+
+  def __init__(self, workdir_path: str):
+    self.path = os.path.join(workdir_path, LOCK_FILE)
+    self.held = False
+
+  def holder(self) -> dict | None:
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  @staticmethod
+  def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+      return True  # cannot tell from here: assume it runs
+    try:
+      os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+      return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+      return True
+    return True
+
+  def acquire(self) -> "Lock":
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self.holder()
+        if holder is not None and self._alive(holder):
+          raise RuntimeError(
+              f"{os.path.dirname(self.path)} is in use by another trainer (pid "
+              f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}); "
+              f"wait for it or stop it, or use another --workdir. If that process is gone, "
+              f"delete {self.path}.") from None
+        print(f"taking over the stale lock {self.path} ({holder})", flush=True)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(pid=os.getpid(), host=socket.gethostname(),
+                       started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), f)
+      self.held = True
+      return self
+    raise RuntimeError(f"could not take {self.path}; another trainer keeps taking it")
+
+  def release(self) -> None:
+    if self.held and (self.holder() or {}).get("pid") == os.getpid():
+      os.remove(self.path)
+    self.held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
 
 
 # ----------------------------------------------------------------------------- latent codec
