@@ -84,9 +84,19 @@ def load_examples(config, split: str, num_videos: int) -> dict:
   c.data.batch_size = n
   batch = jax.tree.map(np.asarray, next(iter(pipeline.make_dataset(
       c, split, train=False, process_index=0, process_count=1, source=source))))
-  captions = [source[i]["caption"] for i in range(n)]
-  batch["caption"] = [x.decode() if isinstance(x, bytes) else str(x) for x in captions]
+  text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
+  batch["caption"] = [text(source[i]["caption"]) for i in range(n)]
+  batch["identity_name"] = [text(source[i]["identity"]) for i in range(n)]
   return batch
+
+
+def identity_ids(batch: dict) -> np.ndarray:
+  """Each example's identity as an integer: the synthetic identity index, or (real data,
+  whose records store index -1) the record's identity name."""
+  index = np.asarray(batch["identity_index"])
+  if (index >= 0).all():
+    return index
+  return np.unique(np.asarray(batch["identity_name"]), return_inverse=True)[1].reshape(-1)
 
 
 def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed: int,
@@ -124,6 +134,13 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
 def identity_metrics(config, gen, real, faces, identities, probe_path, train_probes, log):
   """(metrics, per-frame embeddings of gen and real or None)."""
   other = mismatched_index(identities)
+  out, embeds = _identity_metrics(config, gen, real, faces, identities, other, probe_path,
+                                  train_probes, log)
+  return dict(out, identities=int(len(np.unique(identities)))), embeds
+
+
+def _identity_metrics(config, gen, real, faces, identities, other, probe_path, train_probes,
+                      log):
   if config.data.dataset == "synthetic_faces":
     probe = probes_lib.load_or_train(config, "identity", probe_path, train=train_probes, log=log)
     verification = dict(probe.scores)
@@ -201,7 +218,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   model, diffusion, sampler_cfg = dit.model, dit.diffusion, dit.sampler
   batch = load_examples(config, split, num_videos)
   real, faces = video_io.to_uint8(batch["video"]), video_io.to_uint8(batch["face"])
-  identities, actions = batch["identity_index"], batch["action"]
+  identities, actions = identity_ids(batch), batch["action"]
   log(f"evaluating step {step} of {workdir} on {len(real)} '{split}' examples "
       f"({len(np.unique(identities))} identities)")
   timings = {}

@@ -13,6 +13,7 @@ import functools
 import os
 
 import numpy as np
+from PIL import Image
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,10 +31,19 @@ def _dlib():
               os.path.join(models, "dlib_face_recognition_resnet_model_v1.dat")))
 
 
+MIN_SIDE = 256  # dlib's HOG detector misses faces under ~80 px: small frames are upscaled
+
+
 def embed_face(image_hwc: np.ndarray, upsample: int = 1) -> np.ndarray | None:
-  """The 128-d descriptor of the largest face in a uint8 RGB image, or None."""
+  """The 128-d descriptor of the largest face in a uint8 RGB image, or None. Images
+  whose short side is under ``MIN_SIDE`` are upscaled (bicubic, a whole factor) first,
+  so faces in small generated frames (64 px) are found."""
   detector, landmarks, recognizer = _dlib()
   image = np.ascontiguousarray(image_hwc, dtype=np.uint8)
+  factor = -(-MIN_SIDE // min(image.shape[:2]))
+  if factor > 1:
+    image = np.asarray(Image.fromarray(image).resize(
+        (image.shape[1] * factor, image.shape[0] * factor), Image.BICUBIC))
   boxes = detector(image, upsample)
   if not len(boxes):
     return None
