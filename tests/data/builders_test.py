@@ -100,7 +100,7 @@ def _write_folder(root):
   (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
   return [None, None, "unreadable or corrupt video", "fewer than the 8 asked",
           "unreadable or corrupt video", "face image faces/nope.png is missing",
-          "no face found", "empty caption", "escapes the dataset root", "has no consent",
+          "no face found", "empty caption", "escapes the dataset root", "refused consent",
           "duplicate record", "not valid JSON"]
 
 
@@ -176,3 +176,34 @@ def test_an_empty_split_is_reported_not_fatal(tmp_path):
   assert "built: 1 records (train 1)" in out.stdout
   assert "empty splits: test" in out.stdout and "line 1: unreadable or corrupt" in out.stdout
   assert len(builders.data_source(f"{tmp_path}/data", "train")) == 1
+
+
+def test_consent_is_per_person_and_stored_with_each_record(tmp_path):
+  _write_folder(tmp_path / "root")
+  ok = dict(caption="a person nods", face="faces/p1.png", video="clips/good.mp4")
+  lines = [dict(ok, identity="yes", consent=True, end=1.5),
+           dict(ok, identity="yes", end=1.45),                   # inherits the person's yes
+           dict(ok, identity="refuses", consent=True, end=1.4),
+           dict(ok, identity="refuses", consent=False, end=1.35),  # one no stops them all
+           dict(ok, identity="unsaid", end=1.3)]                 # no statement at all
+  (tmp_path / "root/manifest.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+
+  def build(name, **options):
+    b = builders.VideoFolder(data_dir=str(tmp_path / name),
+                             manifest=str(tmp_path / "root/manifest.jsonl"),
+                             options=builders.FolderOptions(test_fraction=0.0, **options))
+    return b.prepare(), lambda: builders.data_source(str(tmp_path / name), "train")
+
+  report, source = build("strict")
+  reasons = {s["record"]: s["reason"] for s in report["skipped"]}
+  assert report["built"] == {"train": 2}
+  assert set(reasons) == {"line 3", "line 4", "line 5"}
+  assert "'refuses' refused consent (line 4)" in reasons["line 3"]
+  assert "'unsaid' has no consent" in reasons["line 5"]
+  records = source()
+  assert {(r["identity"], r["consent"]) for r in records} == {(b"yes", b"given")}
+  # --allow_missing_consent admits a person who said nothing, never one who said no.
+  report, source = build("lenient", allow_missing_consent=True)
+  assert report["built"] == {"train": 3}
+  stored = {r["identity"]: r["consent"] for r in source()}
+  assert stored == {b"yes": b"given", b"unsaid": b"missing (admitted by --allow_missing_consent)"}

@@ -47,7 +47,13 @@ def _features() -> tfds.features.FeaturesDict:
       "action": tfds.features.Scalar(dtype=np.int64),
       "fps": tfds.features.Scalar(dtype=np.float32),
       "key": tfds.features.Text(),
+      "consent": tfds.features.Text(),  # the person's consent, as the build found it
   })
+
+
+CONSENT_GIVEN = "given"
+CONSENT_ADMITTED = "missing (admitted by --allow_missing_consent)"
+CONSENT_SYNTHETIC = "synthetic identity (no real person)"
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -145,7 +151,8 @@ class SyntheticFaces(_Builder):
           frames=np.asarray(video_io.encode_frames(ex["video"], "png"), dtype=object),
           face=video_io.encode_frames(ex["face"][None], "png")[0],
           caption=ex["caption"], identity=f"id{ex['identity']:06d}",
-          identity_index=ex["identity"], action=ex["action"], fps=8.0, key=ex["key"])
+          identity_index=ex["identity"], action=ex["action"], fps=8.0, key=ex["key"],
+          consent=CONSENT_SYNTHETIC)
 
 
 # ----------------------------------------------------------------------------- folder
@@ -208,8 +215,13 @@ class VideoFolder(_Builder):
     return getattr(self, "_candidates", {"train", "test"})
 
   def _records(self) -> Iterator[tuple[str, dict]]:
-    """Valid manifest entries; everything else is reported and skipped."""
-    seen = {}
+    """Valid manifest entries; everything else is reported and skipped.
+
+    Consent is per person: an identity's clips are built only if one of its records
+    says ``"consent": true`` and none says false. ``--allow_missing_consent`` admits
+    identities with no statement at all, never one that refused.
+    """
+    entries = []
     with open(self.manifest, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
         where = f"line {n}"
@@ -220,16 +232,31 @@ class VideoFolder(_Builder):
         except json.JSONDecodeError as e:
           self._skip(where, f"not valid JSON ({e.msg})")
           continue
-        problem = self._check(rec)
-        if problem:
-          self._skip(where, problem)
-          continue
-        ident = (rec["video"], rec.get("start"), rec.get("end"))
-        if ident in seen:
-          self._skip(where, f"duplicate record (same video and times as {seen[ident]})")
-          continue
-        seen[ident] = where
-        yield where, rec
+        entries.append((where, rec))
+    consent = _consent_by_identity(entries)
+    seen = {}
+    for where, rec in entries:
+      problem = self._check(rec) or self._check_consent(rec, consent)
+      if problem:
+        self._skip(where, problem)
+        continue
+      ident = (rec["video"], rec.get("start"), rec.get("end"))
+      if ident in seen:
+        self._skip(where, f"duplicate record (same video and times as {seen[ident]})")
+        continue
+      seen[ident] = where
+      yield where, dict(rec, consent=(CONSENT_GIVEN if consent.get(str(rec["identity"])) is True
+                                      else CONSENT_ADMITTED))
+
+  def _check_consent(self, rec: dict, consent: dict) -> str | None:
+    state = consent.get(str(rec["identity"]))
+    if isinstance(state, str):  # refused: the line that says so
+      return (f"identity '{rec['identity']}' refused consent ({state}); none of its clips "
+              "is built")
+    if state is None and not self.options.allow_missing_consent:
+      return (f"identity '{rec['identity']}' has no consent (\"consent\": true on one of its "
+              "records); fix the manifest or pass --allow_missing_consent")
+    return None
 
   def _check(self, rec: Any) -> str | None:
     if not isinstance(rec, dict):
@@ -239,9 +266,6 @@ class VideoFolder(_Builder):
         return f"missing field '{field}'"
     if not str(rec["caption"]).strip():
       return "empty caption"
-    if rec.get("consent") is not True and not self.options.allow_missing_consent:
-      return (f"identity '{rec['identity']}' has no consent (\"consent\": true); "
-              "fix the manifest or pass --allow_missing_consent")
     for field in ("video", "face"):
       if field in rec and not self._inside_root(rec[field]):
         return f"{field} path '{rec[field]}' escapes the dataset root {self.root}"
@@ -303,7 +327,24 @@ class VideoFolder(_Builder):
         face=video_io.encode_frames(face[None], "png")[0],
         caption=str(rec["caption"]).strip(), identity=identity,
         identity_index=-1, action=-1, fps=fps,
-        key=f"{rec['video']}@{rec.get('start', 0)}")
+        key=f"{rec['video']}@{rec.get('start', 0)}", consent=rec["consent"])
+
+
+def _consent_by_identity(entries) -> dict[str, Any]:
+  """identity -> True (some record consents, none refuses), 'line N' (the first record
+  that refuses), or absent (no record says)."""
+  out: dict[str, Any] = {}
+  for where, rec in entries:
+    if not isinstance(rec, dict) or "identity" not in rec or "consent" not in rec:
+      continue
+    identity = str(rec["identity"])
+    if rec["consent"] is not True:  # false, or anything that is not a plain yes
+      out.setdefault(identity, where)
+      if out[identity] is True:
+        out[identity] = where
+    else:
+      out.setdefault(identity, True)
+  return out
 
 
 class _Skip(Exception):
@@ -357,7 +398,8 @@ class LatentCache(_Builder):
       for rec, z in zip(records, self.encode(records)):
         z = np.asarray(z, np.float16)
         self.report["built"][split] += 1
-        out = {k: rec[k] for k in _features().keys()}
+        out = {k: rec[k] for k in _features().keys() if k in rec}
+        out.setdefault("consent", "unknown (source built before consent was stored)")
         out.update(latents=z.tobytes(), latent_shape=np.asarray(z.shape, np.int64))
         key = rec["key"].decode() if isinstance(rec["key"], bytes) else str(rec["key"])
         yield key, out

@@ -65,7 +65,8 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
   return dict(flops_per_sample=flops, dit_flops_per_sample=dit_flops,
               decode_flops_per_sample=decode_flops, matmul_flops_per_sample=matmul,
               seconds_per_sample=seconds,
-              decode_seconds_per_sample=float(np.median(decode_times)) / shape[0],
+              decode_seconds_per_sample=(float(np.median(decode_times)) / shape[0]
+                                         if codec is not None else 0.0),
               video_seconds_per_sample=video_seconds,
               seconds_per_video_second=seconds / video_seconds,
               tflops_per_video_second=flops / video_seconds / 1e12,
