@@ -207,3 +207,53 @@ def test_consent_is_per_person_and_stored_with_each_record(tmp_path):
   assert report["built"] == {"train": 3}
   stored = {r["identity"]: r["consent"] for r in source()}
   assert stored == {b"yes": b"given", b"unsaid": b"missing (admitted by --allow_missing_consent)"}
+
+
+def test_malformed_manifest_lines_and_odd_files_are_skipped_with_reasons(tmp_path):
+  _write_folder(tmp_path / "root")
+  root = tmp_path / "root"
+  os.mkfifo(root / "clips/pipe.mp4")  # would hang a reader
+  ok = dict(caption="a person nods", identity="p1", consent=True, face="faces/p1.png")
+  lines = [json.dumps(dict(ok, video="clips/good.mp4")).encode(),            # 1 built
+           b'{"video": "clips/good.mp4", "caption": "caf\xe9", "identity": "p1"}',  # 2
+           json.dumps(dict(ok, video=7)).encode(),                           # 3
+           json.dumps(dict(ok, video="clips/good.mp4", start="soon")).encode(),  # 4
+           json.dumps(dict(ok, video="clips/good.mp4", end=None)).encode(),  # 5
+           json.dumps(dict(ok, video="clips/good.mp4", start=1.0, end=0.5)).encode(),  # 6
+           json.dumps(dict(ok, video="clips/pipe.mp4")).encode(),            # 7
+           json.dumps(dict(ok, video="./clips/good.mp4")).encode(),          # 8 same file
+           json.dumps(dict(ok, video="clips/good.mp4", start=0.25)).encode()]  # 9 built
+  (root / "manifest.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+  report = builders.VideoFolder(
+      data_dir=str(tmp_path / "data"), manifest=str(root / "manifest.jsonl"),
+      options=builders.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0)).prepare()
+  reasons = {s["record"]: s["reason"] for s in report["skipped"]}
+  assert report["built"] == {"train": 2}, reasons
+  assert "not UTF-8" in reasons["line 2"]
+  assert "'video' must be a string" in reasons["line 3"]
+  assert "'start' must be a number" in reasons["line 4"]
+  assert "'end' must be a number" in reasons["line 5"]
+  assert "start=1.0 is not before end=0.5" in reasons["line 6"]
+  assert "not a regular file" in reasons["line 7"]
+  assert "duplicate record" in reasons["line 8"]
+
+
+def test_a_clip_replaced_in_place_rebuilds_and_leaves_one_dataset(tmp_path):
+  _write_folder(tmp_path / "root")
+  root = tmp_path / "root"
+  ok = dict(caption="a person nods", identity="p1", consent=True, face="faces/p1.png")
+  (root / "manifest.jsonl").write_text(json.dumps(dict(ok, video="clips/good.mp4")) + "\n")
+  make = lambda: builders.VideoFolder(data_dir=str(tmp_path / "data"),
+                                      manifest=str(root / "manifest.jsonl"),
+                                      options=builders.FolderOptions(test_fraction=0.0))
+  first = make()
+  first.prepare()
+  frames = len(builders.data_source(str(tmp_path / "data"), "train")[0]["frames"])
+  # The same name, other content (the manifest is unchanged): a new build, not the old one.
+  clip, _ = video_io.read_video(str(root / "clips/good.mp4"))
+  video_io.write_video(str(root / "clips/good.mp4"), clip[:9], fps=8)
+  second = make()
+  assert second.data_path != first.data_path
+  second.prepare()
+  assert builders.find_dataset(str(tmp_path / "data")) == str(second.data_path)  # only one
+  assert len(builders.data_source(str(tmp_path / "data"), "train")[0]["frames"]) == 9 != frames

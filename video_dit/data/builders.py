@@ -23,7 +23,10 @@ import collections
 import dataclasses
 import glob
 import json
+import math
 import os
+import shutil
+import stat
 import zlib
 from typing import Any, Iterator
 
@@ -194,8 +197,8 @@ class VideoFolder(_Builder):
     if os.path.isfile(self.manifest):
       with open(self.manifest, "rb") as f:
         content = f.read()
-    digest = zlib.crc32(json.dumps([self.manifest, dataclasses.asdict(options)]).encode()
-                        + content)
+    digest = zlib.crc32(json.dumps([self.manifest, dataclasses.asdict(options),
+                                    self._file_stamps(content)]).encode() + content)
     config = tfds.core.BuilderConfig(name=f"{os.path.basename(self.root) or 'root'}_{digest:08x}")
     super().__init__(data_dir=data_dir, config=config)
 
@@ -214,6 +217,41 @@ class VideoFolder(_Builder):
   def candidate_splits(self) -> set[str]:
     return getattr(self, "_candidates", {"train", "test"})
 
+  def _file_stamps(self, content: bytes) -> list:
+    """(path, size, mtime) of every file the manifest names: a clip replaced in place
+    makes a new build, not a reuse of the stale one."""
+    stamps = []
+    for line in content.splitlines():
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        continue
+      for field in ("video", "face"):
+        path = rec.get(field) if isinstance(rec, dict) else None
+        if isinstance(path, str):
+          try:
+            st = os.stat(os.path.join(self.root, path))
+            stamps.append([path, st.st_size, st.st_mtime_ns])
+          except OSError:
+            stamps.append([path, None, None])
+    return stamps
+
+  def prepare(self) -> dict[str, Any]:
+    """Builds (see ``_Builder.prepare``); a new build replaces this manifest's older
+    builds in ``data_dir``, so the folder holds one dataset."""
+    existed = self.is_prepared()
+    report = super().prepare()
+    if not existed and sum(report["built"].values()):
+      current = os.path.realpath(str(self.data_path))
+      for old in glob.glob(os.path.join(str(self.data_dir_root), self.name, "*", "*")):
+        if os.path.realpath(old) != current and os.path.isfile(
+            os.path.join(old, "dataset_info.json")):
+          print(f"removing the older build {old} (its manifest or clips changed)", flush=True)
+          shutil.rmtree(old)
+          if not os.listdir(os.path.dirname(old)):
+            os.rmdir(os.path.dirname(old))
+    return report
+
   def _records(self) -> Iterator[tuple[str, dict]]:
     """Valid manifest entries; everything else is reported and skipped.
 
@@ -222,9 +260,15 @@ class VideoFolder(_Builder):
     identities with no statement at all, never one that refused.
     """
     entries = []
-    with open(self.manifest, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
+    with open(self.manifest, "rb") as f:
+      for n, raw in enumerate(f, 1):
         where = f"line {n}"
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          self._skip(where, f"not UTF-8 text ({e.reason} at byte {e.start}); save the "
+                     "manifest as UTF-8")
+          continue
         if not line.strip():
           continue
         try:
@@ -240,7 +284,8 @@ class VideoFolder(_Builder):
       if problem:
         self._skip(where, problem)
         continue
-      ident = (rec["video"], rec.get("start"), rec.get("end"))
+      ident = (os.path.realpath(os.path.join(self.root, rec["video"])), rec.get("start"),
+               rec.get("end"))
       if ident in seen:
         self._skip(where, f"duplicate record (same video and times as {seen[ident]})")
         continue
@@ -264,11 +309,28 @@ class VideoFolder(_Builder):
     for field in ("video", "caption", "identity"):
       if field not in rec:
         return f"missing field '{field}'"
-    if not str(rec["caption"]).strip():
+    for field in ("video", "caption", "face"):
+      if field in rec and not isinstance(rec[field], str):
+        return f"'{field}' must be a string, not {json.dumps(rec[field])}"
+    if not isinstance(rec["identity"], (str, int)) or isinstance(rec["identity"], bool):
+      return f"'identity' must be a string, not {json.dumps(rec['identity'])}"
+    for field in ("start", "end"):
+      if field in rec and (isinstance(rec[field], bool)
+                           or not isinstance(rec[field], (int, float))
+                           or not math.isfinite(rec[field]) or rec[field] < 0):
+        return (f"'{field}' must be a number of seconds >= 0, not "
+                f"{json.dumps(rec[field])}")
+    if rec.get("start", 0) >= rec.get("end", math.inf):
+      return f"start={rec.get('start', 0)} is not before end={rec['end']}"
+    if not rec["caption"].strip():
       return "empty caption"
     for field in ("video", "face"):
       if field in rec and not self._inside_root(rec[field]):
         return f"{field} path '{rec[field]}' escapes the dataset root {self.root}"
+    for field in ("video", "face"):
+      path = os.path.join(self.root, rec[field]) if field in rec else None
+      if path and os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        return f"{field} '{rec[field]}' is not a regular file (a pipe, device or folder)"
     return None
 
   def _inside_root(self, path: str) -> bool:
