@@ -96,7 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Condition dropout for guidance; 'stop' or 'skip' the update on a non-finite loss.
   c.train = dict(log_every=50, text_drop=0.1, id_drop=0.1, both_drop=0.1, nonfinite="stop")
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.ckpt = dict(every_steps=1000, keep=3, init_from="")
+  c.ckpt = dict(every_steps=1000, keep=3, init_from="",
+                on_corrupt="stop")  # or "previous": resume from the last step that verifies
   return c
 
 

@@ -1,7 +1,13 @@
-r"""Lists a workdir's checkpoints, the parameter tree and a stable parameter digest.
+r"""Lists a workdir's checkpoints, the parameter tree and stable digests; verifies them.
 
   python -m tools.inspect_checkpoint --workdir=W [--step=N] [--digest]
+  python -m tools.inspect_checkpoint --workdir=W --verify   # every step against its digests
+
+--verify exits 1 when a checkpoint cannot be read or differs from the digests saved
+with it, naming the step and the item.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -13,10 +19,29 @@ from video_dit import checkpoint, cli, workdir
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Step to inspect; default: the latest.")
 _DIGEST = flags.DEFINE_bool("digest", False, "Print only the parameter digest.")
+_VERIFY = flags.DEFINE_bool("verify", False,
+                            "Check every step against the digests saved with it.")
+
+
+def verify_all(workdir_path: str) -> bool:
+  """Prints one line per step; True when every step verifies."""
+  directory = workdir.checkpoint_dir(workdir_path)
+  good = True
+  for step in workdir.steps(workdir_path):
+    try:
+      checkpoint.load_host(directory, step)
+      print(f"step {step}: ok")
+    except checkpoint.CorruptCheckpoint as e:
+      print(f"step {step}: CORRUPT: {e}")
+      good = False
+  return good
 
 
 def main(argv):
   cli.setup(argv)
+  if _VERIFY.value:
+    workdir.resolve_step(_WORKDIR.value)  # a clear error when there is nothing to verify
+    sys.exit(0 if verify_all(_WORKDIR.value) else 1)
   step = workdir.resolve_step(_WORKDIR.value, _STEP.value)
   directory = workdir.checkpoint_dir(_WORKDIR.value)
   _, state = checkpoint.load_host(directory, step)

@@ -1,5 +1,10 @@
 """Orbax checkpoints: train state + EMA + RNG, data-iterator position, config.
 
+Every save stores a digest of each item (parameters, EMA, optimizer state, step,
+RNG, data position); every restore verifies them, so a checkpoint whose files changed
+or broke after saving stops with one line naming the step and the item
+(``CorruptCheckpoint``) instead of training or sampling from garbage.
+
 Saves are asynchronous (the train loop only waits for the device -> host copy)
 and atomic (orbax writes a temporary folder and renames it when complete, so a
 crash never leaves a checkpoint that ``latest_step`` would return). Restores
@@ -10,6 +15,7 @@ one error naming the first mismatched path and both shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +49,8 @@ def _manager(directory: str, keep: int | None = None,
       os.path.abspath(directory), options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "data": ocp.JsonCheckpointHandler(),
-                     "config": ocp.JsonCheckpointHandler()})
+                     "config": ocp.JsonCheckpointHandler(),
+                     "digests": ocp.JsonCheckpointHandler()})
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -62,12 +69,14 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict | None, config_json: str) -> bool:
-    """Starts an async save of ``step`` (the caller decides when one is due)."""
+    """Starts an async save of ``step`` (the caller decides when one is due), with a
+    digest of every item so that a restore can prove the files intact."""
     return self.manager.save(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
-            config=ocp.args.JsonSave(json.loads(config_json))),
+            config=ocp.args.JsonSave(json.loads(config_json)),
+            digests=ocp.args.JsonSave(state_digests(state, data_state or {}))),
         force=True)
 
   def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
@@ -118,17 +127,82 @@ def check_compatible(saved_tree, target_tree, what: str) -> None:
           "use a workdir (or ckpt.init_from) made with the same model config.")
 
 
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose files cannot be read or do not match their stored digests."""
+
+
+def _items(state) -> dict[str, Any]:
+  """The top-level items of a train state (a TrainState or its saved dict)."""
+  if isinstance(state, dict):
+    return dict(state)
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+def state_digests(state, data_state: dict) -> dict[str, str]:
+  """A digest per item (params, ema_params, opt_state, step, rng, and the data-iterator
+  state); {} when this process cannot see every array (multi-process meshes)."""
+  if not all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(state)):
+    return {}
+  out = {name: digest(item, ordered=True) for name, item in _items(state).items()}
+  out["data"] = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()[:16]
+  return out
+
+
+def _saved_digests(manager, step: int) -> dict[str, str]:
+  if "digests" not in (manager.item_metadata(step) or {}):
+    return {}  # saved before checkpoints carried digests: nothing to check against
+  return dict(manager.restore(step, args=ocp.args.Composite(
+      digests=ocp.args.JsonRestore()))["digests"] or {})
+
+
+def _first_line(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def verify(directory: str, step: int, state, data_state: dict, manager=None) -> None:
+  """Raises CorruptCheckpoint naming the first item whose digest differs."""
+  if manager is None:
+    with _manager(directory, read_only=True) as m:
+      return verify(directory, step, state, data_state, m)
+  saved = _saved_digests(manager, step)
+  if not saved:
+    return
+  now = state_digests(state, data_state)
+  for name in sorted(set(saved) & set(now)):
+    if saved[name] != now[name]:
+      raise CorruptCheckpoint(f"checkpoint step {step} in {directory}: '{name}' does not "
+                              f"match its stored digest (the files changed after saving)")
+
+
 def restore(directory: str, step: int, abstract_state) -> tuple[Any, dict]:
-  """Restores ``state`` into ``abstract_state``'s shapes/shardings, plus the data state."""
+  """Restores ``state`` into ``abstract_state``'s shapes/shardings, plus the data state,
+  and verifies both against the digests saved with them (``CorruptCheckpoint``)."""
   with _manager(directory, read_only=True) as manager:
     if step not in manager.all_steps():
       raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; it has "
                               f"{sorted(manager.all_steps())}")
     check_compatible(manager.item_metadata(step)["state"], abstract_state,
                      f"checkpoint {directory} step {step}")
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return out["state"], dict(out["data"] or {})
+    try:
+      out = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpoint(f"checkpoint step {step} in {directory} cannot be read "
+                              f"(a file is missing or truncated): {_first_line(e)}") from e
+    data_state = dict(out["data"] or {})
+    verify(directory, step, out["state"], data_state, manager)
+  return out["state"], data_state
+
+
+def last_good_step(directory: str, abstract_state, before: int) -> int | None:
+  """The newest step before ``before`` whose checkpoint reads and verifies."""
+  for step in sorted((s for s in steps(directory) if s < before), reverse=True):
+    try:
+      restore(directory, step, abstract_state)
+      return step
+    except CorruptCheckpoint:
+      continue
+  return None
 
 
 def restore_config(directory: str, step: int) -> dict:
@@ -150,15 +224,26 @@ def load_host(directory: str, step: int | None = None) -> tuple[int, Any]:
     meta = manager.item_metadata(step)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           meta)
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-  return step, jax.device_get(out["state"])
+    try:
+      out = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpoint(f"checkpoint step {step} in {directory} cannot be read "
+                              f"(a file is missing or truncated): {_first_line(e)}") from e
+    state = jax.device_get(out["state"])
+    verify(directory, step, state, dict(out["data"] or {}), manager)
+  return step, state
 
 
-def digest(tree) -> str:
-  """A stable sha256 of a tree's leaves (paths, dtypes, shapes and bytes)."""
+def digest(tree, ordered: bool = False) -> str:
+  """A stable sha256 of a tree's leaves (paths, dtypes, shapes and bytes); ``ordered``
+  takes the leaves in path order, so the same arrays in other containers (a restored
+  dict for a saved dataclass, namedtuple or tuple) give the same digest."""
   h = hashlib.sha256()
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if ordered:
+    leaves = sorted(leaves, key=lambda leaf: path_str(leaf[0]))
+  for path, x in leaves:
     x = np.asarray(jax.device_get(x))
     h.update(path_str(path).encode())
     h.update(f"{x.dtype}{x.shape}".encode())

@@ -141,6 +141,9 @@ def validate(config) -> tasks.Task:
     raise ValueError(f"optim.lr={lr} must be a finite number > 0 (e.g. 1e-4).")
   task = tasks.for_config(config)
   learning_rate(config)
+  if config.ckpt.get("on_corrupt", "stop") not in ("stop", "previous"):
+    raise ValueError(f"ckpt.on_corrupt={config.ckpt.on_corrupt!r} is not 'stop' or "
+                     "'previous'.")
   if config.train.nonfinite not in ("stop", "skip"):
     raise ValueError(f"train.nonfinite='{config.train.nonfinite}' is unknown; use 'stop' or "
                      "'skip'.")
@@ -210,7 +213,21 @@ def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter)
   ``ckpt.init_from``'s latest (parameters and EMA only), else ``state`` as it is."""
   start = ckpt.latest_step()
   if start is not None:
-    state, data_state = ckpt.restore(start, state)
+    try:
+      state, data_state = ckpt.restore(start, state)
+    except checkpoint.CorruptCheckpoint as e:
+      good = checkpoint.last_good_step(ckpt.directory, state, start)
+      if config.ckpt.get("on_corrupt", "stop") != "previous" or good is None:
+        raise checkpoint.CorruptCheckpoint(
+            f"{e}. " + (f"The last step that verifies is {good}: resume from it with "
+                        "--config.ckpt.on_corrupt=previous (later steps are then replaced)"
+                        if good is not None else "No earlier step verifies either.")) from e
+      print(f"{e}; resuming from step {good}, the last one that verifies "
+            "(ckpt.on_corrupt='previous')", flush=True)
+      for bad in (s for s in checkpoint.steps(ckpt.directory) if s > good):
+        ckpt.manager.delete(bad)
+      state, data_state = ckpt.restore(good, state)
+      start = good
     if data_state:
       data_iter.set_state(data_state)
     print(f"resumed from {ckpt.directory} step {start}", flush=True)
