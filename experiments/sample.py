@@ -2,7 +2,8 @@ r"""Samples videos of a reference face doing what a prompt says, from a training
 
   python -m experiments.sample --workdir=W --face=face.png --prompt="a person nods" \
       --out=samples/ [--step=N --seed=S --num_steps=K --sampler=heun \
-      --text_scale=4 --face_scale=2 --num_frames=F --raw --face_is_crop --overwrite]
+      --text_scale=4 --face_scale=2 --num_frames=F --raw --face_is_crop --overwrite] \
+      [--consent="I am the person in this photo and agree to this video"]
   python -m experiments.sample --workdir=W --batch_file=requests.jsonl --out=samples/
 
 ``--batch_file`` is JSON lines of {"face": ..., "prompt": ..., "seed": ..., "name": ...}.
@@ -30,6 +31,9 @@ _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EM
 _FACE_IS_CROP = flags.DEFINE_bool("face_is_crop", False,
                                   "The face image is already a crop: skip face detection.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs that exist in --out.")
+_CONSENT = flags.DEFINE_string(
+    "consent", None, "The consent of the person in the face photo, in words (needed for a "
+    "photo; recorded in every output's provenance).")
 
 
 def main(argv):
@@ -45,7 +49,7 @@ def main(argv):
       sampler=dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
                    text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value),
       num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
-      overwrite=_OVERWRITE.value)
+      overwrite=_OVERWRITE.value, consent=_CONSENT.value)
   for w in written:
     print(f"{w['prompt']!r} seed {w['seed']} (step {w['step']}): " + " ".join(w["files"]))
 

@@ -55,19 +55,18 @@ def test_same_seed_same_video(workdir, tmp_path):
 
 def test_bad_inputs_raise_clear_errors(workdir, tmp_path):
   run = str(workdir / "run")
+  gen = lambda *a, **kw: sampling.generate(*a, consent="the person agreed", **kw)
   (tmp_path / "bad.png").write_bytes(b"not an image")
   with pytest.raises(ValueError, match="cannot read the face image"):
-    sampling.generate(run, [dict(face=str(tmp_path / "bad.png"), prompt="a person nods")],
-                      str(tmp_path))
+    gen(run, [dict(face=str(tmp_path / "bad.png"), prompt="a person nods")], str(tmp_path))
   with pytest.raises(ValueError, match="no face found in .*face_is_crop"):
-    sampling.generate(run, [dict(face=str(workdir / "face.png"), prompt="a person nods")],
-                      str(tmp_path))
+    gen(run, [dict(face=str(workdir / "face.png"), prompt="a person nods")], str(tmp_path))
   with pytest.raises(ValueError, match="the prompt is empty"):
-    sampling.generate(run, [dict(face=str(workdir / "face.png"), prompt=" ")], str(tmp_path))
+    gen(run, [dict(face=str(workdir / "face.png"), prompt=" ")], str(tmp_path))
   with pytest.raises(FileNotFoundError, match="has no checkpoints"):
-    sampling.generate(str(tmp_path), [dict(face="f.png", prompt="x")], str(tmp_path))
+    gen(str(tmp_path), [dict(face="f.png", prompt="x")], str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 99"):
-    sampling.generate(run, [dict(face="f.png", prompt="x")], str(tmp_path), step=99)
+    gen(run, [dict(face="f.png", prompt="x")], str(tmp_path), step=99)
 
 
 def test_a_face_photo_is_detected_and_cropped(tmp_path):

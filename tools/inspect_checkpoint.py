@@ -1,6 +1,6 @@
 r"""Lists a workdir's checkpoints, the parameter tree and stable digests; verifies them.
 
-  python -m tools.inspect_checkpoint --workdir=W [--step=N] [--digest]
+  python -m tools.inspect_checkpoint --workdir=W [--step=N] [--digest [--ema]]
   python -m tools.inspect_checkpoint --workdir=W --verify   # every step against its digests
 
 --verify exits 1 when a checkpoint cannot be read or differs from the digests saved
@@ -19,6 +19,8 @@ from video_dit import checkpoint, cli, workdir
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Step to inspect; default: the latest.")
 _DIGEST = flags.DEFINE_bool("digest", False, "Print only the parameter digest.")
+_EMA = flags.DEFINE_bool("ema", False, "With --digest: the EMA parameters' digest (what "
+                         "sampling uses by default and records in its provenance).")
 _VERIFY = flags.DEFINE_bool("verify", False,
                             "Check every step against the digests saved with it.")
 
@@ -47,7 +49,7 @@ def main(argv):
   _, state = checkpoint.load_host(directory, step)
   params = state["params"]
   if _DIGEST.value:
-    print(checkpoint.digest(params))
+    print(checkpoint.digest(state["ema_params"] if _EMA.value else params))
     return
   print(f"checkpoints in {directory}: {checkpoint.steps(directory)}")
   print(f"step {step}: params digest {checkpoint.digest(params)}, "

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from video_dit import conditions, video_io
+from video_dit import conditions, provenance, video_io
 from video_dit import metrics as metrics_lib
 from video_dit import workdir as workdir_lib
 from video_dit.data import faces
@@ -139,14 +139,25 @@ def _check_requests(requests: list[dict]) -> list[tuple[int, str]]:
 
 def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
-             face_is_crop: bool = False, overwrite: bool = False) -> list[dict]:
-  """Samples one video per request ``{face, prompt, seed, name}`` and writes, per sample,
-  ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``.
+             face_is_crop: bool = False, overwrite: bool = False,
+             consent: str | None = None) -> list[dict]:
+  """Samples one video per request ``{face, prompt, seed, name, consent}`` and writes,
+  per sample, ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``,
+  the provenance also embedded in the three media files (``video_dit.provenance``).
 
+  A face photo (not ``face_is_crop``) needs the consent of the person shown:
+  ``consent`` (or the request's own) is a statement recorded in the provenance.
   Every request, the sampler settings and the face images are checked before anything
   is sampled or written; existing outputs are an error unless ``overwrite``.
   """
   seeds_names = _check_requests(requests)
+  for i, r in enumerate(requests):
+    statement = str(r.get("consent") or consent or "").strip()
+    if not face_is_crop and not statement:
+      raise ValueError(f"request {i}: a photo of a real face needs the consent of the person "
+                       "shown: pass --consent='<who agreed, to what>' (e.g. 'I am the person "
+                       "in this photo and agree to this video'); it is recorded in the "
+                       "provenance of every output")
   for _, name in seeds_names:
     for ext in (".mp4", ".gif", ".png", ".json"):
       path = os.path.join(out_dir, name + ext)
@@ -194,17 +205,20 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     bar["progress"].close()
     prefix = os.path.join(out_dir, name)
     fps = float(config.sample.get("fps", 8.0))  # checkpoints from before sample.fps
-    paths = video_io.write_sample(prefix, video, crop, fps)
-    video_io.write_gif(prefix + ".gif", video, fps)
     with open(r["face"], "rb") as f:
       face_sha = hashlib.sha256(f.read()).hexdigest()
-    provenance = dict(
-        workdir=os.path.abspath(workdir), step=step, params=("ema" if ema else "raw"),
-        params_digest=restored.digest, config_hash=config_hash, prompt=r["prompt"], seed=seed,
-        face=os.path.abspath(r["face"]), face_sha256=face_sha,
+    record = provenance.record(
+        checkpoint=os.path.basename(os.path.abspath(workdir)), step=step,
+        params=("ema" if ema else "raw"), params_digest=restored.digest,
+        params_digest_check=(f"python -m tools.inspect_checkpoint --workdir=<workdir> "
+                             f"--step={step} --digest" + (" --ema" if ema else "")),
+        config_hash=config_hash, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
+        face_consent=str(r.get("consent") or consent or "").strip() or None,
         sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
         versions={"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__})
+    paths = video_io.write_sample(prefix, video, crop, fps, record)
+    video_io.write_gif(prefix + ".gif", video, fps, provenance.gif_comment(record))
     with open(prefix + ".json", "w") as f:
-      json.dump(provenance, f, indent=2)
-    written.append(dict(provenance, files=paths + [prefix + ".gif", prefix + ".json"]))
+      json.dump(record, f, indent=2, sort_keys=True)
+    written.append(dict(record, files=paths + [prefix + ".gif", prefix + ".json"]))
   return written

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from video_dit import provenance
+
 
 def encode_frames(frames_thwc: np.ndarray, fmt: str = "png", quality: int = 90) -> list[bytes]:
   """(T, H, W, 3) uint8 -> one encoded image per frame."""
@@ -71,14 +73,18 @@ def read_video(path: str, max_side: int = 0) -> tuple[np.ndarray, float]:
   return np.stack(frames), fps
 
 
-def write_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0) -> None:
-  """Writes (T, H, W, 3) uint8 frames as H.264 mp4 (sides padded to even) with PyAV."""
+def write_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0,
+                metadata: dict[str, str] | None = None) -> None:
+  """Writes (T, H, W, 3) uint8 frames as H.264 mp4 (sides padded to even) with PyAV;
+  ``metadata`` goes into the container's tags (e.g. ``comment``)."""
   import av  # pylint: disable=g-import-not-at-top
   from fractions import Fraction  # pylint: disable=g-import-not-at-top
 
   h, w = frames_thwc.shape[1:3]
   frames_thwc = np.pad(frames_thwc, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
   with av.open(path, "w") as container:
+    for key, value in (metadata or {}).items():
+      container.metadata[key] = value
     stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
     stream.width, stream.height = w + w % 2, h + h % 2
     stream.pix_fmt = "yuv420p"
@@ -98,11 +104,13 @@ def to_uint8(x) -> np.ndarray:
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def write_gif(path: str, video_thwc: np.ndarray, fps: float = 8.0) -> None:
-  """(T, H, W, 3) uint8 frames as a looping GIF."""
+def write_gif(path: str, video_thwc: np.ndarray, fps: float = 8.0,
+              comment: bytes | None = None) -> None:
+  """(T, H, W, 3) uint8 frames as a looping GIF (with an optional comment block)."""
   frames = [Image.fromarray(f) for f in video_thwc]
+  extra = {"comment": comment} if comment else {}
   frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps),
-                 loop=0)
+                 loop=0, **extra)
 
 
 def frame_grid(video_thwc: np.ndarray, face_hwc: np.ndarray | None = None) -> np.ndarray:
@@ -117,9 +125,12 @@ def frame_grid(video_thwc: np.ndarray, face_hwc: np.ndarray | None = None) -> np
 
 
 def write_sample(prefix: str, video_thwc: np.ndarray, face_hwc: np.ndarray | None = None,
-                 fps: float = 8.0) -> list[str]:
-  """Writes ``prefix``.mp4 and ``prefix``.png (face + frames); returns the paths."""
+                 fps: float = 8.0, record: dict | None = None) -> list[str]:
+  """Writes ``prefix``.mp4 and ``prefix``.png (face + frames), with the provenance
+  ``record`` embedded in both when given; returns the paths."""
   os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
-  write_video(prefix + ".mp4", video_thwc, fps)
-  Image.fromarray(frame_grid(video_thwc, face_hwc)).save(prefix + ".png")
+  write_video(prefix + ".mp4", video_thwc, fps,
+              provenance.mp4_metadata(record) if record else None)
+  Image.fromarray(frame_grid(video_thwc, face_hwc)).save(
+      prefix + ".png", pnginfo=provenance.png_info(record) if record else None)
   return [prefix + ".mp4", prefix + ".png"]
