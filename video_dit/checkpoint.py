@@ -183,14 +183,21 @@ def restore(directory: str, step: int, abstract_state) -> tuple[Any, dict]:
                               f"{sorted(manager.all_steps())}")
     check_compatible(manager.item_metadata(step)["state"], abstract_state,
                      f"checkpoint {directory} step {step}")
-    try:
-      out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpoint(f"checkpoint step {step} in {directory} cannot be read "
-                              f"(a file is missing or truncated): {_first_line(e)}") from e
-    data_state = dict(out["data"] or {})
-    verify(directory, step, out["state"], data_state, manager)
+    state, data_state = _restore_verified(manager, directory, step, abstract_state)
+  return state, data_state
+
+
+def _restore_verified(manager, directory: str, step: int, target) -> tuple[Any, dict]:
+  """(state, data state) of ``step`` placed like ``target``, verified; an unreadable or
+  altered checkpoint is a CorruptCheckpoint."""
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpoint(f"checkpoint step {step} in {directory} cannot be read "
+                            f"(a file is missing or truncated): {_first_line(e)}") from e
+  data_state = dict(out["data"] or {})
+  verify(directory, step, out["state"], data_state, manager)
   return out["state"], data_state
 
 
@@ -224,15 +231,8 @@ def load_host(directory: str, step: int | None = None) -> tuple[int, Any]:
     meta = manager.item_metadata(step)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           meta)
-    try:
-      out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpoint(f"checkpoint step {step} in {directory} cannot be read "
-                              f"(a file is missing or truncated): {_first_line(e)}") from e
-    state = jax.device_get(out["state"])
-    verify(directory, step, state, dict(out["data"] or {}), manager)
-  return step, state
+    state, _ = _restore_verified(manager, directory, step, target)
+  return step, jax.device_get(state)
 
 
 def digest(tree, ordered: bool = False) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from video_dit import video_io
-from video_dit.data import builders, synthetic
+from video_dit.data import builders, folder, synthetic
 
 SPEC = synthetic.SyntheticSpec(num_identities=5, clips_per_identity=2, frames=8, height=32,
                                width=32, face_size=32, seed=1)
@@ -106,9 +106,9 @@ def _write_folder(root):
 
 def test_folder_builds_good_records_and_reports_every_bad_one(tmp_path):
   expected = _write_folder(tmp_path / "clips_root")
-  builder = builders.VideoFolder(
+  builder = folder.VideoFolder(
       data_dir=str(tmp_path / "data"), manifest=str(tmp_path / "clips_root/manifest.jsonl"),
-      options=builders.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0))
+      options=folder.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0))
   report = builder.prepare()
   assert report["built"] == {"train": 2}
   reasons = {int(s["record"].split()[1]): s["reason"] for s in report["skipped"]}
@@ -128,9 +128,9 @@ def test_folder_builds_good_records_and_reports_every_bad_one(tmp_path):
 
 def test_identity_split_is_disjoint_and_stable():
   ids = [f"person{i}" for i in range(500)]
-  test = {i for i in ids if builders.identity_split(i, 0.2) == "test"}
+  test = {i for i in ids if folder.identity_split(i, 0.2) == "test"}
   assert 60 < len(test) < 140
-  assert test == {i for i in ids if builders.identity_split(i, 0.2) == "test"}
+  assert test == {i for i in ids if folder.identity_split(i, 0.2) == "test"}
 
 
 def _run_make_dataset(*args):
@@ -153,8 +153,8 @@ def test_make_dataset_cli(tmp_path):
 def test_an_edited_manifest_builds_a_new_dataset(tmp_path):
   _write_folder(tmp_path / "root")
   manifest = tmp_path / "root/manifest.jsonl"
-  make = lambda: builders.VideoFolder(data_dir=str(tmp_path / "data"), manifest=str(manifest),
-                                      options=builders.FolderOptions(test_fraction=0.0))
+  make = lambda: folder.VideoFolder(data_dir=str(tmp_path / "data"), manifest=str(manifest),
+                                      options=folder.FolderOptions(test_fraction=0.0))
   first = make()
   manifest.write_text(manifest.read_text().splitlines()[0] + "\n")
   assert make().data_path != first.data_path
@@ -164,8 +164,8 @@ def test_an_empty_split_is_reported_not_fatal(tmp_path):
   # The only test-split record (identity p0) is bad; the train split (p1) is good. Splits
   # are built in order test, train: the empty test split must not stop the train split.
   _write_folder(tmp_path / "root")
-  assert builders.identity_split("p0", 0.2) == "test"
-  assert builders.identity_split("p1", 0.2) == "train"
+  assert folder.identity_split("p0", 0.2) == "test"
+  assert folder.identity_split("p1", 0.2) == "train"
   ok = dict(caption="a person nods", consent=True, face="faces/p1.png")
   (tmp_path / "root/manifest.jsonl").write_text(
       json.dumps(dict(ok, video="clips/corrupt.mp4", identity="p0")) + "\n"
@@ -189,9 +189,9 @@ def test_consent_is_per_person_and_stored_with_each_record(tmp_path):
   (tmp_path / "root/manifest.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
 
   def build(name, **options):
-    b = builders.VideoFolder(data_dir=str(tmp_path / name),
+    b = folder.VideoFolder(data_dir=str(tmp_path / name),
                              manifest=str(tmp_path / "root/manifest.jsonl"),
-                             options=builders.FolderOptions(test_fraction=0.0, **options))
+                             options=folder.FolderOptions(test_fraction=0.0, **options))
     return b.prepare(), lambda: builders.data_source(str(tmp_path / name), "train")
 
   report, source = build("strict")
@@ -224,9 +224,9 @@ def test_malformed_manifest_lines_and_odd_files_are_skipped_with_reasons(tmp_pat
            json.dumps(dict(ok, video="./clips/good.mp4")).encode(),          # 8 same file
            json.dumps(dict(ok, video="clips/good.mp4", start=0.25)).encode()]  # 9 built
   (root / "manifest.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-  report = builders.VideoFolder(
+  report = folder.VideoFolder(
       data_dir=str(tmp_path / "data"), manifest=str(root / "manifest.jsonl"),
-      options=builders.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0)).prepare()
+      options=folder.FolderOptions(min_frames=8, face_size=32, test_fraction=0.0)).prepare()
   reasons = {s["record"]: s["reason"] for s in report["skipped"]}
   assert report["built"] == {"train": 2}, reasons
   assert "not UTF-8" in reasons["line 2"]
@@ -243,9 +243,9 @@ def test_a_clip_replaced_in_place_rebuilds_and_leaves_one_dataset(tmp_path):
   root = tmp_path / "root"
   ok = dict(caption="a person nods", identity="p1", consent=True, face="faces/p1.png")
   (root / "manifest.jsonl").write_text(json.dumps(dict(ok, video="clips/good.mp4")) + "\n")
-  make = lambda: builders.VideoFolder(data_dir=str(tmp_path / "data"),
+  make = lambda: folder.VideoFolder(data_dir=str(tmp_path / "data"),
                                       manifest=str(root / "manifest.jsonl"),
-                                      options=builders.FolderOptions(test_fraction=0.0))
+                                      options=folder.FolderOptions(test_fraction=0.0))
   first = make()
   first.prepare()
   frames = len(builders.data_source(str(tmp_path / "data"), "train")[0]["frames"])

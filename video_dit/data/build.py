@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 
-from video_dit.data import builders, synthetic
+from video_dit.data import builders, folder, synthetic
 
 
 def build(builder) -> dict:
@@ -34,10 +34,10 @@ def synthetic_faces(data_dir: str, *, num_identities: int, clips_per_identity: i
 def video_folder(data_dir: str, manifest: str, *, min_frames: int = 8, max_side: int = 256,
                  face_size: int = 0, test_fraction: float = 0.2,
                  allow_missing_consent: bool = False) -> dict:
-  options = builders.FolderOptions(
+  options = folder.FolderOptions(
       min_frames=min_frames, max_side=max_side, face_size=face_size or 128,
       test_fraction=test_fraction, allow_missing_consent=allow_missing_consent)
-  return build(builders.VideoFolder(data_dir=data_dir, manifest=manifest, options=options))
+  return build(folder.VideoFolder(data_dir=data_dir, manifest=manifest, options=options))
 
 
 def summarize(report: dict) -> str:
