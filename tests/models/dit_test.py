@@ -40,7 +40,9 @@ def test_fresh_block_is_the_identity(base):
   args = (x, jnp.ones((2, cfg.width)), None, jnp.ones((2, 5, cfg.width)),
           jnp.ones((2, 5), bool), jnp.ones((2, 4, cfg.width)))
   block_params = nn.unbox(block.init(jax.random.key(0), *args))
-  np.testing.assert_array_equal(np.asarray(block.apply(block_params, *args)), np.asarray(x))
+  out, ref_out = block.apply(block_params, *args)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+  assert ref_out is None  # no reference tokens given
 
 
 def test_perturbed_output_is_nontrivial_and_depends_on_text(base):
