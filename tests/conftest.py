@@ -16,3 +16,17 @@ assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(tempfile.gettempdir(), "video_dit_test_jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """A trained 2-step runlocal workdir (``root/run``, sampler 3 steps) and a synthetic
+  reference face crop (``root/face.png``), shared by the sampling-side tests: read only."""
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_run")
+  helpers.train_tiny_run(root, **{"sample.num_steps": 3})
+  helpers.save_reference_face(root / "face.png", 48)
+  return root

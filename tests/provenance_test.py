@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import helpers
 from video_dit import provenance, sampling, video_io
 from video_dit.data import real_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("provenance")
-  helpers.train_tiny_run(root, **{"sample.num_steps": 2})
-  helpers.save_reference_face(root / "face.png", 48)
-  return root
+@pytest.fixture
+def run(tiny_run):
+  return tiny_run
 
 
 def test_every_file_carries_the_sidecar_record(run, tmp_path):
@@ -38,7 +34,7 @@ def test_every_file_carries_the_sidecar_record(run, tmp_path):
   assert sidecar["created_utc"].endswith("Z") and sidecar["package_version"] == "0.1.0"
   assert sidecar["seed"] == 4 and sidecar["prompt"] == "a person nods"
   assert sidecar["face_consent"] == "synthetic face rendered by the test"
-  assert sidecar["sampler"]["num_steps"] == 2 and sidecar["params"] == "ema"
+  assert sidecar["sampler"]["num_steps"] == 3 and sidecar["params"] == "ema"
   # No paths of this machine: the face is its hash, the checkpoint its folder name + step.
   text = json.dumps(sidecar)
   assert str(run) not in text and str(tmp_path) not in text

@@ -9,17 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import helpers
 from video_dit import sampling, video_io
 from video_dit.data import real_video
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sampling")
-  helpers.train_tiny_run(root, **{"sample.num_steps": 3})
-  helpers.save_reference_face(root / "face.png", 48)
-  return root
+@pytest.fixture
+def workdir(tiny_run):
+  return tiny_run
 
 
 def _generate(workdir, out, seed=0, **kw):

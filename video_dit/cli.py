@@ -37,7 +37,9 @@ def quiet_logs() -> None:
     return
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger().setLevel(logging.WARNING)
-  absl_logging.get_absl_handler().addFilter(_DropExpected())
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _DropExpected) for f in handler.filters):
+    handler.addFilter(_DropExpected())
   if not sys.stderr.isatty():  # TFDS's bars would print a line per update into a log
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()

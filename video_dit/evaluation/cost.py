@@ -42,21 +42,16 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
 
   sample = make_sampler(model, diffusion, sampler, shape)
 
-  def generate(key):
-    video = sample(params, cond, key)
-    decoded = codec.decode(video) if codec is not None else video
-    return jax.block_until_ready(video), jax.block_until_ready(decoded)
-
-  t0 = time.perf_counter()
-  generate(jax.random.key(0))  # compile + warm-up
-  first_call_s = time.perf_counter() - t0
-  times, decode_times = [], []
-  for i in range(repeats):
+  times, decode_times, first_call_s = [], [], 0.0
+  for i in range(repeats + 1):  # the first call compiles and warms up
     t0 = time.perf_counter()
-    video = jax.block_until_ready(sample(params, cond, jax.random.key(i + 1)))
+    video = jax.block_until_ready(sample(params, cond, jax.random.key(i)))
     t1 = time.perf_counter()
     if codec is not None:
       jax.block_until_ready(codec.decode(video))
+    if not i:
+      first_call_s = time.perf_counter() - t0
+      continue
     times.append(time.perf_counter() - t0)
     decode_times.append(time.perf_counter() - t1)
   seconds = float(np.median(times)) / shape[0]
