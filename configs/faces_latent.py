@@ -10,7 +10,7 @@
 The DiT reads the cache's 3x8x8x8 latents (9x64x64 clips), 48 tokens of tubelet
 1x2x2; text is frozen MiniLM-L6 (token embeddings + pooled vector, stored with the
 dataset); samples are decoded by the same VAE, and evaluation compares the decoded
-videos with the real clips the cache carries. ``source=vae`` encodes pixels on the fly
+videos with the real clips the cache carries. ``source=encode`` encodes pixels on the fly
 instead of reading the cache (data.data_dir = the pixel dataset). Args: vae (workdir),
 cache (data_dir), source, steps; runlocal for tests (pairs with vae_synthetic:runlocal).
 """
@@ -32,7 +32,7 @@ def get_config(arg=None):
                      data_dir=arg.cache if arg.source == "cache" else vae.data.data_dir)
   v = vae.vae
   shape = registry.vae_config(vae).latent_shape(registry.pixel_shape(vae))
-  config.latent = dict(source=arg.source, vae_workdir=arg.vae, shape=shape)
+  config.latent = dict(source=arg.source, codec="vae", vae_workdir=arg.vae, shape=shape)
   config.model.update(patch=(1, 2, 2), channels=v.latent_channels)
   config.text.update(encoder="precomputed", precomputed="minilm", max_len=16)
   config.identity.face_size = 32

@@ -171,7 +171,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   if num_frames:
     config.data.frames = num_frames
   codec = workdir_lib.codec(config)
-  if num_frames and codec is not None:
+  if num_frames and registry.latent_codec(config) == "vae":
     config.latent.shape = codec.latent_shape(registry.pixel_shape(config))
   built = registry.build_dit(config)
   sampler_cfg = built.sampler

@@ -223,11 +223,16 @@ _CODECS: dict[str, LatentCodec] = {}
 
 
 def codec(config) -> LatentCodec | None:
-  """The codec of a DiT config's ``latent.vae_workdir`` (loaded once per process), or
-  None when the DiT works on pixels."""
+  """The codec of a latent-space DiT config (loaded once per process): its VAE
+  (``latent.vae_workdir``) or its fitted PCA codec; None when the DiT works on pixels."""
   if registry.latent_source(config) == "pixels":
     return None
-  workdir = os.path.abspath(config.latent.vae_workdir)
-  if workdir not in _CODECS:
-    _CODECS[workdir] = LatentCodec(workdir)
-  return _CODECS[workdir]
+  if registry.latent_codec(config) == "pca":
+    from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+    path, make = pca_codec.path_for(config), pca_codec.PCACodec
+  else:
+    path, make = config.latent.vae_workdir, LatentCodec
+  path = os.path.abspath(path)
+  if path not in _CODECS:
+    _CODECS[path] = make(path)
+  return _CODECS[path]

@@ -98,7 +98,7 @@ def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_p
 def test_dit_encodes_on_the_fly_with_source_vae(chain, tmp_path):
   root, _, _ = chain
   config = faces_latent.get_config(
-      f"runlocal,vae={root / 'vae'},source=vae,steps=2")
+      f"runlocal,vae={root / 'vae'},source=encode,steps=2")
   config = _with(config, **{"data.data_dir": str(root / "pixels")})
   state = train.train_and_evaluate(config, str(tmp_path / "dit"), jax.devices()[:1])
   assert int(state.step) == 2

@@ -141,8 +141,8 @@ def make_iterator(config, split: str = "train", *, train: bool = True,
 
 
 def ensure_dataset(config) -> None:
-  """Builds the synthetic dataset on first use (other datasets must exist), and the
-  stored caption embeddings that ``text.encoder='precomputed'`` reads."""
+  """Builds the synthetic dataset on first use (other datasets must exist), the fitted
+  PCA codec of a ``latent.codec='pca'`` DiT, and the stored caption embeddings that ``text.encoder='precomputed'`` reads."""
   d = config.data
   try:
     builders.find_dataset(d.data_dir)
@@ -159,6 +159,9 @@ def ensure_dataset(config) -> None:
       print(f"building the synthetic dataset in {d.data_dir} (first use)", flush=True)
       builders.SyntheticFaces(data_dir=d.data_dir, spec=spec).prepare()
     jax.experimental.multihost_utils.sync_global_devices("dataset built")
+  if registry.latent_codec(config) == "pca":  # the linear codec is fitted with the data
+    from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+    pca_codec.ensure(config)
   if config.text.encoder == "precomputed":
     if (jax.process_index() == 0
         and not os.path.exists(text_store.store_path(d.data_dir, config.text.precomputed))):

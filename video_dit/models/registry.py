@@ -55,8 +55,18 @@ def task(config) -> str:
 
 
 def latent_source(config) -> str:
-  """Where a DiT's inputs come from: 'pixels', 'vae' (encoded on the fly) or 'cache'."""
+  """Where a DiT's inputs come from: 'pixels', 'encode' (pixels encoded on the fly by
+  the codec) or 'cache' (latents stored by ``tools.encode_latents``)."""
   return config.latent.source if "latent" in config else "pixels"
+
+
+def latent_codec(config) -> str:
+  """The codec of a latent-space DiT: 'vae' (a trained VAE workdir, ``latent.vae_workdir``)
+  or 'pca' (a linear tubelet codec fitted with the dataset, ``video_dit/pca_codec.py``);
+  '' for a pixel-space DiT."""
+  if latent_source(config) == "pixels":
+    return ""
+  return config.latent.get("codec", "vae")
 
 
 def pixel_shape(config) -> tuple[int, int, int, int]:
@@ -66,6 +76,11 @@ def pixel_shape(config) -> tuple[int, int, int, int]:
 
 def video_shape(config) -> tuple[int, int, int, int]:
   """(T, H, W, C) of what the model sees: pixels, or the VAE's latents."""
+  if task(config) == "dit" and latent_codec(config) == "pca":
+    from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+    lat = config.latent
+    pca_codec.check(lat.tubelet, lat.channels, pixel_shape(config))
+    return pca_codec.latent_shape(lat.tubelet, lat.channels, pixel_shape(config))
   if task(config) == "dit" and latent_source(config) != "pixels":
     shape = tuple(int(x) for x in config.latent.shape)
     if len(shape) != 4:
@@ -120,11 +135,12 @@ def identity_paths(mode: str) -> tuple[str, bool]:
 def model_config(config) -> ModelConfig:
   """Validates ``config.model/text/identity/data`` and returns the ModelConfig."""
   m, tx, idc = config.model, config.text, config.identity
-  if latent_source(config) not in ("pixels", "vae", "cache"):
+  if latent_source(config) not in ("pixels", "encode", "cache"):
     raise ValueError(f"latent.source={config.latent.source!r} is not one of ('pixels', "
-                     "'vae', 'cache').")
+                     "'encode', 'cache').")
   if latent_source(config) != "pixels":
-    if not config.latent.vae_workdir:
+    _choice("latent.codec", latent_codec(config), ("vae", "pca"))
+    if latent_codec(config) == "vae" and not config.latent.vae_workdir:
       raise ValueError("latent.source needs latent.vae_workdir: the trained VAE's workdir.")
     if video_shape(config)[-1] != m.channels:
       raise ValueError(f"model.channels={m.channels} but the latents have "

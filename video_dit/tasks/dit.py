@@ -27,8 +27,9 @@ def condition_dropout(key, batch: int, config) -> tuple[jax.Array, jax.Array]:
 class DiTTask(Task):
   """Denoise videos (or VAE latents) given text and a reference face.
 
-  ``latent.source='vae'`` encodes each pixel batch with the frozen VAE on the host;
-  ``'cache'`` reads stored latents; sampling and evaluation decode with the same VAE.
+  ``latent.source='encode'`` encodes each pixel batch with the frozen codec (a VAE or
+  the fitted PCA codec) on the host; ``'cache'`` reads stored latents; sampling and
+  evaluation decode with the same codec.
   """
 
   name = "dit"
@@ -38,18 +39,33 @@ class DiTTask(Task):
     dit = registry.build_dit(config)
     self.model, self.cfg, self.shape = dit.model, dit.cfg, dit.shape
     self.diffusion, self.sampler = dit.diffusion, dit.sampler
-    self.codec = None
-    if registry.latent_source(config) != "pixels":
-      self.codec = workdir.codec(config)  # loads the VAE: its errors come before compiling
-      want = self.codec.latent_shape(registry.pixel_shape(config))
+    self._codec = None
+    if registry.latent_codec(config) == "vae":
+      self._codec = workdir.codec(config)  # loads the VAE: its errors come before compiling
+      want = self._codec.latent_shape(registry.pixel_shape(config))
       if tuple(want) != tuple(self.shape):
         raise ValueError(f"latent.shape={tuple(self.shape)} but the VAE in "
-                         f"{self.codec.workdir} makes {tuple(want)} from "
+                         f"{self._codec.workdir} makes {tuple(want)} from "
                          f"{registry.pixel_shape(config)} frames; set latent.shape={tuple(want)}.")
+
+  @property
+  def codec(self):
+    """The frozen codec (None in pixel space); a PCA codec loads on first use, after
+    ``pipeline.ensure_dataset`` has fitted it."""
+    if self._codec is None and registry.latent_source(self.config) != "pixels":
+      self._codec = workdir.codec(self.config)
+    return self._codec
 
   def prepare(self, batch, key):
     drop_text, drop_id = condition_dropout(key, batch["video"].shape[0], self.config)
-    return dict(batch, drop_text=drop_text, drop_id=drop_id)
+    batch = dict(batch, drop_text=drop_text, drop_id=drop_id)
+    if self._encode_in_step():  # the linear codec is a matmul: encode inside the step
+      batch["video"] = self.codec.encode(batch["video"])
+    return batch
+
+  def _encode_in_step(self) -> bool:
+    return (registry.latent_source(self.config) == "encode"
+            and registry.latent_codec(self.config) == "pca")
 
   def loss(self, params, batch, keys):
     x0, cond = conditions.split_batch(batch)
@@ -57,7 +73,8 @@ class DiTTask(Task):
     return self.diffusion.loss(model_fn, x0, cond, keys)
 
   def host_batch(self, batch):
-    if registry.latent_source(self.config) == "vae":  # pixels -> latents on the fly
+    if (registry.latent_source(self.config) == "encode"
+        and not self._encode_in_step()):  # pixels -> VAE latents on the host
       return dict(batch, video=jax.device_get(self.codec.encode(batch["video"])))
     return batch
 
