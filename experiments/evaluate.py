@@ -4,8 +4,9 @@ r"""Evaluates a training workdir's checkpoint on held-out identities.
       [--metrics=fvd,identity,text,temporal,cost] [--num_steps=K --sampler=heun \
       --text_scale=4 --face_scale=2] [--raw] [--probe_dir=P]
 
-Writes W/eval/step_N.json, TensorBoard scalars under W/eval/tensorboard, and
-W/eval/step_N/ (videos.npz, GIFs and PNG strips of the first videos). On the
+Writes W/eval/NAME.json (NAME: step, examples and sampler settings, e.g.
+step_3000_test128_ema_euler32_text4_face2), TensorBoard scalars under W/eval/tensorboard,
+and W/eval/NAME/ (videos.npz, GIFs and PNG strips of the first videos). On the
 synthetic dataset the identity and action probes are trained on first use
 (about 2 minutes on a CPU) and kept under data.data_dir/probes/.
 """

@@ -28,12 +28,26 @@ _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 128,
                                    "Held-out examples sampled and scored in the evaluation.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 12, "Samples shown in the report.")
 _METRICS = flags.DEFINE_list("metrics", list(evaluate.METRICS), "Which metrics to compute.")
+_SWEEP_TEXT = flags.DEFINE_list("sweep_text", [f"{x:g}" for x in quickstart.SWEEP[0]],
+                                "Text guidance scales of the trade-off sweep (empty: no sweep).")
+_SWEEP_FACE = flags.DEFINE_list("sweep_face", [f"{x:g}" for x in quickstart.SWEEP[1]],
+                                "Identity guidance scales of the trade-off sweep.")
+_SWEEP_VIDEOS = flags.DEFINE_integer("sweep_videos", quickstart.SWEEP[2],
+                                     "Held-out examples per point of the sweep.")
 
 
 def main(argv):
   cli.setup(argv)
+  sweep = None
+  if _SWEEP_TEXT.value and _SWEEP_FACE.value:
+    try:
+      sweep = ([float(x) for x in _SWEEP_TEXT.value], [float(x) for x in _SWEEP_FACE.value],
+               _SWEEP_VIDEOS.value)
+    except ValueError:
+      raise ValueError(f"--sweep_text={','.join(_SWEEP_TEXT.value)} / --sweep_face="
+                       f"{','.join(_SWEEP_FACE.value)} must be comma-separated numbers") from None
   quickstart.run(_CONFIG.value, _WORKDIR.value, _NUM_VIDEOS.value, _NUM_SAMPLES.value,
-                 _METRICS.value)
+                 _METRICS.value, sweep)
 
 
 if __name__ == "__main__":

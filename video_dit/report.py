@@ -1,5 +1,6 @@
 """An HTML report of a run: samples beside their references and real clips, the loss
-curve, and the evaluation's metrics table.
+curve, the evaluation's metrics table, the per-frame identity curve and (when a guidance
+sweep was run) the identity-vs-prompt trade-off.
 
 ``write_report(workdir)`` reads what training and evaluation left in the workdir
 (``metrics.jsonl``, ``eval/step_N.json`` and its ``videos.npz``) and writes
@@ -11,16 +12,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from video_dit import video_io
-
-
-# ----------------------------------------------------------------------------- loss plot
+from video_dit import plots, video_io
 
 
 def read_metrics(path: str, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
@@ -39,77 +36,7 @@ def read_metrics(path: str, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
   return steps, np.asarray([points[s] for s in steps], np.float64)
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-  span = max(hi - lo, 1e-12)
-  step = 10 ** math.floor(math.log10(span / n))
-  for m in (1, 2, 5, 10):
-    if span / (m * step) <= n:
-      step *= m
-      break
-  start = math.ceil(lo / step) * step
-  return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-  """log10 positions of 1-2-5 values (or every digit on a short range) in [lo, hi]."""
-  for mantissas in ((1, 2, 5), tuple(range(1, 10))):
-    ticks = [math.log10(m) + k for k in range(math.floor(lo) - 1, math.ceil(hi) + 1)
-             for m in mantissas if lo <= math.log10(m) + k <= hi]
-    if len(ticks) >= 3:
-      return ticks
-  return _nice_ticks(lo, hi)
-
-
-def line_plot(xs, ys, path: str, title: str, xlabel: str = "step", ylabel: str = "loss",
-              size: tuple[int, int] = (640, 360), log_y: bool = True) -> None:
-  """A PNG line plot of ``ys`` over ``xs`` with axes, ticks and labels."""
-  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-  keep = np.isfinite(ys) & ((ys > 0) if log_y else True)
-  xs, ys = xs[keep], ys[keep]
-  w, h = size
-  left, right, top, bottom = 70, 20, 30, 45
-  img = Image.new("RGB", size, "white")
-  draw = ImageDraw.Draw(img)
-  draw.text((left, 8), title, fill="black")
-  draw.rectangle([left, top, w - right, h - bottom], outline="black")
-  if len(xs) == 0:
-    draw.text((left + 10, top + 10), "no data", fill="gray")
-  else:
-    f = np.log10 if log_y else (lambda v: v)
-    fy = f(ys)
-    x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
-    y0, y1 = float(fy.min()), float(fy.max())
-    pad = 0.05 * max(y1 - y0, 1e-6)
-    y0, y1 = y0 - pad, y1 + pad
-    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
-    py = lambda y: h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
-    for t in _nice_ticks(x0, x1):
-      draw.line([px(t), h - bottom, px(t), h - bottom + 4], fill="black")
-      draw.text((px(t) - 12, h - bottom + 6), f"{t:g}", fill="black")
-    for t in (_log_ticks(y0, y1) if log_y else _nice_ticks(y0, y1)):
-      label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
-      draw.line([left - 4, py(t), left, py(t)], fill="black")
-      draw.line([left + 1, py(t), w - right - 1, py(t)], fill=(230, 230, 230))
-      draw.text((4, py(t) - 6), label, fill="black")
-    pts = [(px(x), py(y)) for x, y in zip(xs, fy)]
-    draw.line(pts, fill=(170, 190, 230), width=1)
-    if len(fy) >= 5:  # a smoothed curve over the raw one
-      k = max(2, len(fy) // 20)
-      smooth = np.convolve(fy, np.ones(k) / k, mode="valid")
-      sx = xs[k - 1:]
-      draw.line([(px(x), py(y)) for x, y in zip(sx, smooth)], fill=(20, 60, 160), width=2)
-  draw.text((w // 2 - 15, h - 18), xlabel, fill="black")
-  draw.text((4, top - 22), ylabel + (" (log)" if log_y else ""), fill="black")
-  _save_image(img, path)
-
-
 # ----------------------------------------------------------------------------- report
-
-
-def _save_image(img: Image.Image, path: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}"
-  img.save(tmp)
-  os.replace(tmp, path)
 
 
 def _upscale(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -211,6 +138,53 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
   return rows
 
 
+def identity_plots(results: dict, sweep: dict | None, out_dir: str) -> str:
+  """The per-frame identity curve and the guidance trade-off as PNGs; their HTML."""
+  parts = []
+  ident = results.get("identity") or {}
+  gen, real = ident.get("generated", {}), ident.get("real", {})
+  if "per_frame" in gen:
+    series = []
+    for label, d, key in (("generated, own ref", gen, "matched"),
+                          ("generated, other ref", gen, "mismatched"),
+                          ("real, own ref", real, "matched"),
+                          ("real, other ref", real, "mismatched")):
+      if "per_frame" not in d:
+        continue
+      y, half = np.asarray(d["per_frame"][key]), np.asarray(d["per_frame"][f"{key}_ci95"])
+      series.append(dict(label=label, x=np.arange(len(y)), y=y, lo=y - half, hi=y + half))
+    plots.xy_plot(series, os.path.join(out_dir, "identity_per_frame.png"),
+                  "identity similarity per frame (mean, 95% CI)", "frame",
+                  "cosine to reference")
+    parts.append("<h2>Identity over the clip</h2><img src='report/identity_per_frame.png'>"
+                 "<p class=small>Per frame, how close the video is to its own reference face "
+                 "and to another identity's (the identity probe's embedding): a falling "
+                 "curve is identity drift.</p>")
+  if sweep and sweep.get("points"):
+    pts = sweep["points"]
+    series = []
+    for fs in sorted({p["face_scale"] for p in pts}):
+      row = sorted((p for p in pts if p["face_scale"] == fs), key=lambda p: p["text_scale"])
+      series.append(dict(label=f"face scale {fs:g}", x=[p["action_accuracy"] for p in row],
+                         y=[p["gap"] for p in row], lo=[p["gap_ci95"][0] for p in row],
+                         hi=[p["gap_ci95"][1] for p in row],
+                         text=[f"t{p['text_scale']:g}" for p in row]))
+    plots.xy_plot(series, os.path.join(out_dir, "guidance_tradeoff.png"),
+                  "identity vs prompt over guidance scales (t = text scale)",
+                  "action accuracy", "identity gap")
+    rows = "".join(f"<tr><td>{p['text_scale']:g}</td><td>{p['face_scale']:g}</td>"
+                   f"<td>{p['gap']:.3f} [{p['gap_ci95'][0]:.3f}, {p['gap_ci95'][1]:.3f}]</td>"
+                   f"<td>{p['choice_accuracy']:.1%}</td><td>{p['action_accuracy']:.1%} "
+                   f"[{p['action_ci95'][0]:.1%}, {p['action_ci95'][1]:.1%}]</td></tr>"
+                   for p in pts)
+    parts.append(
+        "<h2>Identity vs prompt</h2><img src='report/guidance_tradeoff.png'>"
+        f"<p class=small>{sweep['num_videos']} held-out examples per point, same seed; "
+        "95% CIs.</p><table><tr><th>text scale</th><th>face scale</th><th>identity gap</th>"
+        f"<th>choice</th><th>action accuracy</th></tr>{rows}</table>")
+  return "".join(parts)
+
+
 _STYLE = """
 body{font-family:sans-serif;margin:24px;max-width:1100px}
 table{border-collapse:collapse;margin:12px 0}
@@ -222,7 +196,7 @@ img.px{image-rendering:pixelated}
 
 def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: int = 4,
                  phases: dict | None = None, title: str = "video_dit report",
-                 fps: float = 8.0) -> str:
+                 fps: float = 8.0, sweep: dict | None = None) -> str:
   """Writes ``W/report.html`` (+ ``W/report/``) from an evaluation result; returns its path."""
   media = results["media"]
   with np.load(os.path.join(media, "videos.npz"), allow_pickle=False) as z:
@@ -231,7 +205,7 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
   os.makedirs(out_dir, exist_ok=True)
 
   steps, loss = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  line_plot(steps, loss, os.path.join(out_dir, "loss.png"), "training loss")
+  plots.line_plot(steps, loss, os.path.join(out_dir, "loss.png"), "training loss")
 
   picks = pick_examples(videos["identity"], videos["action"], num_samples)
   sample_rows = []
@@ -240,7 +214,7 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
                  real=f"{k:02d}_real.gif")
     face = videos["faces"][i]
     h = videos["generated"].shape[2] * scale
-    _save_image(Image.fromarray(face).resize((h, h), Image.BICUBIC),
+    plots.save_image(Image.fromarray(face).resize((h, h), Image.BICUBIC),
                 os.path.join(out_dir, names["face"]))
     _save_gif(videos["generated"][i], os.path.join(out_dir, names["gen"]), fps, scale)
     _save_gif(videos["real"][i], os.path.join(out_dir, names["real"]), fps, scale)
@@ -255,6 +229,7 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
   if grid:
     _save_gif(grid_video(videos, grid), os.path.join(out_dir, "grid.gif"), fps, 1)
 
+  plots_html = identity_plots(results, sweep, out_dir)
   metric_html = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{b}</b></td>"
                         f"<td class=small>{html.escape(c)}</td></tr>"
                         for a, b, c in metric_rows(results))
@@ -278,6 +253,7 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
 {sampler.get('text_scale', '')}, face scale {sampler.get('id_scale', '')}.</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>value</th><th>context</th></tr>{metric_html}</table>
+{plots_html}
 <p><img src='report/grid.gif'><br><span class=small>Reference face | generated video |
 real clip of the same identity, for held-out identities.</span></p>
 <h2>Samples</h2>

@@ -8,10 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from tests import helpers
-from video_dit import train
+from video_dit import report, train
 from video_dit.data import builders, synthetic
-from video_dit.evaluation import evaluate, probes, temporal
+from video_dit.evaluation import evaluate, probes, sweep, temporal
 
 
 def test_paired_gap_and_interval():
@@ -58,8 +60,9 @@ def test_evaluate_writes_every_metric(trained):
   r = evaluate.evaluate(run, num_videos=10, metrics=("identity", "text", "temporal", "cost"),
                         probe_dir=str(trained / "probes"), train_probes=False, num_gifs=2,
                         log=lambda *_: None)
-  with open(os.path.join(run, "eval", "step_2.json")) as f:
+  with open(r["path"]) as f:
     saved = json.load(f)
+  assert r["path"] == os.path.join(run, "eval", "step_2_test10_ema_euler2_text4_face2.json")
   assert saved["num_videos"] == 10 and saved["split"] == "test" and saved["step"] == 2
   assert "fvd" not in saved  # not asked for
   ident = saved["identity"]
@@ -101,15 +104,56 @@ def test_evaluate_writes_every_metric(trained):
   assert cost["model_calls_per_sample"] == 2 and cost["flops_per_sample"] > 0
   assert cost["video_seconds_per_sample"] == pytest.approx(8 / 8.0)
   assert cost["seconds_per_video_second"] == pytest.approx(cost["seconds_per_sample"])
-  with np.load(os.path.join(run, "eval", "step_2", "videos.npz")) as z:
+  with np.load(os.path.join(saved["media"], "videos.npz")) as z:
     assert z["generated"].shape == z["real"].shape == (10, 8, 32, 32, 3)
     assert z["generated"].dtype == np.uint8 and len(z["caption"]) == 10
-  assert os.path.isfile(os.path.join(run, "eval", "step_2", "001.gif"))
+  assert os.path.isfile(os.path.join(saved["media"], "001.gif"))
   with open(os.path.join(run, "eval", "metrics.jsonl")) as f:
     row = json.loads(f.readlines()[-1])
   assert row["step"] == 2 and row["eval/identity/generated/gap"] == pytest.approx(g["gap"])
   assert os.listdir(os.path.join(run, "eval", "tensorboard"))
   assert r["identity"]["generated"]["gap"] == pytest.approx(g["gap"])
+
+
+def test_per_frame_identity_is_the_clip_gap_resolved_over_frames():
+  rng = np.random.default_rng(0)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  refs = unit(rng.normal(size=(6, 5)))
+  # Frames drift from the reference toward noise over 4 frames.
+  frames = unit(np.stack([refs + k * 0.7 * rng.normal(size=refs.shape) for k in range(4)], 1))
+  other = evaluate.mismatched_index(np.arange(6))
+  pf = evaluate.per_frame_similarity(frames, refs, other)
+  assert pf["matched"][0] == pytest.approx(1.0)
+  assert pf["matched"][0] > pf["matched"][3] and len(pf["matched_ci95"]) == 4
+  want = np.mean(np.sum(frames[:, 2] * refs[other], -1))
+  assert pf["mismatched"][2] == pytest.approx(want)
+
+
+def test_guidance_sweep_and_report_plots(trained, tmp_path):
+  run = str(trained / "run")
+  out = sweep.guidance_sweep(run, [1.0, 4.0], [2.0], num_videos=4, chunk=4,
+                             probe_dir=str(trained / "probes"), log=lambda *_: None)
+  assert [(p["text_scale"], p["face_scale"]) for p in out["points"]] == [(1, 2), (4, 2)]
+  with open(out["path"]) as f:
+    assert json.load(f)["points"] == json.loads(json.dumps(out["points"]))
+  # Each point is an ordinary evaluation, kept under its own settings' name.
+  for ts in (1, 4):
+    with open(os.path.join(run, "eval", f"step_2_test4_ema_euler2_text{ts}_face2.json")) as f:
+      r = json.load(f)
+    p = out["points"][[1, 4].index(ts)]
+    assert p["gap"] == r["identity"]["generated"]["gap"]
+    assert p["action_accuracy"] == r["text"]["accuracy"]
+  with pytest.raises(ValueError, match="finite and >= 0"):
+    sweep.guidance_sweep(run, [float("nan")], [1.0])
+  results = evaluate.evaluate(run, num_videos=4, metrics=("identity",), num_gifs=0,
+                              probe_dir=str(trained / "probes"), log=lambda *_: None)
+  path = report.write_report(str(tmp_path), results, num_samples=2, sweep=out)
+  with open(path) as f:
+    page = f.read()
+  for png in ("identity_per_frame.png", "guidance_tradeoff.png"):
+    assert f"report/{png}" in page
+    img = np.asarray(Image.open(tmp_path / "report" / png).convert("RGB"))
+    assert img.shape == (360, 640, 3) and len(np.unique(img.reshape(-1, 3), axis=0)) > 5
 
 
 def test_same_seed_same_evaluation(trained, tmp_path):
@@ -150,8 +194,10 @@ def test_evaluate_command_writes_the_json_and_logs_quietly(trained, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   printed = json.loads(r.stdout[r.stdout.index("{"):])
   assert set(printed) == {"temporal", "cost"} and printed["cost"]["model_calls_per_sample"] == 1
-  with open(os.path.join(run, "eval", "step_2.json")) as f:
+  # The file name carries the sampler settings: this run did not replace the one above.
+  with open(os.path.join(run, "eval", "step_2_test4_ema_euler1_text4_face2.json")) as f:
     saved = json.load(f)
+  assert os.path.exists(os.path.join(run, "eval", "step_2_test10_ema_euler2_text4_face2.json"))
   assert saved["num_videos"] == 4 and saved["sampler"]["num_steps"] == 1
   assert saved["temporal"] == printed["temporal"]
   # Quiet by default: no library INFO lines (absl's 'I1130 12:00:00.0 ...' prefix).

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import helpers
-from video_dit import report
+from video_dit import plots, report
 from video_dit.data import builders, synthetic
 from video_dit.evaluation import probes
 
@@ -98,17 +98,17 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   text = " ".join(parser.cells)
   for metric in ("identity gap", "action accuracy", "cost per generated video-second"):
     assert metric in text, text
-  with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+  with open(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) as f:
     results = json.load(f)
   assert results["num_videos"] == 12 and results["step"] == 4
   steps, loss = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert list(steps) == [4] and np.isfinite(loss).all()  # runlocal logs every 5 steps + last
 
   # Re-running resumes: training goes on from step 4, the old evaluation stays.
-  mtime = os.path.getmtime(os.path.join(workdir, "eval", "step_4.json"))
+  mtime = os.path.getmtime(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json"))
   log, wall = _quickstart(workdir, data_dir, steps=6)
   assert "resumed from" in log and "steps 4..6" in log
-  assert os.path.getmtime(os.path.join(workdir, "eval", "step_4.json")) == mtime
+  assert os.path.getmtime(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) == mtime
   assert os.path.exists(os.path.join(workdir, "eval", "step_6.json"))
   resumed = _phases(workdir)  # the second run's times add to the first's
   assert resumed["train"] > phases["train"] and resumed["evaluate"] > phases["evaluate"]
@@ -140,7 +140,7 @@ def test_grid_video_rows():
 
 def test_loss_plot_and_metric_rows(tmp_path):
   path = str(tmp_path / "loss.png")
-  report.line_plot(np.arange(1, 101), np.exp(-np.arange(100) / 30.0) + 0.05, path, "loss")
+  plots.line_plot(np.arange(1, 101), np.exp(-np.arange(100) / 30.0) + 0.05, path, "loss")
   with Image.open(path) as img:
     pixels = np.asarray(img.convert("RGB"))
   assert pixels.shape == (360, 640, 3)

@@ -32,7 +32,7 @@ def test_folder_dataset_trains_and_evaluates_with_dlib(tmp_path):
   results = evaluate.evaluate(str(tmp_path / "run"), split="train", num_videos=4,
                               metrics=("fvd", "identity", "temporal", "cost"), num_gifs=0,
                               log=lambda *_: None)
-  with open(tmp_path / "run" / "eval" / "step_2.json") as f:
+  with open(results["path"]) as f:
     saved = json.load(f)
   assert saved["identity"] == json.loads(json.dumps(results["identity"]))
   ident = saved["identity"]

@@ -18,9 +18,10 @@
 * ``cost``: FLOPs and seconds per sample and per generated video-second.
 
 A metric whose parts are missing is skipped with the reason, never faked.
-Writes ``W/eval/step_N.json`` (atomically), TensorBoard scalars under
-``eval/``, and ``W/eval/step_N/`` with the videos (``videos.npz``) and a GIF +
-PNG strip for the first few.
+Writes ``W/eval/NAME.json`` (atomically; NAME = ``run_name``: the step, the examples
+and every sampler setting), TensorBoard scalars under ``eval/``, and ``W/eval/NAME/``
+with the videos (``videos.npz``) and a GIF + PNG strip for the first few. On the
+synthetic data ``identity`` also holds the per-frame similarity curve (drift).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def paired_gap(matched: np.ndarray, mismatched: np.ndarray) -> dict:
   return dict(matched=float(m.mean()), mismatched=float(w.mean()), gap=float(d.mean()),
               gap_ci95=[float(d.mean() - half), float(d.mean() + half)],
               choice_accuracy=float(np.mean(d > 0)), n=int(len(d)))
+
+
+def per_frame_similarity(frames_nte: np.ndarray, ref_ne: np.ndarray, other: np.ndarray) -> dict:
+  """Identity drift over the clip: per frame index, the mean cosine of the frame to its
+  own reference and to another identity's (unit embeddings), with 95% CIs."""
+  out = {}
+  for key, refs in (("matched", ref_ne), ("mismatched", ref_ne[other])):
+    cos = np.einsum("nte,ne->nt", frames_nte, refs).astype(np.float64)
+    half = 1.96 * cos.std(0, ddof=1) / np.sqrt(len(cos)) if len(cos) > 1 else 0 * cos[0]
+    out[key] = cos.mean(0).tolist()
+    out[f"{key}_ci95"] = half.tolist()
+  return out
 
 
 def mismatched_index(identities: np.ndarray) -> np.ndarray:
@@ -157,7 +170,8 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
-      out[name] = paired_gap(np.sum(clip * ref, -1), np.sum(clip * ref[other], -1))
+      out[name] = dict(paired_gap(np.sum(clip * ref, -1), np.sum(clip * ref[other], -1)),
+                       per_frame=per_frame_similarity(frames, ref, other))
       embeds[name] = frames
     return out, embeds
   from video_dit.evaluation import face_id  # pylint: disable=g-import-not-at-top
@@ -200,6 +214,28 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True) -> str:
+  """The file name of one evaluation: the step, the examples and every sampler setting,
+  so evaluations of one step with other settings never overwrite each other, e.g.
+  ``step_3000_test128_ema_euler32_text4_face2``."""
+  name = (f"step_{step}_{split}{num_videos}_{'ema' if ema else 'raw'}_{sampler.name}"
+          f"{sampler.num_steps}_text{sampler.text_scale:g}_face{sampler.id_scale:g}")
+  if sampler.shift:
+    name += f"_shift{sampler.shift:g}"
+  if sampler.eta:
+    name += f"_eta{sampler.eta:g}"
+  if sampler.interval is not None and tuple(sampler.interval) != (0.0, 1.0):
+    name += f"_interval{sampler.interval[0]:g}-{sampler.interval[1]:g}"
+  return name
+
+
+def result_path(workdir: str, config, step: int, num_videos: int, split: str = "test",
+                ema: bool = True) -> str:
+  """Where ``evaluate`` writes the json of ``config``'s sampler settings at ``step``."""
+  sampler = registry.build_dit(config).sampler
+  return os.path.join(workdir, "eval", run_name(step, sampler, split, num_videos, ema) + ".json")
 
 
 def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
@@ -268,6 +304,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", cost_fn)
   results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+  results["name"] = run_name(step, sampler_cfg, split, len(gen), ema)
   if jax.process_index() == 0:
     _write(workdir, step, results, gen, real, faces, batch["caption"], identities, actions,
            num_gifs, float(config.sample.get("fps", 8.0)))
@@ -296,7 +333,7 @@ def scalars(tree: dict, prefix: str = "") -> dict[str, float]:
 def _write(workdir, step, results, gen, real, faces, captions, identities, actions, num_gifs,
            fps) -> None:
   out_dir = os.path.join(workdir, "eval")
-  media = os.path.join(out_dir, f"step_{step}")
+  media = os.path.join(out_dir, results["name"])
   os.makedirs(media, exist_ok=True)
   tmp = os.path.join(media, f"videos.tmp{os.getpid()}.npz")
   np.savez_compressed(tmp, generated=gen, real=real, faces=faces, identity=identities,
@@ -308,10 +345,11 @@ def _write(workdir, step, results, gen, real, faces, captions, identities, actio
     video_io.write_gif(prefix + "_real.gif", real[i], fps)
     video_io.write_sample(prefix, gen[i], faces[i], fps)
   results["media"] = os.path.abspath(media)
-  tmp = os.path.join(out_dir, f"step_{step}.json.tmp{os.getpid()}")
+  results["path"] = os.path.abspath(os.path.join(out_dir, results["name"] + ".json"))
+  tmp = f"{results['path']}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=2)
-  os.replace(tmp, os.path.join(out_dir, f"step_{step}.json"))
+  os.replace(tmp, results["path"])
   writer = metrics_lib.MetricWriter(out_dir)
   writer.write(step, {f"eval/{k}": v for k, v in scalars(results).items()
                       if not k.startswith(("step", "timings"))})
