@@ -13,7 +13,6 @@ synthetic dataset the identity and action probes are trained on first use
 
 import json
 
-from absl import app
 from absl import flags
 
 from video_dit import cli
@@ -48,4 +47,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

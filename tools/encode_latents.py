@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 
-from absl import app
 from absl import flags
 
 from video_dit import cli, latents
@@ -40,4 +39,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["vae_workdir", "data_dir", "out"])
-  app.run(main)
+  cli.run(main)

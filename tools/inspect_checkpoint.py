@@ -9,7 +9,6 @@ with it, naming the step and the item.
 
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -64,4 +63,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

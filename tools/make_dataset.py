@@ -83,4 +83,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["data_dir"])
-  app.run(main)
+  cli.run(main)

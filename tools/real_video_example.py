@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 
 from configs import synthetic_faces
@@ -40,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -40,4 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["vae_workdir"])
-  app.run(main)
+  cli.run(main)

@@ -52,14 +52,25 @@ def setup(argv) -> None:
   quiet_logs()
 
 
+# What bad input raises (a flag, a config value, a file): one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError)
+
+
 def run(main) -> None:
-  """``app.run(main)``, with a mistyped ``--config.*`` override (an unknown field, found
-  while the flags are parsed, before ``main`` runs) as one line naming it."""
+  """``app.run(main)`` where bad input ends in one line, ``error: <what and the fix>``
+  (exit 1): a mistyped ``--config.*`` override (found while the flags are parsed) and
+  the ``USER_ERRORS`` that ``main`` raises. ``--verbosity=0`` shows the traceback."""
   started = []
 
   def wrapped(argv):
     started.append(True)
-    return main(argv)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if flags.FLAGS["verbosity"].present:
+        raise
+      sys.exit(f"error: {e}")
 
   try:
     app.run(wrapped)

@@ -138,41 +138,23 @@ def psnr(a, b) -> np.ndarray:
   return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-10))
 
 
-def _clips(config, split: str, n: int) -> np.ndarray:
-  """The first ``n`` centre clips (pixels) of a split."""
-  from video_dit.data import pipeline  # pylint: disable=g-import-not-at-top
-  pixels = config.copy_and_resolve_references()
-  with pixels.unlocked():
-    pixels.latent.source = "pixels"
-    pixels.data.batch_size = max(1, min(64, n))
-  out, count = [], 0
-  for b in pipeline.make_iterator(pixels, split, train=False):
-    out.append(np.asarray(b["video"]))
-    count += len(out[-1])
-    if count >= n:
-      break
-  if not out:
-    raise ValueError(f"the {split} split of {config.data.data_dir} is empty: the PCA codec "
-                     "needs training clips to fit and test clips to measure")
-  return np.concatenate(out)[:n]
-
-
 def _write_json(path: str, info: dict) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(info, f, indent=1)
   os.replace(path + ".tmp", path)
 
 
-def ensure(config, log=print) -> str:
+def ensure(config, clips, log=print) -> str:
   """Fits ``config.latent`` on the training clips unless the fit exists; returns its path.
 
+  ``clips(split, n)`` -> the split's first ``n`` pixel clips (``pipeline.first_clips``).
   The held-out PSNR (up to 512 test clips) is measured once and stored in the json."""
   path = path_for(config)
   if os.path.exists(path):
     return path
   lat = config.latent
   if jax.process_index() == 0:
-    train = _clips(config, "train", lat.fit_clips)
+    train = clips("train", lat.fit_clips)
     arrays = fit(train, lat.tubelet, lat.channels, lat.whiten)
     info = dict(tubelet=[int(x) for x in lat.tubelet], channels=int(lat.channels),
                 whiten=bool(lat.whiten), fit_clips=len(train),
@@ -184,7 +166,7 @@ def ensure(config, log=print) -> str:
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     codec = PCACodec(path)
-    test = _clips(config, "test", 512)
+    test = clips("test", 512)
     values = np.concatenate([psnr(np.asarray(codec.decode(codec.encode(test[i:i + 64]))),
                                   test[i:i + 64]) for i in range(0, len(test), 64)])
     info.update(test_clips=len(test), test_psnr_db=float(values.mean()),

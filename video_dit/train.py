@@ -32,7 +32,7 @@ import optax
 
 from video_dit import checkpoint, sharding, tasks
 from video_dit import workdir as workdir_lib
-from video_dit.data import pipeline
+from video_dit.data import forget, pipeline
 from video_dit.metrics import MetricWriter, Progress
 
 
@@ -272,6 +272,8 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
   state = restore(config, ckpt, state, data_iter)
   start = int(state.step)
+  if jax.process_index() == 0:  # which data (by content digest) the coming steps read
+    forget.record_datasets(workdir, config.data.data_dir, start)
 
   step_fn = make_train_step(task, tx, config)
   with jax.set_mesh(mesh):

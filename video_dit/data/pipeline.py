@@ -161,10 +161,29 @@ def ensure_dataset(config) -> None:
     jax.experimental.multihost_utils.sync_global_devices("dataset built")
   if registry.latent_codec(config) == "pca":  # the linear codec is fitted with the data
     from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
-    pca_codec.ensure(config)
+    pca_codec.ensure(config, lambda split, n: first_clips(config, split, n))
   if config.text.encoder == "precomputed":
     if (jax.process_index() == 0
         and not os.path.exists(text_store.store_path(d.data_dir, config.text.precomputed))):
       print(f"storing {config.text.precomputed} caption embeddings in {d.data_dir}", flush=True)
       text_store.build(d.data_dir, config.text.precomputed, config.text.max_len)
     jax.experimental.multihost_utils.sync_global_devices("text embeddings stored")
+
+
+def first_clips(config, split: str, n: int) -> np.ndarray:
+  """The first ``n`` centre clips (pixels) of a split."""
+  pixels = config.copy_and_resolve_references()
+  with pixels.unlocked():
+    if "latent" in pixels:
+      pixels.latent.source = "pixels"
+    pixels.data.batch_size = max(1, min(64, n))
+  out, count = [], 0
+  for b in make_iterator(pixels, split, train=False):
+    out.append(np.asarray(b["video"]))
+    count += len(out[-1])
+    if count >= n:
+      break
+  if not out:
+    raise ValueError(f"the {split} split of {config.data.data_dir} has no clips (a PCA "
+                     "codec fits on train clips and measures its PSNR on test clips)")
+  return np.concatenate(out)[:n]
