@@ -20,7 +20,7 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="S", frames=16, res=64, patch="2x4x4", runlocal=False,
                          identity_bench=False, quickstart=False, steps=0, codec="pixels",
-                         channels=24)
+                         channels=24, whiten=True)
   if arg.identity_bench + arg.quickstart + arg.runlocal > 1:
     raise ValueError("choose one of the presets identity_bench, quickstart, runlocal")
   config = common.base_config()
@@ -34,7 +34,7 @@ def get_config(arg=None):
   if arg.runlocal:
     common.runlocal(config)
   if arg.codec == "pca":
-    pca_latents(config, arg.channels)
+    pca_latents(config, arg.channels, arg.whiten)
   elif arg.codec != "pixels":
     raise ValueError(f"codec={arg.codec} is unknown; use pixels or pca")
   if arg.steps:
@@ -69,7 +69,7 @@ def identity_bench(c, steps: int) -> None:
   c.ckpt.update(every_steps=1000, keep=2)
 
 
-def pca_latents(c, channels: int = 24) -> None:
+def pca_latents(c, channels: int = 24, whiten: bool = True) -> None:
   """The DiT on the latents of the fitted linear codec (``video_dit/pca_codec.py``).
 
   2x4x4 pixel tubelets -> ``channels`` principal components (24: 4x compression,
@@ -77,6 +77,6 @@ def pca_latents(c, channels: int = 24) -> None:
   latent patches then cover 2x8x8 pixels, so the token count is that of pixel 2x8x8.
   """
   c.latent = dict(source="encode", codec="pca", tubelet=(2, 4, 4), channels=channels,
-                  whiten=True, fit_clips=2048)
+                  whiten=whiten, fit_clips=2048)
   c.model.update(patch=(1, 2, 2), channels=channels)
 

@@ -226,7 +226,7 @@ def load_host(directory: str, step: int | None = None) -> tuple[int, Any]:
   step = available[-1] if step is None else step
   if step not in available:
     raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; it has {available}")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process
   with _manager(directory, read_only=True) as manager:
     meta = manager.item_metadata(step)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

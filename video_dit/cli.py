@@ -1,5 +1,5 @@
-"""What every command-line entry point does first: reject stray arguments and keep the
-console quiet.
+"""What every command-line entry point does first: reject stray arguments, keep the
+console quiet, join a multi-process run (``--distributed``).
 
 Quiet by default: the libraries underneath (orbax, jax, TFDS, absl) log pages of INFO
 lines; our commands show warnings, errors and their own progress only (TFDS's dataset
@@ -10,6 +10,7 @@ back, ``--verbosity=1`` DEBUG lines too.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -45,11 +46,26 @@ def quiet_logs() -> None:
     tfds.disable_progress_bar()
 
 
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", os.environ.get("VIDEO_DIT_DISTRIBUTED") == "1",
+    "Multi-process: call jax.distributed.initialize() first (on every process; the "
+    "cluster is detected, or given by --coordinator/--num_processes/--process_id).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None,
+                                   "With --distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed.")
+
+
 def setup(argv) -> None:
-  """For ``main(argv)``: no positional arguments; quiet logs."""
+  """For ``main(argv)``: no positional arguments; quiet logs; ``--distributed``."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_logs()
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
 
 
 # What bad input raises (a flag, a config value, a file): one line, not a traceback.

@@ -216,6 +216,9 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
         face_consent=str(r.get("consent") or consent or "").strip() or None,
         sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
         versions={"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__})
+    if jax.process_index() != 0:  # every process samples (the same video); one writes
+      written.append(dict(record, files=[]))
+      continue
     paths = video_io.write_sample(prefix, video, crop, fps, record)
     video_io.write_gif(prefix + ".gif", video, fps, provenance.gif_comment(record))
     with open(prefix + ".json", "w") as f:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -171,6 +172,31 @@ def shard_batch(tree, mesh: Mesh):
     spec = logical_to_spec(("act_batch",) + (None,) * (x.ndim - 1), global_shape, mesh)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x, global_shape)
   return jax.tree.map(put, tree)
+
+
+def shard_copies(tree, mesh: Mesh):
+  """Host batches that every process holds whole (the same values) -> global arrays
+  sharded over ('data', 'fsdp'); each process places the slices its devices hold."""
+  def put(x):
+    x = np.asarray(x)
+    spec = logical_to_spec(("act_batch",) + (None,) * (x.ndim - 1), x.shape, mesh)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
+  return jax.tree.map(put, tree)
+
+
+def replicate(tree, mesh: Mesh):
+  """A host tree every process holds whole (e.g. restored parameters) -> global arrays
+  replicated on every device of the mesh (multi-process jit takes no host arrays)."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda i, x=np.asarray(x): x[i]), tree)
+
+
+def to_host(x) -> np.ndarray:
+  """A global array -> the whole value on every process (numpy)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def jit_init(init_fn, mesh: Mesh, *args):

@@ -114,8 +114,10 @@ def identity_ids(batch: dict) -> np.ndarray:
 
 def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed: int,
                     chunk: int) -> np.ndarray:
-  """uint8 videos for every example, sampled ``chunk`` at a time over the mesh."""
+  """uint8 videos for every example, sampled ``chunk`` at a time over the mesh (every
+  process holds every example and gets every video back)."""
   mesh = sharding.make_mesh(config.mesh)
+  params = sharding.replicate(params, mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
   chunk = max(data_size, chunk // data_size * data_size)
   n = len(batch["video"])
@@ -131,10 +133,10 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
       pad = chunk - len(jax.tree.leaves(part)[0])
       if pad:  # the last chunk repeats its last example: one compiled shape
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
-      video = sample(params, sharding.shard_batch(part, mesh),
-                     jax.random.fold_in(jax.random.key(seed), i // chunk))
-      if codec is not None:  # a latent-space DiT: decode with its VAE
-        video = codec.decode(jax.device_get(video))
+      video = sharding.to_host(sample(params, sharding.shard_copies(part, mesh),
+                                      jax.random.fold_in(jax.random.key(seed), i // chunk)))
+      if codec is not None:  # a latent-space DiT: decode with its codec
+        video = codec.decode(video)
       out.append(video_io.to_uint8(video)[:chunk - pad])
       progress.update(min(i + chunk, n), "videos sampled", force=True)
   progress.close()

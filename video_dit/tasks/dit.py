@@ -99,21 +99,23 @@ class PeriodicSampler:
     test.data.batch_size = config.sample.num_videos
     batch = next(pipeline.make_iterator(test, "test", train=False))
     _, cond = conditions.split_batch(batch)
-    self.faces = video_io.to_uint8(batch["face"])
+    # Each process read its share of the examples; the global batch is their
+    # concatenation in process order (``shard_batch``), and so are the faces.
+    self.faces = video_io.to_uint8(jax.experimental.multihost_utils.process_allgather(
+        batch["face"], tiled=True))
     self.cond = sharding.shard_batch(cond, mesh)
     self.sample = sampling.make_sampler(task.model, task.diffusion, task.sampler,
-                                        (len(batch["video"]),) + task.shape)
+                                        (len(self.faces),) + task.shape)
     self.decode = task.codec.decode if task.codec is not None else None
 
   def maybe_write(self, step: int, ema_params) -> None:
     if step % self.every:
       return
     with jax.set_mesh(self.mesh):
-      videos = self.sample(ema_params, self.cond, jax.random.key(self.seed))
-      if self.decode is not None:
-        videos = self.decode(jax.device_get(videos))
-    videos = video_io.to_uint8(
-        jax.experimental.multihost_utils.process_allgather(videos, tiled=True))
+      videos = sharding.to_host(self.sample(ema_params, self.cond, jax.random.key(self.seed)))
+    if self.decode is not None:
+      videos = self.decode(videos)
+    videos = video_io.to_uint8(videos)
     if jax.process_index() == 0:
       for i, (video, face) in enumerate(zip(videos, self.faces)):
         video_io.write_sample(os.path.join(self.workdir, "samples", f"step_{step}", f"{i:02d}"),
