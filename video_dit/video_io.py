@@ -49,19 +49,31 @@ def decode_frames(encoded: Sequence[bytes], indices: Sequence[int] | None = None
   return np.stack([decode_image(encoded[i]) for i in indices])
 
 
-def read_video(path: str, max_side: int = 0) -> tuple[np.ndarray, float]:
-  """Decodes a video file (any container/codec ffmpeg knows) with PyAV.
+def read_video(path: str, max_side: int = 0, start: float = 0.0, end: float | None = None,
+               with_time: bool = False):
+  """Decodes the ``[start, end)`` seconds of a video file (any container/codec ffmpeg
+  knows) with PyAV: it seeks to the keyframe before ``start`` and stops at ``end``, so
+  memory holds the window only, however long the file.
 
-  Returns ((T, H, W, 3) uint8 frames, frames per second). ``max_side`` > 0
-  downsizes frames so that their longer side is at most that.
+  Returns ((T, H, W, 3) uint8 frames, frames per second) and, ``with_time``, the time
+  of the first frame returned. ``max_side`` > 0 downsizes frames so that their longer side is at most that.
   """
   import av  # pylint: disable=g-import-not-at-top
 
-  frames = []
+  frames, first_time = [], None
   with av.open(path) as container:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 25)
+    half = 0.5 / fps
+    if start > 0 and stream.time_base:
+      container.seek(int(start / stream.time_base), stream=stream, backward=True)
     for frame in container.decode(stream):
+      t = float(frame.time) if frame.time is not None else len(frames) / fps
+      if t < start - half:
+        continue
+      if end is not None and t >= end - half:
+        break
+      first_time = t if first_time is None else first_time
       img = frame.to_image()
       if max_side and max(img.size) > max_side:
         scale = max_side / max(img.size)
@@ -69,8 +81,9 @@ def read_video(path: str, max_side: int = 0) -> tuple[np.ndarray, float]:
                          Image.BILINEAR)
       frames.append(np.asarray(img.convert("RGB")))
   if not frames:
-    raise ValueError(f"no frames could be decoded from {path}")
-  return np.stack(frames), fps
+    raise ValueError(f"no frames could be decoded from {path}"
+                     + (f" in [{start:g}, {end:g}) s" if end is not None or start else ""))
+  return (np.stack(frames), fps) + ((first_time,) if with_time else ())
 
 
 def write_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0,

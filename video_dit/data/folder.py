@@ -24,6 +24,9 @@ from video_dit import video_io
 from video_dit.data import builders, faces
 
 CONSENT_GIVEN = "given"
+# Seconds decoded before and after a record's [start, end]: where a reference face is
+# looked for when the record names none (the rest of a long file is never decoded).
+REFERENCE_MARGIN_S = 2.0
 CONSENT_ADMITTED = "missing (admitted by --allow_missing_consent)"
 
 
@@ -220,12 +223,16 @@ class VideoFolder(builders.Builder):
   def _example(self, rec: dict) -> dict:
     opts = self.options
     path = os.path.join(self.root, rec["video"])
-    try:
-      frames, fps = video_io.read_video(path, max_side=opts.max_side)
+    start = float(rec.get("start", 0.0))
+    end = float(rec["end"]) if "end" in rec else None
+    try:  # the clip plus a margin each side (where a reference face may be found)
+      frames, fps, t0 = video_io.read_video(
+          path, max_side=opts.max_side, start=max(0.0, start - REFERENCE_MARGIN_S),
+          end=None if end is None else end + REFERENCE_MARGIN_S, with_time=True)
     except Exception as e:  # pylint: disable=broad-except
       raise _Skip(f"unreadable or corrupt video {rec['video']}: {type(e).__name__}: {e}") from e
-    first = int(round(float(rec.get("start", 0.0)) * fps))
-    last = int(round(float(rec["end"]) * fps)) if "end" in rec else len(frames)
+    first = max(0, int(round((start - t0) * fps)))
+    last = int(round((end - t0) * fps)) if end is not None else len(frames)
     clip = frames[first:min(last, len(frames))]
     outside = np.concatenate([frames[:first], frames[last:]])
     if "face" not in rec and not len(outside):
