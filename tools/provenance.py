@@ -29,22 +29,21 @@ def main(argv):
   try:
     embedded = provenance.read(path)
   except ValueError as e:
-    print(f"{path}: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(f"error: {path}: {e}" if path not in str(e) else f"error: {e}")
   print(json.dumps(embedded, indent=2))
   if _NO_SIDECAR.value:
     return
   sidecar = os.path.splitext(path)[0] + ".json"
   if not os.path.exists(sidecar):
-    print(f"{path}: no sidecar {sidecar} to check against (--no_sidecar to skip)",
-          file=sys.stderr)
-    sys.exit(1)
-  with open(sidecar, encoding="utf-8") as f:
-    expected = json.load(f)
+    sys.exit(f"error: {path}: no sidecar {sidecar} to check against (--no_sidecar to skip)")
+  try:
+    with open(sidecar, encoding="utf-8") as f:
+      expected = json.load(f)
+  except ValueError as e:
+    sys.exit(f"error: the sidecar {sidecar} is not valid JSON ({e})")
   diff = sorted(k for k in set(expected) | set(embedded) if expected.get(k) != embedded.get(k))
   if diff:
-    print(f"{path}: differs from {sidecar} in {diff}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(f"error: {path}: differs from {sidecar} in {diff}")
   print(f"{path}: matches {sidecar}")
 
 

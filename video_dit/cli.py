@@ -75,12 +75,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 def run(main) -> None:
   """``app.run(main)`` where bad input ends in one line, ``error: <what and the fix>``
-  (exit 1): a mistyped ``--config.*`` override (found while the flags are parsed) and
-  the ``USER_ERRORS`` that ``main`` raises. ``--verbosity=0`` shows the traceback."""
-  started = []
+  (exit 1): a flag or config file that does not parse (a mistyped ``--config.*`` field
+  or config arg, a missing config file), and the ``USER_ERRORS`` that ``main`` raises.
+  ``--verbosity=0`` shows the traceback."""
 
   def wrapped(argv):
-    started.append(True)
     try:
       return main(argv)
     except USER_ERRORS as e:
@@ -88,16 +87,28 @@ def run(main) -> None:
         raise
       sys.exit(f"error: {e}")
 
+  app.run(wrapped, flags_parser=_parse_or_exit)
+
+
+def _parse_or_exit(argv):
+  """absl's flag parsing (config files loaded too), a bad flag as one line instead of
+  absl's FATAL message with an embedded traceback."""
   try:
-    app.run(wrapped)
-  except (KeyError, AttributeError) as e:
-    if started:
-      raise
-    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    rest = flags.FLAGS(argv)
+    for name in list(flags.FLAGS):  # a config file that failed to load raises on use
+      hasattr(flags.FLAGS[name].value, "to_dict")
+    return rest
+  except (KeyError, AttributeError) as e:  # an unknown --config.* field
     text = str(e)
     key = re.search(r"'([^'\\]+)\\*'", text)
     hint = re.search(r'Did you mean \\*"([^"\\]+)', text)
-    sys.exit(f"error: {' '.join(overrides)}: no config field "
+    bad = [a for a in argv[1:] if a.startswith("--config.")
+           and key and a[len("--config."):].split("=")[0].split(".")[-1] == key.group(1)]
+    sys.exit(f"error: {' '.join(bad) or 'a --config.* override'}: no config field "
              f"{repr(key.group(1)) if key else text}"
              + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
              + "; the config file's get_config() lists the fields")
+  except (flags.Error, OSError, ValueError) as e:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    sys.exit(f"error: {lines[-1] if lines else type(e).__name__}"
+             + ("" if isinstance(e, flags.Error) else " (in the --config file or its arg)"))

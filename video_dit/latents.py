@@ -47,6 +47,7 @@ def encode_dataset(vae_workdir: str, data_dir: str, out: str, frames: int = 0,
   description (also written to the cache's ``latents.json``).
 
   ``frames`` / ``resolution`` = 0 take the VAE's training clip size."""
+  builders.find_dataset(data_dir)  # a missing source fails before anything is written
   codec = workdir.LatentCodec(vae_workdir)
   vc = codec.config
   frames = frames or vc.data.frames

@@ -80,10 +80,13 @@ def read(path: str) -> dict:
     with av.open(path) as container:
       text = container.metadata.get("comment")
   elif ext in (".png", ".gif"):
-    with Image.open(path) as img:
-      text = img.info.get(KEY) if ext == ".png" else img.info.get("comment")
-      if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+    try:
+      with Image.open(path) as img:
+        text = img.info.get(KEY) if ext == ".png" else img.info.get("comment")
+    except (Image.UnidentifiedImageError, OSError) as e:
+      raise ValueError(f"{path} is not a readable {ext[1:].upper()} image ({e})") from None
+    if isinstance(text, bytes):
+      text = text.decode("utf-8", errors="replace")
   else:
     raise ValueError(f"{path}: provenance is read from .mp4, .png or .gif files")
   if not text:

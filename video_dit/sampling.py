@@ -151,6 +151,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   is sampled or written; existing outputs are an error unless ``overwrite``.
   """
   seeds_names = _check_requests(requests)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise FileExistsError(f"--out={out_dir} is a file; give a folder for the samples")
   for i, r in enumerate(requests):
     statement = str(r.get("consent") or consent or "").strip()
     if not face_is_crop and not statement:

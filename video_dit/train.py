@@ -244,6 +244,8 @@ def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter)
 
 def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise FileExistsError(f"--workdir={workdir} is a file; give a folder for the run")
   task = validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.data.batch_size, mesh)
@@ -259,10 +261,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:
 def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   """The loop of ``train_and_evaluate``, under the workdir's lock."""
   os.makedirs(workdir, exist_ok=True)
-  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_json)
 
   pipeline.ensure_dataset(config)
   data_iter = pipeline.make_iterator(config, "train")
@@ -272,7 +270,10 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
   state = restore(config, ckpt, state, data_iter)
   start = int(state.step)
-  if jax.process_index() == 0:  # which data (by content digest) the coming steps read
+  if jax.process_index() == 0:  # the config (once a checkpoint fits it) and the data read
+    config_json = config.to_json_best_effort(sort_keys=True, indent=2)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_json)
     forget.record_datasets(workdir, config.data.data_dir, start)
 
   step_fn = make_train_step(task, tx, config)

@@ -58,6 +58,9 @@ class VideoFolder(builders.Builder):
 
   def __init__(self, *, data_dir: str, manifest: str, options: FolderOptions = FolderOptions()):
     self.manifest = os.path.abspath(manifest)
+    if not os.path.isfile(self.manifest):  # before TFDS creates any folder
+      raise FileNotFoundError(f"manifest {self.manifest} does not exist; pass "
+                              "--manifest=path/to/manifest.jsonl")
     self.root = os.path.dirname(self.manifest)
     self.options = options
     # The manifest's contents and the options name the config: an edited manifest
@@ -73,9 +76,6 @@ class VideoFolder(builders.Builder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    if not os.path.isfile(self.manifest):
-      raise FileNotFoundError(f"manifest {self.manifest} does not exist; pass "
-                              "--manifest=path/to/manifest.jsonl")
     records = list(self._records())
     self._candidates = {identity_split(str(r["identity"]), self.options.test_fraction)
                         for _, r in records}

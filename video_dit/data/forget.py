@@ -163,10 +163,14 @@ def _data_folder(dataset_dir: str, root: str) -> str:
 
 def forget(root: str, identity: str, dry_run: bool = False, workdirs=()) -> dict:
   """Removes ``identity`` everywhere under ``root``; returns (and logs) the audit entry."""
-  if not identity:
+  if not identity or not identity.strip():
     raise ValueError("--identity is empty: give the identity name of the person's records")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"--data_dir={root} is not a folder")
+  for w in workdirs:
+    if not os.path.isdir(os.path.join(w, "checkpoints")):
+      raise FileNotFoundError(f"--workdirs: {w} is not a training workdir (no checkpoints/ "
+                              "folder); fix the path or leave it out")
   finish_interrupted(root)
   shutil.rmtree(os.path.join(root, _STAGING), ignore_errors=True)  # a build a crash cut short
   entry = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), identity=identity,

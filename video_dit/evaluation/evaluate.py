@@ -246,6 +246,9 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
              train_probes: bool = True, chunk: int = 8, num_gifs: int = 8,
              log=print) -> dict:
   """Samples the split's first examples from ``workdir``'s checkpoint and scores them."""
+  if num_videos < 2:
+    raise ValueError(f"--num_videos={num_videos} must be >= 2 (the identity gap pairs videos "
+                     "of different identities)")
   unknown = set(metrics) - set(METRICS)
   if unknown:
     raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
