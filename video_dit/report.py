@@ -160,6 +160,18 @@ def identity_plots(results: dict, sweep: dict | None, out_dir: str) -> str:
                  "<p class=small>Per frame, how close the video is to its own reference face "
                  "and to another identity's (the identity probe's embedding): a falling "
                  "curve is identity drift.</p>")
+  per = ident.get("per_attribute")
+  if per:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['accuracy']:.0%} [{v['ci95'][0]:.0%}, "
+        f"{v['ci95'][1]:.0%}]</td><td>{v['chance']:.0%}</td><td>{v['real_accuracy']:.0%}</td>"
+        f"<td>{'above chance' if v['ci95'][0] > v['chance'] else 'not above chance'}</td></tr>"
+        for k, v in per.items())
+    parts.append("<h2>Identity per attribute</h2><p class=small>How often the identity "
+                 "probe reads the reference identity's true attribute value from a clip "
+                 "(frames averaged), with a 95% CI.</p><table><tr><th>attribute</th>"
+                 "<th>generated</th><th>chance</th><th>real clips</th><th>generated</th>"
+                 f"</tr>{rows}</table>")
   if sweep and sweep.get("points"):
     pts = sweep["points"]
     series = []

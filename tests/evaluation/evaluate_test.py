@@ -83,6 +83,17 @@ def test_evaluate_writes_every_metric(trained):
   assert g["n"] == 10 and g["gap"] == pytest.approx(want["gap"], abs=1e-6)
   assert g["matched"] == pytest.approx(want["matched"], abs=1e-6)
   assert g["choice_accuracy"] == want["choice_accuracy"]
+  # Per attribute: the probe's reading of each clip against the identity's true value.
+  truth = np.asarray([list(synthetic.identity_attributes(0, int(i)).values()) for i in identity])
+  per = ident["per_attribute"]
+  assert list(per) == list(synthetic.ATTRIBUTES)
+  for a, name in enumerate(synthetic.ATTRIBUTES):
+    for key, videos in (("accuracy", gen), ("real_accuracy", real)):
+      assert per[name][key] == pytest.approx(
+          np.mean(id_probe.clip_attributes(videos)[:, a] == truth[:, a]))
+    assert per[name]["chance"] == pytest.approx(1 / synthetic.ATTRIBUTES[name])
+  # Real clips show their identity's attributes (skin and hair colour: chance is 1/6).
+  assert per["skin_tone"]["real_accuracy"] >= 0.5 and per["hair_color"]["real_accuracy"] >= 0.5
   text = saved["text"]
   assert text["chance"] == pytest.approx(1 / 11) and text["n"] == 10
   act_probe = probes.Probe.load(str(trained / "probes" / "action"))

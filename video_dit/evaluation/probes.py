@@ -197,6 +197,17 @@ class Probe:
     v = np.asarray(videos_nthwc)
     return self.embed_images(v.reshape((-1,) + v.shape[2:])).reshape(v.shape[:2] + (-1,))
 
+  def clip_attributes(self, videos_nthwc: np.ndarray) -> np.ndarray:
+    """(N, T, H, W, 3) uint8 -> (N, A) the attribute values read from each clip (argmax
+    of the per-frame probabilities averaged over frames), attributes in
+    ``synthetic.ATTRIBUTES`` order."""
+    self._need("identity")
+    v = np.asarray(videos_nthwc)
+    outs = self._batched(resize(v.reshape((-1,) + v.shape[2:]), self.spec.size))
+    per_attr = [np.concatenate([np.asarray(jax.nn.softmax(o[k], -1)) for o in outs])
+                for k in range(len(ATTRIBUTE_SIZES))]
+    return np.stack([p.reshape(v.shape[:2] + (-1,)).mean(1).argmax(-1) for p in per_attr], -1)
+
   def embed_clips(self, videos_nthwc: np.ndarray) -> np.ndarray:
     """(N, T, H, W, 3) uint8 -> (N, D): the mean frame embedding, normalised."""
     e = self.embed_frames(videos_nthwc).mean(1)
