@@ -101,3 +101,36 @@ def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path):
                           [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
                           str(tmp_path / "samples"), face_is_crop=True)
   assert out[0]["video_shape"] == [8, 32, 32, 3]  # decoded pixels, not latents
+
+
+def test_reference_tokens_in_latent_space(tmp_path):
+  """identity.mode='separate+reference' on PCA latents: the face is encoded by the same
+  codec into one latent frame of tokens; the video sees it, and sampling works."""
+  config = _pca_config(tmp_path / "data", **{"sample.num_steps": 2,
+                                            "identity.mode": "separate+reference"})
+  config.total_steps = 2
+  pipeline.ensure_dataset(config)
+  model, params = helpers.init(config)
+  params = helpers.perturb_zeros(params)
+  inputs = registry.random_inputs(config, 2, seed=0)
+  other = dict(inputs, face=inputs["face"][::-1])
+  a, b = helpers.apply(model, params, inputs), helpers.apply(model, params, other)
+  assert not np.allclose(a, b)
+  # The codec maps the face (a clip of its tubelet depth) to one latent frame the size
+  # of the video latents, which the DiT patchifies like them.
+  codec = pca_codec.load(pca_codec.path_for(config))
+  frames = np.repeat(np.asarray(inputs["face"])[:, None], 2, axis=1)
+  latent = np.asarray(codec.encode(frames))
+  assert latent.shape == (2, 1, 8, 8, 24)
+  state = train.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
+  assert int(state.step) == 2
+  helpers.save_reference_face(tmp_path / "face.png", 32)
+  out = sampling.generate(str(tmp_path / "run"),
+                          [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
+                          str(tmp_path / "samples"), face_is_crop=True)
+  assert out[0]["video_shape"] == [8, 32, 32, 3]
+  config.unlock()
+  config.latent.update(codec="vae", vae_workdir=str(tmp_path), shape=(4, 8, 8, 24))
+  with pytest.raises(ValueError, match="not with a VAE"):
+    registry.model_config(config)
+

@@ -123,6 +123,17 @@ class PCACodec:
     return self._decode.lower(jax.ShapeDtypeStruct(latent_shape_bthwc, jnp.float32))
 
 
+_LOADED: dict[str, PCACodec] = {}
+
+
+def load(path: str) -> PCACodec:
+  """The codec at ``path``, loaded once per process."""
+  path = os.path.abspath(path)
+  if path not in _LOADED:
+    _LOADED[path] = PCACodec(path)
+  return _LOADED[path]
+
+
 def path_for(config) -> str:
   """Where the fit of ``config.latent`` on ``config.data`` lives (``<data_dir>/codecs/``)."""
   lat, d = config.latent, config.data

@@ -229,10 +229,8 @@ def codec(config) -> LatentCodec | None:
     return None
   if registry.latent_codec(config) == "pca":
     from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
-    path, make = pca_codec.path_for(config), pca_codec.PCACodec
-  else:
-    path, make = config.latent.vae_workdir, LatentCodec
-  path = os.path.abspath(path)
+    return pca_codec.load(pca_codec.path_for(config))
+  path = os.path.abspath(config.latent.vae_workdir)
   if path not in _CODECS:
-    _CODECS[path] = make(path)
+    _CODECS[path] = LatentCodec(path)
   return _CODECS[path]

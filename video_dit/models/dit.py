@@ -68,6 +68,7 @@ class ModelConfig:
   identity: IdentityEncoderConfig = IdentityEncoderConfig()
   identity_mode: str = "separate"                   # or "decoupled" (IP-Adapter style)
   identity_reference: bool = False                  # in-context reference tokens
+  reference_codec: str = ""  # latent-space DiT: the fitted PCA codec the reference is encoded with
   identity_gate: str = "zero"                       # zero-initialised gate, or "none"
   identity_scale: float = 1.0                       # decoupled mode: weight of identity
   identity_every: int = 1                           # identity attention in every n-th block
@@ -259,9 +260,17 @@ class VideoDiT(nn.Module):
     frame 0). -> ((B, H'W', D) tokens, their RoPE angles or None)."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     face = face_bhwc.astype(jnp.float32)
-    if face.shape[1:3] != tuple(frame_hw):
-      face = jax.image.resize(face, (face.shape[0], *frame_hw, face.shape[-1]), "bilinear")
-    frames = jnp.repeat(face[:, None], cfg.patch[0], axis=1)  # (B, pt, H, W, C)
+    codec, zoom = None, (1, 1, 1)
+    if cfg.reference_codec:  # latents: the face as a clip of the codec's tubelet depth
+      from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+      codec = pca_codec.load(cfg.reference_codec)
+      zoom = codec.tubelet
+    pixel_hw = (frame_hw[0] * zoom[1], frame_hw[1] * zoom[2])
+    if face.shape[1:3] != pixel_hw:
+      face = jax.image.resize(face, (face.shape[0], *pixel_hw, face.shape[-1]), "bilinear")
+    frames = jnp.repeat(face[:, None], cfg.patch[0] * zoom[0], axis=1)  # (B, pt, H, W, C)
+    if codec is not None:
+      frames = codec.encode(frames)  # (B, pt, H', W', latent channels)
     positions = grid_positions(grid_shape(frames.shape[1:4], cfg.patch)).at[:, 0].set(-1.0)
     tokens = patch_embed(patchify(frames, cfg.patch).astype(dt))
     if cfg.sincos:

@@ -7,6 +7,7 @@ error naming the bad value and the fix *before* anything is traced or compiled.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -169,6 +170,7 @@ def model_config(config) -> ModelConfig:
     precomputed_dim = PRECOMPUTED_TEXT[tx.precomputed]
   _heads("identity", idc.width, idc.num_heads)
   cross, reference = identity_paths(idc.mode)
+  reference_codec = ""
   if cross == "decoupled" and tx.encoder == "none":
     raise ValueError("identity.mode='decoupled' shares the text cross-attention; it needs a "
                      "text encoder (text.encoder != 'none') or use identity.mode='separate'.")
@@ -180,10 +182,16 @@ def model_config(config) -> ModelConfig:
     if scan:
       raise ValueError(f"identity.mode={idc.mode!r} (in-context reference tokens) runs the "
                        "blocks unscanned; set model.scan_layers=False.")
-    if latent_source(config) != "pixels" or m.channels != 3:
-      raise ValueError(f"identity.mode={idc.mode!r} makes the reference frame from the face "
-                       "crop, in pixels: it needs latent.source='pixels' and model.channels=3 "
-                       "(latent-space reference tokens are not built yet).")
+    if latent_codec(config) == "vae":
+      raise ValueError(f"identity.mode={idc.mode!r} encodes the reference face with the "
+                       "DiT's codec: it works in pixels or with latent.codec='pca', not with "
+                       "a VAE yet.")
+    if latent_codec(config) == "pca":
+      from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+      reference_codec = os.path.abspath(pca_codec.path_for(config))
+    elif m.channels != 3:
+      raise ValueError(f"identity.mode={idc.mode!r} in pixels puts the face crop in the "
+                       f"sequence: it needs model.channels=3 (got {m.channels}).")
     if not idc.face_size:
       raise ValueError(f"identity.mode={idc.mode!r} needs the face crop: set "
                        "identity.face_size.")
@@ -217,6 +225,7 @@ def model_config(config) -> ModelConfig:
       use_text=tx.encoder != "none", use_identity=bool(cross),
       text_pooled_to_adaln=tx.pooled_to_adaln, text_precomputed_dim=precomputed_dim,
       identity=ident, identity_mode=cross or "separate", identity_reference=reference,
+      reference_codec=reference_codec,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln)
 
