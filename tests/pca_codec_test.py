@@ -90,10 +90,7 @@ def test_bad_codec_values_are_named_before_anything_runs(tmp_path):
     pca_codec.PCACodec(str(tmp_path / "none.npz"))
 
 
-def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path):
-  config = _pca_config(tmp_path / "data", **{"sample.num_steps": 2})
-  config.total_steps = 2
-  assert registry.video_shape(config) == (4, 8, 8, 24)
+def _train_two_steps_and_sample(config, tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
   assert int(state.step) == 2
   helpers.save_reference_face(tmp_path / "face.png", 32)
@@ -101,6 +98,13 @@ def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path):
                           [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
                           str(tmp_path / "samples"), face_is_crop=True)
   assert out[0]["video_shape"] == [8, 32, 32, 3]  # decoded pixels, not latents
+
+
+def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path):
+  config = _pca_config(tmp_path / "data", **{"sample.num_steps": 2})
+  config.total_steps = 2
+  assert registry.video_shape(config) == (4, 8, 8, 24)
+  _train_two_steps_and_sample(config, tmp_path)
 
 
 def test_reference_tokens_in_latent_space(tmp_path):
@@ -122,13 +126,7 @@ def test_reference_tokens_in_latent_space(tmp_path):
   frames = np.repeat(np.asarray(inputs["face"])[:, None], 2, axis=1)
   latent = np.asarray(codec.encode(frames))
   assert latent.shape == (2, 1, 8, 8, 24)
-  state = train.train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
-  assert int(state.step) == 2
-  helpers.save_reference_face(tmp_path / "face.png", 32)
-  out = sampling.generate(str(tmp_path / "run"),
-                          [dict(face=str(tmp_path / "face.png"), prompt="a person waves")],
-                          str(tmp_path / "samples"), face_is_crop=True)
-  assert out[0]["video_shape"] == [8, 32, 32, 3]
+  _train_two_steps_and_sample(config, tmp_path)
   config.unlock()
   config.latent.update(codec="vae", vae_workdir=str(tmp_path), shape=(4, 8, 8, 24))
   with pytest.raises(ValueError, match="not with a VAE"):
