@@ -39,7 +39,8 @@ def _quickstart(workdir, data_dir, steps):
          f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
          "--config.data.clips_per_identity=2", "--config.sample.num_steps=2",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
-         "--metrics=identity,text,temporal,cost"]
+         "--metrics=identity,text,temporal,cost", "--sweep_text=1,4", "--sweep_face=2",
+         "--sweep_videos=4"]
   t0 = time.time()
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   wall = time.time() - t0
@@ -70,10 +71,11 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
       probes.default_path(data_dir, "action", spec))
 
   log, wall = _quickstart(workdir, data_dir, steps=4)
-  for phase in ("1/4 dataset", "2/4 training", "3/4 sampling", "4/4 report"):
+  for phase in ("1/5 dataset", "2/5 training", "3/5 sampling", "4/5 guidance sweep",
+                "5/5 report"):
     assert phase in log, log
   phases = _phases(workdir)
-  assert set(phases) == {"dataset", "train", "evaluate", "report"}
+  assert set(phases) == {"dataset", "train", "evaluate", "sweep", "report"}
   # Phase times are measured: training and evaluation compile and run (seconds), and
   # together they fit inside the command's own wall time.
   assert phases["train"] > 1 and phases["evaluate"] > 1 and phases["report"] > 0
@@ -83,7 +85,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     page = f.read()
   parser = _Sources()
   parser.feed(page)
-  assert "report/loss.png" in parser.images
+  for png in ("loss", "identity_per_frame", "guidance_tradeoff"):
+    assert f"report/{png}.png" in parser.images
   gifs = [s for s in parser.images if s.endswith(".gif")]
   assert len(gifs) == 2 * 4 + 1  # generated + real per sample, and the grid
   for src in parser.images:
@@ -100,21 +103,25 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     assert metric in text, text
   with open(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) as f:
     results = json.load(f)
+  with open(os.path.join(workdir, "eval", "guidance_step_4_test4.json")) as f:
+    assert [(p["text_scale"], p["face_scale"]) for p in json.load(f)["points"]] == [(1, 2), (4, 2)]
   assert results["num_videos"] == 12 and results["step"] == 4
   steps, loss = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert list(steps) == [4] and np.isfinite(loss).all()  # runlocal logs every 5 steps + last
 
   # Re-running resumes: training goes on from step 4, the old evaluation stays.
-  mtime = os.path.getmtime(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json"))
+  name = lambda step: os.path.join(workdir, "eval", f"step_{step}_test12_ema_euler2_text4_face2.json")
+  mtime = os.path.getmtime(name(4))
   log, wall = _quickstart(workdir, data_dir, steps=6)
   assert "resumed from" in log and "steps 4..6" in log
-  assert os.path.getmtime(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) == mtime
-  assert os.path.exists(os.path.join(workdir, "eval", "step_6.json"))
+  assert os.path.getmtime(name(4)) == mtime
+  assert os.path.exists(name(6))
   resumed = _phases(workdir)  # the second run's times add to the first's
   assert resumed["train"] > phases["train"] and resumed["evaluate"] > phases["evaluate"]
   assert sum(resumed.values()) - sum(phases.values()) < wall
   log, _ = _quickstart(workdir, data_dir, steps=6)  # nothing left to do
   assert "already at step 6" in log and "evaluation of step 6 found" in log
+  assert "guidance sweep of step 6 found" in log
   assert _phases(workdir)["train"] == resumed["train"]  # no training was timed
 
 
