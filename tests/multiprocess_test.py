@@ -35,8 +35,12 @@ def _run(args, processes: int = 2, devices: int = 2):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(processes)]
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, (args[0], out[-2000:], err[-4000:])
+  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+    first = next((k for k, line in enumerate(lines)
+                  if "Traceback" in line or "error" in line.lower()), len(lines))
+    assert p.returncode == 0, (args[0], i, p.returncode, "\n".join(lines[first:first + 40]),
+                               out[-1000:])
   return outs
 
 

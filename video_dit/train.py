@@ -270,8 +270,8 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
   state = restore(config, ckpt, state, data_iter)
   start = int(state.step)
+  config_json = config.to_json_best_effort(sort_keys=True, indent=2)
   if jax.process_index() == 0:  # the config (once a checkpoint fits it) and the data read
-    config_json = config.to_json_best_effort(sort_keys=True, indent=2)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_json)
     forget.record_datasets(workdir, config.data.data_dir, start)

@@ -64,11 +64,11 @@ class SamplerConfig:
                        f"one of {SAMPLERS[objective]}.")
     if self.num_steps < 1:
       raise ValueError(f"sampler num_steps={self.num_steps} must be >= 1.")
-    for name, scale in (("text_scale", self.text_scale),
-                        ("id_scale (--face_scale, sample.face_scale)", self.id_scale)):
+    for name, scale, flag in (("text_scale", self.text_scale, "--text_scale"),
+                              ("id_scale", self.id_scale, "--face_scale")):
       if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"guidance {name}={scale} must be a finite number >= 0 (1 = "
-                         "conditional, no guidance).")
+        raise ValueError(f"guidance {name}={scale} ({flag}) must be a finite number >= 0 "
+                         "(1 = conditional, no guidance).")
 
 
 def flow_grid(num_steps: int, shift: float) -> np.ndarray:
