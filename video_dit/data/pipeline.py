@@ -142,7 +142,8 @@ def make_iterator(config, split: str = "train", *, train: bool = True,
 
 def ensure_dataset(config) -> None:
   """Builds the synthetic dataset on first use (other datasets must exist), the fitted
-  PCA codec of a ``latent.codec='pca'`` DiT, and the stored caption embeddings that ``text.encoder='precomputed'`` reads."""
+  PCA codec of a ``latent.codec='pca'`` DiT, and the stored caption embeddings that
+  ``text.encoder='precomputed'`` reads."""
   d = config.data
   try:
     builders.find_dataset(d.data_dir)
