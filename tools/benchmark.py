@@ -13,6 +13,7 @@ r"""Benchmarks, printed as JSON lines; compare numbers from one run only.
 --what=sample  one whole guided sample of sample.num_videos videos
 --what=memory  compile only, per mesh in --meshes: per-device memory of the train step
 --what=data    input pipeline clips/s on the config's dataset
+--profile      with train: where the step's time goes (video_dit/profiling.py)
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternations of A and B with --comp
 _SWEEP = flags.DEFINE_string("sweep", None, "One field and its values: 'data.frames=1,4,16'.")
 _MESHES = flags.DEFINE_string("meshes", "data=1", "--what=memory: meshes, ';'-separated "
                               "'axis=size,...' (unnamed axes are 1).")
+_PROFILE = flags.DEFINE_bool("profile", False, "--what=train: also the op-time breakdown "
+                             "(matmul, attention, norms, optimizer, EMA, transfer ...), "
+                             "as a JSON line and a table on stderr.")
 _FAKE_DEVICES = flags.DEFINE_integer("fake_devices", 0, "CPU: fake this many devices.")
 _BENCH_DIR = flags.DEFINE_string("bench_dir", "/tmp/video_dit_bench",
                                  "Where a synthetic dataset is built if none exists.")
@@ -58,8 +62,11 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   rows = benchmark.run(_CONFIG.value, label, _WHAT.value, steps=_STEPS.value,
                        compare_with=_COMPARE.value, rounds=_ROUNDS.value, sweep=_SWEEP.value,
-                       meshes=_MESHES.value, bench_dir=_BENCH_DIR.value)
+                       meshes=_MESHES.value, bench_dir=_BENCH_DIR.value,
+                       profile=_PROFILE.value)
   for r in rows:
+    if r.get("what") == "profile":
+      print(f"{r['config']}\n{r['table']}", file=sys.stderr, flush=True)
     print(benchmark.json_line(r), flush=True)
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_dit import sharding, train
+from video_dit import profiling, sharding, train
 from video_dit.data import builders, pipeline
 from video_dit.evaluation import cost as cost_lib
 from video_dit.models import flops as flops_lib
@@ -131,7 +131,7 @@ class TrainBench:
       self.compiled = lowered.compile()
       self.compile_s = time.perf_counter() - t0
     self.matmul_flops = flops_lib.traced_matmul_flops(lowered)
-    self.state, self.data = state, data
+    self.state, self.data, self.host_batch = state, data, host_batch
     if not compile_only:
       self.time(1)  # warm-up
 
@@ -144,6 +144,18 @@ class TrainBench:
         jax.block_until_ready(out["loss"])
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+  def profile(self, steps: int = 3) -> dict:
+    """The step's op time by category (``profiling``) and the host-to-device transfer."""
+    def run_step():
+      self.state, out = self.compiled(self.state, self.data)
+      jax.block_until_ready(out["loss"])
+    with jax.set_mesh(self.mesh):
+      prof = profiling.profile_compiled(self.compiled, run_step, steps)
+      transfer = profiling.transfer_seconds(
+          self.host_batch, lambda b: sharding.shard_batch(b, self.mesh))
+    return dict(what="profile", transfer_s=transfer, **prof,
+                table=profiling.table(prof, transfer))
 
   def result(self, step_s: float | None, peak: tuple[float, str]) -> dict:
     c = self.config
@@ -171,10 +183,14 @@ def _rates(flops: float, tokens: int, step_s: float | None, peak: tuple[float, s
 
 
 def train_step(config, steps: int = 5, peak: tuple[float, str] | None = None,
-               compile_only: bool = False) -> dict:
+               compile_only: bool = False, profile: bool = False) -> list[dict]:
+  """The train step's result row, and with ``profile`` its op-time breakdown row."""
   bench = TrainBench(config, compile_only)
   step_s = None if compile_only else bench.time(steps)
-  return bench.result(step_s, peak or peak_tflops(config))
+  rows = [bench.result(step_s, peak or peak_tflops(config))]
+  if profile:
+    rows.append(bench.profile())
+  return rows
 
 
 def sample(config, steps: int = 2, peak: tuple[float, str] | None = None) -> dict:
@@ -259,7 +275,7 @@ def memory_table(config, meshes: str) -> list[dict]:
   for spec in filter(None, meshes.split(";")):
     sizes = _mesh_sizes(spec)
     c = override(config, ";".join(f"mesh.{k}={v}" for k, v in sizes.items()))
-    r = train_step(c, compile_only=True, peak=(float("nan"), "not measured"))
+    r, = train_step(c, compile_only=True, peak=(float("nan"), "not measured"))
     rows.append(dict(what="memory", mesh=sizes, **{k: v for k, v in r.items()
                                                    if k.startswith("mem_")},
                      compile_s=r["compile_s"], backend=r["backend"],
@@ -300,9 +316,9 @@ def check_request(config, whats, compare_with: str | None = None, sweep: str | N
 
 
 def run_one(config, what: str, label: str, peak, steps: int, meshes: str = "data=1",
-            bench_dir: str = "/tmp/video_dit_bench") -> list[dict]:
+            bench_dir: str = "/tmp/video_dit_bench", profile: bool = False) -> list[dict]:
   if what == "train":
-    rows = [train_step(config, steps, peak)]
+    rows = train_step(config, steps, peak, profile=profile)
   elif what == "sample":
     rows = [sample(config, max(1, steps // 5), peak)]
   elif what == "memory":
@@ -334,9 +350,10 @@ def compare(config_a, config_b, label_a: str, label_b: str, peak, steps: int,
 
 def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None = None,
         rounds: int = 3, sweep: str | None = None, meshes: str = "data=1",
-        bench_dir: str = "/tmp/video_dit_bench") -> list[dict]:
+        bench_dir: str = "/tmp/video_dit_bench", profile: bool = False) -> list[dict]:
   """Everything ``tools.benchmark`` can be asked: ``whats`` for the config, or A vs B
-  (``compare_with``: overrides for B), or a ``sweep`` 'group.field=v1,v2,...'."""
+  (``compare_with``: overrides for B), or a ``sweep`` 'group.field=v1,v2,...';
+  ``profile`` adds each train step's op-time breakdown."""
   check_request(config, whats, compare_with, sweep, meshes)
   peak = None
   if any(w in ("train", "sample") for w in whats) or compare_with:
@@ -344,7 +361,7 @@ def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None 
   if compare_with:
     return compare(config, override(config, compare_with), label,
                    f"{label} + {compare_with}", peak, steps, rounds)
-  kw = dict(steps=steps, meshes=meshes, bench_dir=bench_dir)
+  kw = dict(steps=steps, meshes=meshes, bench_dir=bench_dir, profile=profile)
   rows = []
   if sweep:
     field, _, values = sweep.partition("=")

@@ -110,11 +110,13 @@ def make_train_step(task: tasks.Task, tx, config):
       (loss, grads), _ = jax.lax.scan(body, zero, jnp.arange(accum))
       loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    d = ema_decay(config, state.step)
-    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
+    with jax.named_scope("optimizer"):  # scopes name the profile's categories
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("ema"):
+      d = ema_decay(config, state.step)
+      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

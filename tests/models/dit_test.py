@@ -266,17 +266,22 @@ def test_flash_attention_is_tpu_only_with_a_clear_error():
     registry.build(helpers.runlocal_config(**{"model.attention": "flash"}))
 
 
-@pytest.mark.parametrize("lk", [64, 40])
-def test_blocked_attention_matches_einsum_in_value_and_gradient(lk):
+@pytest.mark.parametrize("lk,block,masked", [(64, 16, False), (40, 16, False),
+                                             (40, 16, True), (40, 64, True), (64, 64, False)])
+def test_blocked_attention_matches_einsum_in_value_and_gradient(lk, block, masked):
+  """4 query chunks (a scanned backward) or one chunk (no loop), with and without a key
+  mask (one example's row has every key masked)."""
   from video_dit.models import attention, layers  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.standard_normal((2, 64, 3, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.standard_normal((2, lk, 3, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(np.stack([rng.random(lk) < 0.6, np.zeros(lk, bool)])) if masked else None
   loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
-  ref = attention.attention(q, k, v, impl="einsum")
-  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, block=16)  # 4 query chunks
+  ref = attention.attention(q, k, v, mask, impl="einsum")
+  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, mask, block=block)
   np.testing.assert_allclose(blocked(q, k, v), ref, atol=1e-5)
-  g_ref = jax.grad(loss(lambda *a: attention.attention(*a, impl="einsum")), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(loss(lambda *a: attention.attention(*a, mask, impl="einsum")),
+                   (0, 1, 2))(q, k, v)
   g = jax.grad(loss(blocked), (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -310,11 +315,16 @@ def test_blocked_backend_runs_the_self_attention_and_names_its_fallback(monkeypa
   out = jax.jit(lambda p, i: model.apply(p, **i))(p, inputs)  # a fresh trace
   np.testing.assert_allclose(out, helpers.apply(ref_model, p, inputs), atol=1e-5, rtol=1e-5)
   tokens = flops.num_tokens(registry.model_config(config), registry.video_shape(config))
-  # Every DiT block's spacetime self-attention went through the blocked backend...
+  # Every DiT block's spacetime self-attention went through the blocked backend, and
+  # so did the masked text cross-attention.
   assert calls.count((tokens, tokens)) == config.model.depth, calls
-  # ...and the masked text attention did not, with one warning naming the backend.
-  fallback = [w for w in warnings if "'blocked'" in w and "key masks" in w]
-  assert len(fallback) == 1, warnings
+  assert calls.count((tokens, config.text.max_len)) == config.model.depth, calls
+  assert not warnings, warnings
+  # A length no chunk divides runs einsum, with one warning naming the backend.
+  q = jnp.ones((1, 520, 1, 8))
+  np.testing.assert_allclose(attention.attention(q, q, q, impl="blocked"),
+                             attention.attention(q, q, q, impl="einsum"))
+  assert len([w for w in warnings if "'blocked'" in w and "520" in w]) == 1, warnings
 
 
 IDENTITY_MODES = ("none", "separate", "decoupled", "reference", "separate+reference",

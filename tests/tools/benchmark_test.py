@@ -22,7 +22,7 @@ def _config(arg, **mesh):
 @pytest.mark.parametrize("workload,tokens", [("image", 64), ("video", 4 * 64)])
 def test_bench_workloads_report_every_field(workload, tokens):
   config = _config(f"workload={workload},runlocal,batch=8")  # 8 examples: 8 devices
-  r = benchmark.train_step(config, steps=2, peak=(1.0, "test"))
+  r, = benchmark.train_step(config, steps=2, peak=(1.0, "test"))
   assert all(k in r for k in FIELDS)
   assert r["tokens_per_clip"] == tokens and r["batch"] == 8
   assert r["step_s"] > 0 and r["compile_s"] > 0 and r["device_count"] == jax.device_count()
@@ -59,8 +59,8 @@ def test_bench_config_switches_conditioning_off_and_on():
 def test_fsdp_cuts_parameter_and_optimizer_memory():
   # Compile only: per-device arguments (params, Adam moments, EMA) shrink with FSDP.
   config = helpers.runlocal_config(**{"model.width": 256, "model.num_heads": 4})
-  one = benchmark.train_step(_mesh(config, data=8), compile_only=True, peak=(1.0, ""))
-  fsdp = benchmark.train_step(_mesh(config, fsdp=8), compile_only=True, peak=(1.0, ""))
+  one, = benchmark.train_step(_mesh(config, data=8), compile_only=True, peak=(1.0, ""))
+  fsdp, = benchmark.train_step(_mesh(config, fsdp=8), compile_only=True, peak=(1.0, ""))
   assert one["step_s"] is None
   assert one["mem_arguments_bytes"] / fsdp["mem_arguments_bytes"] > 4
 
@@ -93,3 +93,48 @@ def test_sample_benchmark_counts_guided_calls():
   assert 1.0 < r["flops_per_step_xla"] / r["flops_per_step_matmul"] < 1.1
   assert r["seconds_per_video_second"] == pytest.approx(
       r["step_s"] / r["batch"] / (config.data.frames / config.sample.fps))
+
+
+def test_profile_charges_the_step_time_to_its_categories():
+  from video_dit import profiling  # pylint: disable=g-import-not-at-top
+  config = _config("workload=image,runlocal,batch=8,attention=blocked")
+  r, prof = benchmark.train_step(config, steps=1, peak=(1.0, "test"), profile=True)
+  assert prof["what"] == "profile" and set(prof["categories"]) == set(profiling.CATEGORIES)
+  cats = prof["categories"]
+  # Every named part of the step ran and was found by its scope or opcode.
+  for name in ("matmul", "attention", "norm/modulate", "optimizer", "ema"):
+    assert cats[name] > 0, cats
+  # The op times are the step's: positive, and on 2 cores at most 2 ops at once.
+  assert 0 < prof["op_s"] <= 2.5 * prof["wall_s"], prof
+  assert abs(sum(cats.values()) - prof["op_s"]) < 1e-6
+  assert prof["transfer_s"] > 0 and "| matmul |" in prof["table"]
+  assert [o["seconds"] for o in prof["top_ops"]] == sorted(
+      (o["seconds"] for o in prof["top_ops"]), reverse=True)
+
+
+def test_categorize_reads_opcodes_fusion_bodies_and_scopes():
+  from video_dit import profiling  # pylint: disable=g-import-not-at-top
+  hlo = """
+fused_computation.1 {
+  p0 = f32[4,4]{1,0} parameter(0)
+  ROOT dot.0 = f32[4,4]{1,0} dot(p0, p0), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY main {
+  a = f32[4,4]{1,0} parameter(0)
+  ynn_fusion.7 = f32[4,4]{1,0} fusion(a), kind=kCustom, calls=fused_computation.1, metadata={op_name="jit(f)/block_0/mlp/fc1/dot_general"}
+  add_fusion.2 = f32[4,4]{1,0} fusion(a), kind=kLoop, calls=fused_computation.1, metadata={op_name="jit(f)/optimizer/add"}
+  multiply.3 = f32[4,4]{1,0} multiply(a, a), metadata={op_name="jit(f)/block_0/norm1/mul"}
+  dot.4 = f32[4,4]{1,0} dot(a, a), metadata={op_name="jit(f)/block_0/attn/attention_core/dot_general"}
+  transpose.5 = f32[4,4]{0,1} transpose(a), dimensions={1,0}, metadata={op_name="jit(f)/x"}
+  ROOT tanh.6 = f32[4,4]{1,0} tanh(a), metadata={op_name="jit(f)/block_0/mlp/tanh"}
+}
+"""
+  instrs, bodies = profiling.parse_hlo(hlo)
+  cat = lambda n: profiling.categorize(n, instrs, bodies)
+  assert cat("ynn_fusion.7") == "matmul"  # a dot inside the fusion's body
+  assert cat("add_fusion.2") == "optimizer"  # the scope wins over the body
+  assert cat("multiply.3") == "norm/modulate"
+  assert cat("dot.4") == "attention"
+  assert cat("transpose.5") == "transpose/copy"
+  assert cat("tanh.6") == "other"

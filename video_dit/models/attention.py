@@ -71,22 +71,38 @@ def _chunk(lq: int, lk: int) -> int:
   return block if block >= 64 or block == lq else 0
 
 
-def _chunked_forward(q, k, v, block, mm):
-  """q (pre-scaled), k, v: (B, H, L, D). Each chunk of ``block`` query rows against all
-  keys with an exact softmax; returns the output and the log-sum-exp per query row."""
-  b, h, lq, d = q.shape
+def _logits_bias(mask_bk):
+  """(B, Lk) key mask -> (B, 1, 1, Lk) float32 bias: 0 where allowed, a large negative
+  number where not (exp underflows to 0; a row with no allowed key stays finite)."""
+  return jnp.where(mask_bk, 0.0, jnp.finfo(jnp.float32).min / 2)[:, None, None, :]
+
+
+def _probs(q, k, bias, mm):
+  """Unnormalised probabilities exp(s - max) and the softmax statistics of one chunk."""
+  s = jnp.einsum("bhqd,bhkd->bhqk", q.astype(mm), k, preferred_element_type=jnp.float32)
+  s = s + bias
+  m = s.max(-1, keepdims=True)
+  p = jnp.exp(s - m)
+  return p, m, p.sum(-1, keepdims=True)
+
+
+def _chunked_forward(q, k, v, bias, block, mm):
+  """q (pre-scaled), k, v: (B, H, L, D); bias (B, 1, 1, Lk). Each chunk of ``block``
+  query rows against all keys with an exact softmax, normalised after the PV product
+  (L*D divides, not L*L); returns the output and the softmax statistics per query row:
+  (max logit, log of the sum), kept apart so that log(sum) survives next to a masked
+  row's huge negative max."""
   kc, vc = k.astype(mm), v.astype(mm)
 
   def one(q_chunk):
-    s = jnp.einsum("bhqd,bhkd->bhqk", q_chunk.astype(mm), kc, preferred_element_type=jnp.float32)
-    m = s.max(-1, keepdims=True)
-    p = jnp.exp(s - m)
-    l = p.sum(-1, keepdims=True)
+    p, m, l = _probs(q_chunk, kc, bias, mm)
     o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(mm), vc, preferred_element_type=jnp.float32)
-    return o / l, (m + jnp.log(l))[..., 0]
+    return o / l, (m[..., 0], jnp.log(l)[..., 0])
 
-  o, lse = jax.lax.map(one, _chunks(q, block))
-  return _unchunk(o), _unchunk(lse)
+  if block == q.shape[2]:  # one chunk: no loop (XLA:CPU runs a 1-trip map as a loop)
+    return one(q)
+  o, stats = jax.lax.map(one, _chunks(q, block))
+  return _unchunk(o), tuple(_unchunk(x) for x in stats)
 
 
 def _chunks(x, block):  # (B, H, L, ...) -> (L/block, B, H, block, ...)
@@ -99,53 +115,60 @@ def _unchunk(x):  # the inverse of _chunks
   return jnp.moveaxis(x, 0, 2).reshape(b, h, n * block, *x.shape[4:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _chunked_attention(q, k, v, block, mm):
-  return _chunked_forward(q, k, v, block, mm)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_attention(q, k, v, bias, block, mm):
+  return _chunked_forward(q, k, v, bias, block, mm)[0]
 
 
-def _chunked_attention_fwd(q, k, v, block, mm):
-  o, lse = _chunked_forward(q, k, v, block, mm)
-  return o, (q, k, v, o, lse)
+def _chunked_attention_fwd(q, k, v, bias, block, mm):
+  o, stats = _chunked_forward(q, k, v, bias, block, mm)
+  return o, (q, k, v, bias, o, stats)
 
 
 def _chunked_attention_bwd(block, mm, res, do):
   """The flash-attention backward, one chunk of query rows at a time: probabilities are
-  recomputed from the saved log-sum-exp. Every product is computed transposed (keys
+  recomputed from the saved statistics. Every product is computed transposed (keys
   on rows) so that each matmul reads row-major operands (XLA:CPU's fast path)."""
-  q, k, v, o, lse = res
+  q, k, v, bias, o, stats = res
   b, h, lq, d = q.shape
-  delta = (do * o).sum(-1)  # (B, H, Lq): rowsum(dP * P) = rowsum(dO * O)
+  delta = (do * o).sum(-1)  # (B, H, Lq)
   kc, vc = k.astype(mm), v.astype(mm)
   k_t = jnp.swapaxes(k, -1, -2).astype(mm)  # (B, H, D, Lk)
+  bias_t = jnp.swapaxes(bias, -1, -2)  # (B, 1, Lk, 1)
 
   def step(carry, xs):
     dk, dv = carry
-    q_c, do_c, lse_c, delta_c = xs
+    q_c, do_c, m_c, log_l_c, delta_c = xs
     q_c, do_c = q_c.astype(mm), do_c.astype(mm)
     p_t = jnp.exp(jnp.einsum("bhkd,bhqd->bhkq", kc, q_c, preferred_element_type=jnp.float32)
-                  - lse_c[:, :, None, :])
+                  + bias_t - m_c[:, :, None, :] - log_l_c[:, :, None, :])
     dv = dv + jnp.einsum("bhkq,bhqd->bhkd", p_t.astype(mm), do_c,
                          preferred_element_type=jnp.float32)
     dp_t = jnp.einsum("bhkd,bhqd->bhkq", vc, do_c, preferred_element_type=jnp.float32)
-    ds_t = (p_t * (dp_t - delta_c[:, :, None, :])).astype(mm)
+    # A masked logit is a constant: no gradient (also for a row with no allowed key).
+    ds_t = jnp.where(bias_t == 0, p_t * (dp_t - delta_c[:, :, None, :]), 0.0).astype(mm)
     dk = dk + jnp.einsum("bhkq,bhqd->bhkd", ds_t, q_c, preferred_element_type=jnp.float32)
     dq_t = jnp.einsum("bhdk,bhkq->bhdq", k_t, ds_t, preferred_element_type=jnp.float32)
     return (dk, dv), dq_t
 
   zeros_kv = jnp.zeros(k.shape, jnp.float32)
-  (dk, dv), dq_t = jax.lax.scan(
-      step, (zeros_kv, zeros_kv), tuple(_chunks(x, block) for x in (q, do, lse, delta)))
-  dq = jnp.moveaxis(dq_t, 0, 3).reshape(b, h, d, lq).swapaxes(-1, -2)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  if block == lq:  # one chunk: no loop
+    (dk, dv), dq_t = step((zeros_kv, zeros_kv), (q, do, *stats, delta))
+    dq = dq_t.swapaxes(-1, -2)
+  else:
+    (dk, dv), dq_t = jax.lax.scan(
+        step, (zeros_kv, zeros_kv), tuple(_chunks(x, block) for x in (q, do, *stats, delta)))
+    dq = jnp.moveaxis(dq_t, 0, 3).reshape(b, h, d, lq).swapaxes(-1, -2)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), jnp.zeros_like(bias)
 
 
 _chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
 
 
-def blocked_attention(q_bqhd, k_bkhd, v_bkhd, block: int = 0):
-  """Unmasked attention in chunks of query rows with a hand-written flash-attention
-  backward: no (L, L) array ever exists and nothing is recomputed but the logits.
+def blocked_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, block: int = 0):
+  """Attention in chunks of query rows with a hand-written flash-attention backward: no
+  (L, L) array is kept for the backward and nothing is recomputed but the logits. A
+  sequence that fits one chunk runs without a loop. ``mask_bk`` marks allowed keys.
 
   Under ``matmul_policy('bfloat16')`` the four products take bfloat16 operands with
   float32 accumulation (softmax statistics stay float32), as cudnn's bf16 path does.
@@ -156,9 +179,12 @@ def blocked_attention(q_bqhd, k_bkhd, v_bkhd, block: int = 0):
     raise ValueError(f"blocked attention needs query chunks dividing {lq} tokens (got {block})")
   mm = (jnp.bfloat16 if layers.matmul_dtype() == "bfloat16"
         else jnp.promote_types(q_bqhd.dtype, jnp.float32))
+  b, lk = k_bkhd.shape[:2]
+  bias = (jnp.zeros((b, 1, 1, lk), jnp.float32) if mask_bk is None
+          else _logits_bias(mask_bk))
   heads_first = lambda x: jnp.swapaxes(x, 1, 2)
   o = _chunked_attention(heads_first(q_bqhd * jnp.asarray(1.0 / math.sqrt(d), q_bqhd.dtype)),
-                         heads_first(k_bkhd), heads_first(v_bkhd), block, mm)
+                         heads_first(k_bkhd), heads_first(v_bkhd), bias, block, mm)
   return heads_first(o.astype(v_bkhd.dtype))
 
 
@@ -287,8 +313,6 @@ class Backend:
 
 
 def _blocked_cannot(q, k, mask):
-  if mask is not None:
-    return "it takes no key masks"
   if not _chunk(q.shape[1], k.shape[1]):
     return f"no power-of-two chunk >= 64 divides {q.shape[1]} query rows"
   return None
@@ -304,7 +328,7 @@ def _flash_cannot(q, k, mask):
 
 BACKENDS: dict[str, Backend] = {
     "einsum": Backend(einsum_attention, "XLA einsums"),
-    "blocked": Backend(lambda q, k, v, mask: blocked_attention(q, k, v),
+    "blocked": Backend(blocked_attention,
                        "flash attention in plain JAX", cannot=_blocked_cannot),
     "xla": Backend(_dot_product_attention("xla"), "jax.nn.dot_product_attention"),
     "cudnn": Backend(_dot_product_attention("cudnn"), "cuDNN fused attention",
@@ -350,4 +374,5 @@ def attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, impl: str = "einsum"):
   if reason:
     _log_fallback(impl, reason)
     backend = BACKENDS["einsum"]
-  return backend.fn(q_bqhd, k_bkhd, v_bkhd, mask_bk)
+  with jax.named_scope("attention_core"):  # the profile's "attention" category
+    return backend.fn(q_bqhd, k_bkhd, v_bkhd, mask_bk)

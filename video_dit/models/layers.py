@@ -125,7 +125,8 @@ def layer_norm(dtype, affine=True, axis_name="embed", name=None):
 
 
 def modulate(x_bld, shift_bd, scale_bd):
-  return x_bld * (1 + scale_bd[:, None]) + shift_bd[:, None]
+  with jax.named_scope("modulate"):
+    return x_bld * (1 + scale_bd[:, None]) + shift_bd[:, None]
 
 
 class Mlp(nn.Module):
