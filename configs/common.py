@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
       rope=True, rope_split=(), rope_theta=10000.0,   # () = default (t, h, w) split
       sincos=False, dtype="bfloat16", remat="none", attention="einsum",
       scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
+      attention_layout="full",  # or "factorised": Latte-style spatial/temporal blocks
       matmul_dtype="")    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
   c.text = dict(encoder="trainable",  # trainable | precomputed (+ text.precomputed) | none
                 precomputed="minilm",  # frozen encoder whose embeddings the dataset stores

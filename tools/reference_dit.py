@@ -1,16 +1,21 @@
-r"""The reference DiT train step in PyTorch, timed and profiled the way ``tools.benchmark``
-times ours, for a side-by-side comparison anyone can rerun.
+r"""The reference DiT (image) and Latte (video) train steps in PyTorch, timed and
+profiled the way ``tools.benchmark`` times ours, for a side-by-side comparison anyone can
+rerun.
 
-The model is the reference's own ``models.py`` (facebookresearch/DiT), loaded from its
-source folder; nothing of it is copied here. Fetch it yourself:
+The model is the reference's own source (facebookresearch/DiT ``models.py``, or
+maxin-cn/Latte ``models/latte.py``), loaded from its folder; nothing of it is copied
+here. Fetch it yourself:
 
   git clone https://github.com/facebookresearch/DiT /tmp/DiT
   python -m tools.reference_dit --dit_dir=/tmp/DiT --model=DiT-S/2 --batch=8 --profile
+  git clone https://github.com/maxin-cn/Latte /tmp/Latte
+  python -m tools.reference_dit --latte_dir=/tmp/Latte --model=Latte-S/2 --batch=2 --frames=16
 
-The step is the reference's training step on a 32x32x4 latent: forward, MSE on the
-predicted noise, backward, AdamW (lr 1e-4, no weight decay, as its train.py) and an EMA
-update of every parameter (as its ``update_ema``). ``learn_sigma`` is off to match
-``configs/bench.py`` (its variance term is a few elementwise ops).
+The step is the reference's training step on a 32x32x4 latent (Latte: ``--frames`` of
+them): forward, MSE on the predicted noise, backward, AdamW (lr 1e-4, no weight decay,
+as DiT's train.py) and an EMA update of every parameter (as its ``update_ema``).
+``learn_sigma`` is off and Latte is unconditional (``extras=1``) to match
+``configs/bench.py`` (the variance term is a few elementwise ops).
 
 One JSON line: step_s (median), flops_per_step (torch's FlopCounterMode on one step),
 tflops_per_s, peak_tflops_per_s (a 2048^3 f32 matmul in this process), mfu, threads,
@@ -38,8 +43,11 @@ from absl import app
 from absl import flags
 
 _DIT_DIR = flags.DEFINE_string("dit_dir", None, "Source folder of facebookresearch/DiT.")
-_MODEL = flags.DEFINE_string("model", "DiT-S/2", "A key of the reference's DiT_models.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
+_LATTE_DIR = flags.DEFINE_string("latte_dir", None, "Source folder of maxin-cn/Latte.")
+_MODEL = flags.DEFINE_string("model", "", "A key of DiT_models / Latte_models (default: "
+                             "DiT-S/2 / Latte-S/2).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Batch size (default: 8 DiT, 2 Latte).")
+_FRAMES = flags.DEFINE_integer("frames", 16, "Latte: latent frames.")
 _SIZE = flags.DEFINE_integer("input_size", 32, "Latent height and width.")
 _CHANNELS = flags.DEFINE_integer("channels", 4, "Latent channels.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after two warm-up steps.")
@@ -92,12 +100,19 @@ def _stand_in_timm(torch):
   sys.modules["timm.models.vision_transformer"] = mod
 
 
-def load_reference(dit_dir: str, torch):
-  """The reference's models.py as a module, and which timm it got."""
-  path = os.path.join(dit_dir, "models.py")
+REFERENCES = {  # family -> (file in the source folder, model table, its repository)
+    "dit": ("models.py", "DiT_models", "https://github.com/facebookresearch/DiT"),
+    "latte": ("models/latte.py", "Latte_models", "https://github.com/maxin-cn/Latte"),
+}
+
+
+def load_reference(source_dir: str, torch, family: str = "dit"):
+  """The reference's model file as a module, and which timm it got."""
+  file, _, repo = REFERENCES[family]
+  path = os.path.join(source_dir, file)
   if not os.path.isfile(path):
-    raise app.UsageError(f"--dit_dir={dit_dir} has no models.py; clone "
-                         "https://github.com/facebookresearch/DiT and pass its folder")
+    raise app.UsageError(f"--{family}_dir={source_dir} has no {file}; clone {repo} and "
+                         "pass its folder")
   try:
     importlib.import_module("timm.models.vision_transformer")
     which = "timm"
@@ -125,13 +140,17 @@ def _timed(fn) -> float:
   return time.perf_counter() - t0
 
 
-def make_step(torch, models, name: str, batch: int, size: int, channels: int):
-  model = models.DiT_models[name](input_size=size, in_channels=channels, learn_sigma=False)
-  ema = models.DiT_models[name](input_size=size, in_channels=channels, learn_sigma=False)
+def make_step(torch, table, name: str, batch: int, size: int, channels: int,
+              frames: int = 0):
+  """The train step of ``table[name]``; ``frames`` > 0: a Latte video model."""
+  kw = dict(input_size=size, in_channels=channels, learn_sigma=False)
+  if frames:
+    kw.update(num_frames=frames, extras=1)
+  model, ema = table[name](**kw), table[name](**kw)
   ema.load_state_dict(model.state_dict())
   ema.requires_grad_(False)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
-  x = torch.randn(batch, channels, size, size)
+  x = torch.randn(batch, *((frames,) if frames else ()), channels, size, size)
   noise = torch.randn_like(x)
   y = torch.randint(0, 1000, (batch,))
   t = torch.randint(0, 1000, (batch,))
@@ -191,10 +210,15 @@ def main(argv):
     raise app.UsageError("PyTorch is missing: pip install -e '.[reference]'") from e
   if _THREADS.value:
     torch.set_num_threads(_THREADS.value)
-  models, which = load_reference(_DIT_DIR.value, torch)
-  if _MODEL.value not in models.DiT_models:
-    raise app.UsageError(f"--model={_MODEL.value} is not one of {sorted(models.DiT_models)}")
-  step = make_step(torch, models, _MODEL.value, _BATCH.value, _SIZE.value, _CHANNELS.value)
+  family = "latte" if _LATTE_DIR.value else "dit"
+  models, which = load_reference(_LATTE_DIR.value or _DIT_DIR.value, torch, family)
+  table = getattr(models, REFERENCES[family][1])
+  name = _MODEL.value or ("Latte-S/2" if family == "latte" else "DiT-S/2")
+  if name not in table:
+    raise app.UsageError(f"--model={name} is not one of {sorted(table)}")
+  batch = _BATCH.value or (2 if family == "latte" else 8)
+  step = make_step(torch, table, name, batch, _SIZE.value, _CHANNELS.value,
+                   _FRAMES.value if family == "latte" else 0)
   step(), step()  # warm-up
   from torch.utils.flop_counter import FlopCounterMode
   counter = FlopCounterMode(display=False)
@@ -204,7 +228,8 @@ def main(argv):
   times = [_timed(step) for _ in range(_STEPS.value)]
   step_s = statistics.median(times)
   peak = matmul_peak(torch)
-  out = dict(config=f"reference {_MODEL.value} batch {_BATCH.value}", what="train",
+  frames = f" x {_FRAMES.value} frames" if family == "latte" else ""
+  out = dict(config=f"reference {name} batch {batch}{frames}", what="train",
              step_s=step_s, flops_per_step=flops, tflops_per_s=flops / step_s / 1e12,
              peak_tflops_per_s=peak, mfu=flops / step_s / 1e12 / peak,
              threads=torch.get_num_threads(), torch=torch.__version__, timm=which)
@@ -218,5 +243,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["dit_dir"])
+  flags.register_multi_flags_validator(
+      ["dit_dir", "latte_dir"], lambda f: bool(f["dit_dir"]) != bool(f["latte_dir"]),
+      message="pass exactly one of --dit_dir (DiT) and --latte_dir (Latte)")
   app.run(main)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -399,3 +401,87 @@ def test_cached_reference_sampling_equals_uncached():
 def test_reference_mode_errors_name_the_fix(overrides, msg):
   with pytest.raises(ValueError, match=msg):
     registry.build(helpers.runlocal_config(**overrides))
+
+
+@pytest.mark.parametrize("speeds,expected", [({"float32": 0.3, "bfloat16": 0.6}, "bfloat16"),
+                                             ({"float32": 0.3, "bfloat16": 0.33}, "float32"),
+                                             ({"float32": 0.3, "bfloat16": 0.15}, "float32")])
+def test_auto_matmul_dtype_takes_bf16_only_where_clearly_faster(monkeypatch, speeds, expected):
+  from video_dit.models import layers  # pylint: disable=g-import-not-at-top
+  probes = []
+  monkeypatch.setattr(layers, "probe_matmul_speeds", lambda: probes.append(1) or speeds)
+  monkeypatch.setattr(layers, "_RESOLVED", {})
+  config = helpers.runlocal_config(**{"model.matmul_dtype": "auto"})
+  assert registry.model_config(config).matmul_dtype == expected
+  assert registry.model_config(config).matmul_dtype == expected
+  assert len(probes) == 1  # probed once per process
+  # A pinned dtype is never probed.
+  pinned = helpers.runlocal_config(**{"model.matmul_dtype": "float32"})
+  assert registry.model_config(pinned).matmul_dtype == "float32" and len(probes) == 1
+
+
+def test_matmul_probe_measures_both_dtypes():
+  from video_dit.models import layers  # pylint: disable=g-import-not-at-top
+  speeds = layers.probe_matmul_speeds(n=256, repeats=2)
+  assert set(speeds) == {"float32", "bfloat16"} and min(speeds.values()) > 0
+
+
+def test_factorised_blocks_attend_within_frames_then_across_them():
+  """Depth 1 (one spatial block): a change to token frame 1 never reaches token frame
+  0's output. Depth 2 (spatial, temporal) and the full layout: it does."""
+  def frame0_change(layout, depth):
+    config = helpers.runlocal_config(**{"model.attention_layout": layout,
+                                        "model.depth": depth})
+    pt = config.model.patch[0]  # video frames per token frame
+    model, params = helpers.init(config)
+    p = helpers.perturb_zeros(params)
+    inputs = registry.random_inputs(config, 2)
+    out = helpers.apply(model, p, inputs)
+    x = jnp.asarray(inputs["x"]).at[:, pt:2 * pt].add(1.0)  # token frame 1
+    out2 = helpers.apply(model, p, dict(inputs, x=x))
+    assert float(jnp.abs(out2[:, pt:2 * pt] - out[:, pt:2 * pt]).max()) > 1e-3
+    return float(jnp.abs(out2[:, :pt] - out[:, :pt]).max())
+
+  assert frame0_change("factorised", 1) < 1e-6
+  assert frame0_change("factorised", 2) > 1e-4
+  assert frame0_change("full", 1) > 1e-4
+
+
+def test_group_is_a_frame_split_and_ungroup_inverts_it():
+  from video_dit.models import attention  # pylint: disable=g-import-not-at-top
+  grid = (3, 2, 4)
+  x = jnp.arange(2 * 24 * 5, dtype=jnp.float32).reshape(2, 24, 5, 1)  # token order (t, h, w)
+  s = attention.group(x, "spatial", grid)
+  assert s.shape == (6, 8, 5, 1)
+  np.testing.assert_array_equal(s[1 * 3 + 2], x[1, 16:24])  # example 1, frame 2
+  tm = attention.group(x, "temporal", grid)
+  assert tm.shape == (16, 3, 5, 1)
+  np.testing.assert_array_equal(tm[1 * 8 + 5], x[1, 5::8])  # example 1, position 5
+  for layout in ("spatial", "temporal"):
+    np.testing.assert_array_equal(attention.ungroup(attention.group(x, layout, grid), layout,
+                                                    grid), x)
+
+
+@pytest.mark.parametrize("attn", ["einsum", "blocked"])
+def test_analytic_flops_of_factorised_attention_are_the_traced_matmuls(attn):
+  config = helpers.runlocal_config(**{"model.attention_layout": "factorised",
+                                      "model.attention": attn})
+  model, params = helpers.init(config)
+  inputs = registry.random_inputs(config, 2)
+  lowered = jax.jit(lambda p, i: model.apply(p, **i)).lower(params, inputs)
+  cfg = registry.model_config(config)
+  full = flops.forward_flops(dataclasses.replace(cfg, attention_layout="full"),
+                             registry.video_shape(config), config.text.max_len)
+  fact = flops.forward_flops(cfg, registry.video_shape(config), config.text.max_len)
+  assert flops.traced_matmul_flops(lowered) == 2 * fact and fact < full
+
+
+def test_factorised_layout_config_errors_name_the_fix():
+  with pytest.raises(ValueError, match="attention_layout.*one of"):
+    registry.model_config(helpers.runlocal_config(**{"model.attention_layout": "latte"}))
+  with pytest.raises(ValueError, match="scan_layers=False"):
+    registry.model_config(helpers.runlocal_config(**{"model.attention_layout": "factorised",
+                                                     "model.scan_layers": True}))
+  with pytest.raises(ValueError, match="attention_layout='full'"):
+    registry.model_config(helpers.runlocal_config(**{"model.attention_layout": "factorised",
+                                                     "identity.mode": "separate+reference"}))

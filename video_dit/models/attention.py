@@ -198,6 +198,29 @@ def _pallas_flash(q_bqhd, k_bkhd, v_bkhd):
 
 
 _HEADS = ("act_batch", "act_len", "act_heads", None)
+LAYOUTS = ("full", "factorised")
+
+
+def group(x_blhd, layout: str, grid):
+  """(B, T'H'W', H, Dh) in token order -> the attention groups of a factorised block:
+  'spatial' (B*T', H'W', ...): each frame's tokens; 'temporal' (B*H'W', T', ...): each
+  position's tokens across frames."""
+  b, rest = x_blhd.shape[0], x_blhd.shape[2:]
+  gt, gh, gw = grid
+  if layout == "spatial":
+    return x_blhd.reshape(b * gt, gh * gw, *rest)
+  x = x_blhd.reshape(b, gt, gh * gw, *rest).swapaxes(1, 2)
+  return x.reshape(b * gh * gw, gt, *rest)
+
+
+def ungroup(x_glhd, layout: str, grid):
+  """The inverse of ``group``."""
+  gt, gh, gw = grid
+  rest = x_glhd.shape[2:]
+  if layout == "spatial":
+    return x_glhd.reshape(-1, gt * gh * gw, *rest)
+  x = x_glhd.reshape(-1, gh * gw, gt, *rest).swapaxes(1, 2)
+  return x.reshape(-1, gt * gh * gw, *rest)
 
 
 class SelfAttention(nn.Module):
@@ -206,7 +229,8 @@ class SelfAttention(nn.Module):
   ``extra_kv`` (keys, values of other tokens, e.g. cached reference tokens) are attended
   to as well, where ``extra_mask_bk`` allows; ``return_kv`` also returns this call's own
   (keys, values), RoPE applied, for another sequence to attend to, and ``kv_only``
-  returns just those (no attention computed).
+  returns just those (no attention computed). ``groups`` = (layout, grid): attention
+  within each frame ('spatial') or across frames at each position ('temporal').
   """
   num_heads: int
   dtype: Any = jnp.float32
@@ -215,7 +239,7 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_bld, rope_angles=None, mask_bl=None, extra_kv=None, extra_mask_bk=None,
-               return_kv=False, kv_only=False):
+               return_kv=False, kv_only=False, groups=None):
     d = x_bld.shape[-1]
     head_dim = d // self.num_heads
     qkv = layers.dense((3, self.num_heads, head_dim),
@@ -236,7 +260,13 @@ class SelfAttention(nn.Module):
              jnp.ones((b, le), bool) if extra_mask_bk is None else extra_mask_bk], axis=1)
       k = jnp.concatenate([k, ek.astype(k.dtype)], axis=1)
       v = jnp.concatenate([v, ev.astype(v.dtype)], axis=1)
-    o = constrain(attention(q, k, v, mask_bl, self.impl), _HEADS)
+    if groups is not None:  # factorised: within frames or across them (RoPE already 3D)
+      if extra_kv is not None or mask_bl is not None:
+        raise ValueError("factorised attention takes no extra keys or masks")
+      q, k, v = (group(x, *groups) for x in (q, k, v))
+      o = constrain(ungroup(attention(q, k, v, None, self.impl), *groups), _HEADS)
+    else:
+      o = constrain(attention(q, k, v, mask_bl, self.impl), _HEADS)
     out = layers.dense(d, ("heads", "head_dim", self.embed_axis), self.dtype, axis=(-2, -1),
                        name="out")(o)
     return (out, own_kv) if return_kv else out

@@ -60,6 +60,7 @@ class ModelConfig:
   remat: str = "none"
   scan_layers: bool = False        # one scanned block (compile time, memory at depth)
   attention: str = "einsum"
+  attention_layout: str = "full"   # or "factorised": spatial, temporal, spatial, ... blocks
   use_text: bool = True            # False: no text encoder and no text cross-attention
   use_identity: bool = True        # False: no identity encoder and no identity attention
   text: TextEncoderConfig = TextEncoderConfig()
@@ -79,6 +80,8 @@ class DiTBlock(nn.Module):
   """One block; with ``ref`` also the reference tokens' stream (see ``VideoDiT``)."""
   cfg: ModelConfig
   has_identity: bool
+  layout: str = "full"    # self-attention: full, or (factorised) spatial / temporal
+  grid: tuple[int, int, int] = ()  # (T', H', W') token grid, for a factorised layout
 
   @nn.compact
   def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd, ref=None):
@@ -115,7 +118,9 @@ class DiTBlock(nn.Module):
     h = modulate(norm1(x_bld), shift_msa, scale_msa)
     if ref_mask is not None:  # (B,) -> every reference key of that example
       ref_mask = jnp.broadcast_to(ref_mask[:, None], ref_kv[0].shape[:2])
-    x_bld = x_bld + gate_msa[:, None] * attn(h, angles, extra_kv=ref_kv, extra_mask_bk=ref_mask)
+    groups = None if self.layout == "full" else (self.layout, self.grid)
+    x_bld = x_bld + gate_msa[:, None] * attn(h, angles, extra_kv=ref_kv, extra_mask_bk=ref_mask,
+                                             groups=groups)
     x_bld = constrain(x_bld, _ACT)
 
     has_identity = self.has_identity and id_bkd is not None
@@ -245,8 +250,9 @@ class VideoDiT(nn.Module):
       x, _ = blocks(cfg, name="blocks")(x, c, angles, text, text_mask_bt, ident)
     else:
       for i in range(cfg.depth):
-        x, ref_tokens = block(cfg, i % cfg.identity_every == 0, name=f"block_{i}")(
-            x, c, angles, text, text_mask_bt, ident, refs[i])
+        x, ref_tokens = block(cfg, i % cfg.identity_every == 0, block_layout(cfg, i), grid,
+                              name=f"block_{i}")(x, c, angles, text, text_mask_bt, ident,
+                                                 refs[i])
         if ref_tokens is not None:
           refs[i + 1] = dict(refs[i], tokens=ref_tokens, last=i + 2 == cfg.depth)
 
@@ -332,6 +338,14 @@ class VideoDiT(nn.Module):
     if cfg.identity_pooled_to_adaln:
       c = c + dense(cfg.width, ("embed", "mlp"), dt, name="id_pool")(ident.mean(1))
     return ident, c
+
+
+def block_layout(cfg: ModelConfig, i: int) -> str:
+  """Block i's self-attention: 'full', or with a factorised layout 'spatial' (even i,
+  within each frame) and 'temporal' (odd i, across frames), as Latte alternates them."""
+  if cfg.attention_layout == "full":
+    return "full"
+  return "spatial" if i % 2 == 0 else "temporal"
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from video_dit.models.dit import ModelConfig, patchify_dim
+from video_dit.models.dit import ModelConfig, block_layout, patchify_dim
 
 
 def _encoder_layer(n, d, r):
@@ -68,9 +68,11 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
     total += cfg.depth * (2 * d * 6 * d + 2 * lr * d * 3 * d)    # their adaLN, q/k/v
     total += (cfg.depth - 1) * (4 * lr * lr * d + 2 * lr * d * d  # attention and MLP
                                 + 4 * lr * d * int(r * d))       # (not in the last block)
+  keys = dict(full=n, spatial=(h // ph) * (w // pw), temporal=t // pt)  # per query
   for i in range(cfg.depth):
     total += 2 * d * 6 * d                                       # adaLN
-    total += 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d   # self-attention
+    nk = keys[block_layout(cfg, i)]
+    total += 2 * n * d * 3 * d + 4 * n * nk * d + 2 * n * d * d  # self-attention
     total += 4 * n * lr * d                                      # ... over reference keys
     total += _cross(n, text_len, d, d) if cfg.use_text else 0    # text cross-attention
     if cfg.use_identity and i % cfg.identity_every == 0:

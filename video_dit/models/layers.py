@@ -37,9 +37,15 @@ zeros = nn.initializers.zeros_init()
 #                   forward and backward (``bf16_matmul``), in every ``dense`` layer and
 #                   in the four products of blocked attention. On CPUs with fast bf16
 #                   dot kernels this is the fast path; measure per machine.
+#   'auto'          decided once per process by ``resolve_matmul_dtype``: GPU/TPU
+#                   'bfloat16'; CPU a quick probe, 'bfloat16' only where its matmul is
+#                   clearly faster (an AMD EPYC here: 2x; an AVX-512 Xeon: 0.5x). The
+#                   choice depends on the machine, so results do too: pin the dtype to
+#                   reproduce a run bit for bit elsewhere.
 # The VideoDiT sets it around its forward pass (``matmul_policy``); layers read it when
 # they are built, so a model traced inside the context uses it throughout.
-MATMUL_DTYPES = ("", "float32", "bfloat16")
+MATMUL_DTYPES = ("", "float32", "bfloat16", "auto")
+AUTO_BF16_SPEEDUP = 1.2  # 'auto' takes bf16 only when it is at least this much faster
 _MATMUL = contextvars.ContextVar("video_dit_matmul_dtype", default="")
 
 
@@ -52,6 +58,51 @@ def matmul_policy(matmul_dtype: str):
     yield
   finally:
     _MATMUL.reset(token)
+
+
+def probe_matmul_speeds(n: int = 1024, repeats: int = 5) -> dict[str, float]:
+  """TFLOP/s of an n^3 matmul on the default device with float32 and with bfloat16
+  operands (float32 accumulation), timed alternately; the best of ``repeats`` each."""
+  import time  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  fns = {dt: jax.jit(lambda x, y, dt=dt: jnp.dot(x.astype(dt), y.astype(dt),
+                                                 preferred_element_type=jnp.float32))
+         for dt in ("float32", "bfloat16")}
+  best = dict.fromkeys(fns, float("inf"))
+  for f in fns.values():
+    jax.block_until_ready(f(a, a))
+  for _ in range(repeats):
+    for dt, f in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(a, a))
+      best[dt] = min(best[dt], time.perf_counter() - t0)
+  return {dt: 2 * n ** 3 / t / 1e12 for dt, t in best.items()}
+
+
+_RESOLVED: dict[str, str] = {}
+
+
+def resolve_matmul_dtype(value: str) -> str:
+  """``value`` itself, or for 'auto' this process's choice (made once, then cached;
+  every process of a multi-process run takes process 0's)."""
+  if value != "auto":
+    return value
+  if "auto" not in _RESOLVED:
+    if jax.default_backend() != "cpu":
+      choice = "bfloat16"
+    else:
+      speeds = probe_matmul_speeds()
+      fast = speeds["bfloat16"] >= AUTO_BF16_SPEEDUP * speeds["float32"]
+      choice = "bfloat16" if fast else "float32"
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        fast = bool(multihost_utils.broadcast_one_to_all(jnp.asarray(fast)))
+        choice = "bfloat16" if fast else "float32"
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.info("model.matmul_dtype='auto' -> %s (matmul TFLOP/s: float32 %.3f, "
+                   "bfloat16 %.3f)", choice, speeds["float32"], speeds["bfloat16"])
+    _RESOLVED["auto"] = choice
+  return _RESOLVED["auto"]
 
 
 def matmul_dtype() -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
 from video_dit.diffusion import Diffusion, SamplerConfig
-from video_dit.models import attention, flops
+from video_dit.models import attention, flops, layers
 from video_dit.models.layers import MATMUL_DTYPES
 from video_dit.models.patching import grid_shape
 from video_dit.models.rope import check_split, default_split
@@ -155,6 +155,7 @@ def model_config(config) -> ModelConfig:
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
   _choice("model.matmul_dtype", matmul_dtype, MATMUL_DTYPES)
+  matmul_dtype = layers.resolve_matmul_dtype(matmul_dtype)  # 'auto': probed once
   attention.check(m.attention, jax.default_backend(), m.dtype)
   if not (m.rope or m.sincos):
     raise ValueError("the model has no position information; set model.rope=True "
@@ -175,6 +176,16 @@ def model_config(config) -> ModelConfig:
     raise ValueError("identity.mode='decoupled' shares the text cross-attention; it needs a "
                      "text encoder (text.encoder != 'none') or use identity.mode='separate'.")
   scan = bool(m.get("scan_layers", False))
+  layout = m.get("attention_layout", "full")
+  _choice("model.attention_layout", layout, attention.LAYOUTS)
+  if layout == "factorised":
+    if scan:
+      raise ValueError("model.attention_layout='factorised' alternates spatial and temporal "
+                       "blocks, which are not identical; set model.scan_layers=False.")
+    if reference:
+      raise ValueError(f"identity.mode={idc.mode!r} (in-context reference tokens) needs "
+                       "model.attention_layout='full': the video attends to the reference "
+                       "frame across all its tokens.")
   if scan and idc.every != 1 and cross:
     raise ValueError(f"model.scan_layers=True needs identical blocks, but identity.every="
                      f"{idc.every}; set identity.every=1 or model.scan_layers=False.")
@@ -221,7 +232,8 @@ def model_config(config) -> ModelConfig:
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
-      matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention, text=text,
+      matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention,
+      attention_layout=layout, text=text,
       use_text=tx.encoder != "none", use_identity=bool(cross),
       text_pooled_to_adaln=tx.pooled_to_adaln, text_precomputed_dim=precomputed_dim,
       identity=ident, identity_mode=cross or "separate", identity_reference=reference,

@@ -1,0 +1,84 @@
+r"""Ours against the reference on the same work, alternating in one run.
+
+  python -m tools.side_by_side --workload=image --dit_dir=/tmp/DiT --rounds=2
+  python -m tools.side_by_side --workload=video --latte_dir=/tmp/Latte \
+      --ours="layout=factorised"
+
+Each round runs ``tools.benchmark`` (``configs/bench.py:workload=W,<--ours>``) and
+``tools.reference_dit`` (DiT-S/2 for the image workload, Latte-S/2 for the video one) one
+after the other, each in a fresh process (a shared machine drifts: alternating puts
+both under the same drift). Prints every run's JSON line, then one summary line: the
+median step time of each, ``speedup`` (reference / ours, > 1 means ours is faster) and
+each side's FLOPs per step and TFLOP/s by its own count.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_WORKLOAD = flags.DEFINE_enum("workload", "image", ["image", "video"], "configs/bench.py "
+                              "workload; image runs DiT-S/2, video Latte-S/2.")
+_OURS = flags.DEFINE_string("ours", "", "More configs/bench.py args for ours, e.g. "
+                            "'layout=factorised' or 'attention=einsum'.")
+_DIT_DIR = flags.DEFINE_string("dit_dir", None, "Source folder of facebookresearch/DiT.")
+_LATTE_DIR = flags.DEFINE_string("latte_dir", None, "Source folder of maxin-cn/Latte.")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternations.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per run.")
+
+
+def _last_json(cmd: list[str]) -> dict:
+  r = subprocess.run(cmd, capture_output=True, text=True)
+  if r.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+  lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+  return json.loads(lines[0])
+
+
+def commands(workload: str, ours: str, source_dir: str, steps: int) -> tuple[list, list]:
+  arg = ",".join(filter(None, [f"workload={workload}", ours]))
+  mine = [sys.executable, "-m", "tools.benchmark", f"--config=configs/bench.py:{arg}",
+          "--what=train", f"--steps={steps}"]
+  flag = "--dit_dir" if workload == "image" else "--latte_dir"
+  ref = [sys.executable, "-m", "tools.reference_dit", f"{flag}={source_dir}",
+         f"--steps={steps}"]
+  if workload == "video":
+    ref.append("--frames=16")
+  return mine, ref
+
+
+def main(argv):
+  del argv
+  source = _DIT_DIR.value if _WORKLOAD.value == "image" else _LATTE_DIR.value
+  if not source:
+    need = "--dit_dir" if _WORKLOAD.value == "image" else "--latte_dir"
+    raise app.UsageError(f"--workload={_WORKLOAD.value} compares with the reference from "
+                         f"{need}")
+  mine, ref = commands(_WORKLOAD.value, _OURS.value, source, _STEPS.value)
+  runs = {"ours": [], "reference": []}
+  for _ in range(_ROUNDS.value):
+    for side, cmd in (("ours", mine), ("reference", ref)):
+      row = _last_json(cmd)
+      runs[side].append(row)
+      print(json.dumps(dict(side=side, **row)), flush=True)
+  med = {k: statistics.median(r["step_s"] for r in v) for k, v in runs.items()}
+  flops = dict(ours=runs["ours"][0]["flops_per_step_analytic"],
+               reference=runs["reference"][0]["flops_per_step"])
+  print(json.dumps(dict(
+      what="side_by_side", workload=_WORKLOAD.value, ours=runs["ours"][0]["config"],
+      reference=runs["reference"][0]["config"], ours_step_s=med["ours"],
+      reference_step_s=med["reference"], speedup=med["reference"] / med["ours"],
+      ours_flops_per_step=flops["ours"], reference_flops_per_step=flops["reference"],
+      ours_tflops_per_s=flops["ours"] / med["ours"] / 1e12,
+      reference_tflops_per_s=flops["reference"] / med["reference"] / 1e12,
+      rounds=_ROUNDS.value, ours_round_s=[r["step_s"] for r in runs["ours"]],
+      reference_round_s=[r["step_s"] for r in runs["reference"]])), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
