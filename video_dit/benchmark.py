@@ -331,8 +331,9 @@ def run_one(config, what: str, label: str, peak, steps: int, meshes: str = "data
 
 
 def compare(config_a, config_b, label_a: str, label_b: str, peak, steps: int,
-            rounds: int) -> list[dict]:
-  """A and B compiled once each, timed alternately; medians and the B/A step-time ratio."""
+            rounds: int, profile: bool = False) -> list[dict]:
+  """A and B compiled once each, timed alternately; medians and the B/A step-time ratio
+  (and with ``profile`` each one's op-time breakdown)."""
   a, b = TrainBench(config_a), TrainBench(config_b)
   times = {label_a: [], label_b: []}
   for _ in range(rounds):
@@ -345,6 +346,8 @@ def compare(config_a, config_b, label_a: str, label_b: str, peak, steps: int,
                    step_time_ratio_b_over_a=med[label_b] / med[label_a],
                    speedup_b_over_a=med[label_a] / med[label_b], rounds=rounds,
                    a_round_s=times[label_a], b_round_s=times[label_b]))
+  if profile:
+    rows += [dict(config=label_a, **a.profile()), dict(config=label_b, **b.profile())]
   return rows
 
 
@@ -360,7 +363,7 @@ def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None 
     peak = peak_tflops(config)
   if compare_with:
     return compare(config, override(config, compare_with), label,
-                   f"{label} + {compare_with}", peak, steps, rounds)
+                   f"{label} + {compare_with}", peak, steps, rounds, profile)
   kw = dict(steps=steps, meshes=meshes, bench_dir=bench_dir, profile=profile)
   rows = []
   if sweep:

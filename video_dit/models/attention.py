@@ -2,12 +2,12 @@
 
 Every backend computes softmax(q k^T / sqrt(Dh)) v over (B, L, H, Dh) arrays:
 
-  einsum   plain XLA, softmax in float32; takes key masks; fastest on CPU at short
-           lengths, memory quadratic in tokens.
+  einsum   plain XLA, softmax in float32; takes key masks; memory quadratic in tokens.
   blocked  flash attention in plain JAX: chunks of query rows against all keys with an
-           exact softmax, a hand-written backward that recomputes only the logits from
-           the saved log-sum-exp, bf16 operands under the 'bfloat16' matmul policy;
-           memory linear in tokens. No key masks.
+           exact softmax normalised after PV, a hand-written backward that recomputes
+           only the logits from the saved softmax statistics, bf16 operands under the
+           'bfloat16' matmul policy; key masks; one chunk runs without a loop; memory
+           linear in tokens.
   xla      ``jax.nn.dot_product_attention(implementation='xla')``.
   cudnn    the same with cuDNN's fused flash attention: NVIDIA GPUs, bf16/fp16 only.
   flash    the Pallas TPU flash-attention kernel: TPUs, no key masks, lengths that are
@@ -15,9 +15,12 @@ Every backend computes softmax(q k^T / sqrt(Dh)) v over (B, L, H, Dh) arrays:
 
 ``check(name, platform, dtype)`` runs when a config is validated, so a backend that
 cannot run on this platform or dtype is an error naming it, before anything compiles.
-A call that a backend does not cover (a key mask, a length it cannot chunk: e.g. the
-text cross-attention under 'blocked') is computed by ``einsum`` and logged once per
-backend and reason, by name; the fallback is never silent.
+A call that a backend does not cover (a key mask under 'flash', a length 'blocked'
+cannot chunk) is computed by ``einsum`` and logged once per backend and reason, by
+name; the fallback is never silent.
+
+``model.attention_layout='factorised'`` (``group``/``ungroup``) runs a block's
+self-attention within frames or across them with any backend.
 """
 
 from __future__ import annotations
