@@ -57,7 +57,7 @@ def main(argv):
   label = config_flags.get_config_filename(flags.FLAGS["config"])
   try:  # flag mistakes are usage errors; anything later keeps its traceback
     benchmark.check_request(_CONFIG.value, _WHAT.value, _COMPARE.value, _SWEEP.value,
-                            _MESHES.value)
+                            _MESHES.value, _PROFILE.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   rows = benchmark.run(_CONFIG.value, label, _WHAT.value, steps=_STEPS.value,

@@ -116,7 +116,7 @@ def load_reference(source_dir: str, torch, family: str = "dit"):
   try:
     importlib.import_module("timm.models.vision_transformer")
     which = "timm"
-  except Exception:  # timm missing, or its torchvision import fails
+  except Exception:  # pylint: disable=broad-except  (timm missing, or its torchvision)
     for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
       del sys.modules[name]
     _stand_in_timm(torch)
@@ -183,7 +183,7 @@ CATEGORIES = (  # (category, substrings of a torch op name), first match wins
 
 def profile(torch, step, steps: int = 3) -> list[dict]:
   """Self CPU time per category (phases forward/backward/optimizer/ema too)."""
-  from torch.profiler import ProfilerActivity
+  from torch.profiler import ProfilerActivity  # pylint: disable=g-import-not-at-top
   with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
     for _ in range(steps):
       step()
@@ -202,8 +202,35 @@ def profile(torch, step, steps: int = 3) -> list[dict]:
   return rows
 
 
+def count_flops(torch, step) -> float:
+  """FLOPs of one step by torch's FlopCounterMode. Its table has no formula for the CPU
+  flash-attention kernel that ``scaled_dot_product_attention`` runs on CPU, so those
+  two ops get the formula of the GPU kernels (the same products)."""
+  from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top
+  aten = torch.ops.aten
+
+  def forward(q, k, v, *args, out_shape=None, **kwargs):  # shapes, as the counter passes
+    return flop_counter.sdpa_flop_count(q, k, v)
+
+  def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+    return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
+  custom = {}
+  for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward),
+                      ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+    if hasattr(aten, op):
+      custom[getattr(aten, op)] = formula
+  counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
+  with counter:
+    step()
+  return float(counter.get_total_flops())
+
+
 def main(argv):
   del argv
+  if _STEPS.value < 1 or _BATCH.value < 0 or (_LATTE_DIR.value and _FRAMES.value < 1):
+    raise app.UsageError("--steps and --frames must be >= 1 and --batch >= 0 (0: the "
+                         "reference's default)")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -220,11 +247,7 @@ def main(argv):
   step = make_step(torch, table, name, batch, _SIZE.value, _CHANNELS.value,
                    _FRAMES.value if family == "latte" else 0)
   step(), step()  # warm-up
-  from torch.utils.flop_counter import FlopCounterMode
-  counter = FlopCounterMode(display=False)
-  with counter:
-    step()
-  flops = float(counter.get_total_flops())
+  flops = count_flops(torch, step)
   times = [_timed(step) for _ in range(_STEPS.value)]
   step_s = statistics.median(times)
   peak = matmul_peak(torch)

@@ -32,12 +32,27 @@ _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternations.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per run.")
 
 
-def _last_json(cmd: list[str]) -> dict:
+# configs/bench.py args that change the work on our side only: the reference would no
+# longer run the same model and shapes.
+FIXED = ("variant", "batch", "frames", "res", "channels", "patch", "cond", "runlocal")
+
+
+def _first_json(cmd: list[str]) -> dict:
   r = subprocess.run(cmd, capture_output=True, text=True)
-  if r.returncode:
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
   lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+  if r.returncode or not lines:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
   return json.loads(lines[0])
+
+
+def check_ours(ours: str) -> None:
+  """Raises UsageError when --ours would change the work (not only how it is done)."""
+  for item in filter(None, ours.split(",")):
+    key = item.partition("=")[0]
+    if key in FIXED:
+      raise app.UsageError(f"--ours={item} changes the work, not how it is done; the "
+                           f"reference runs the S/2 workload of configs/bench.py. Keys "
+                           f"{FIXED} are fixed here: use tools.benchmark for other sizes.")
 
 
 def commands(workload: str, ours: str, source_dir: str, steps: int) -> tuple[list, list]:
@@ -59,11 +74,14 @@ def main(argv):
     need = "--dit_dir" if _WORKLOAD.value == "image" else "--latte_dir"
     raise app.UsageError(f"--workload={_WORKLOAD.value} compares with the reference from "
                          f"{need}")
+  if _ROUNDS.value < 1 or _STEPS.value < 1:
+    raise app.UsageError("--rounds and --steps must be >= 1")
+  check_ours(_OURS.value)
   mine, ref = commands(_WORKLOAD.value, _OURS.value, source, _STEPS.value)
   runs = {"ours": [], "reference": []}
   for _ in range(_ROUNDS.value):
     for side, cmd in (("ours", mine), ("reference", ref)):
-      row = _last_json(cmd)
+      row = _first_json(cmd)
       runs[side].append(row)
       print(json.dumps(dict(side=side, **row)), flush=True)
   med = {k: statistics.median(r["step_s"] for r in v) for k, v in runs.items()}
@@ -74,6 +92,7 @@ def main(argv):
       reference=runs["reference"][0]["config"], ours_step_s=med["ours"],
       reference_step_s=med["reference"], speedup=med["reference"] / med["ours"],
       ours_flops_per_step=flops["ours"], reference_flops_per_step=flops["reference"],
+      flops_ratio_ours_over_reference=flops["ours"] / flops["reference"],
       ours_tflops_per_s=flops["ours"] / med["ours"] / 1e12,
       reference_tflops_per_s=flops["reference"] / med["reference"] / 1e12,
       rounds=_ROUNDS.value, ours_round_s=[r["step_s"] for r in runs["ours"]],

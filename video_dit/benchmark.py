@@ -168,6 +168,8 @@ class TrainBench:
                flops_per_step_matmul=float(self.matmul_flops), batch=batch,
                tokens_per_clip=flops_lib.num_tokens(self.cfg, self.shape),
                mesh=dict(self.mesh.shape), dtype=c.model.dtype, attention=c.model.attention,
+               attention_layout=self.cfg.attention_layout,
+               matmul_dtype=self.cfg.matmul_dtype or c.model.dtype,  # 'auto' resolved
                remat=c.model.remat, scan_layers=bool(self.cfg.scan_layers))
     out.update(_rates(analytic, tokens, step_s, peak))
     out.update(memory(self.compiled))
@@ -298,11 +300,13 @@ def _mesh_sizes(spec: str) -> dict[str, int]:
 
 
 def check_request(config, whats, compare_with: str | None = None, sweep: str | None = None,
-                  meshes: str = "data=1") -> None:
+                  meshes: str = "data=1", profile: bool = False) -> None:
   """Raises ValueError naming a bad --what, override, sweep or mesh before any work."""
   for what in whats:
     if what not in WHATS:
       raise ValueError(f"--what={what} is unknown; use one of {WHATS}")
+  if profile and "train" not in whats:
+    raise ValueError("--profile profiles the train step: use it with --what=train")
   if compare_with:
     override(config, compare_with)
   if sweep:
@@ -357,7 +361,7 @@ def run(config, label: str, whats, *, steps: int = 10, compare_with: str | None 
   """Everything ``tools.benchmark`` can be asked: ``whats`` for the config, or A vs B
   (``compare_with``: overrides for B), or a ``sweep`` 'group.field=v1,v2,...';
   ``profile`` adds each train step's op-time breakdown."""
-  check_request(config, whats, compare_with, sweep, meshes)
+  check_request(config, whats, compare_with, sweep, meshes, profile)
   peak = None
   if any(w in ("train", "sample") for w in whats) or compare_with:
     peak = peak_tflops(config)

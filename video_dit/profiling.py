@@ -14,8 +14,9 @@ name scope in its metadata):
   other           the remaining elementwise work (GELU, residuals, loss, RNG)
 
 On CPU the events are XLA's per-thunk trace events (one per executed instruction); on
-GPU the device plane's ``XLA Ops`` line. Times are summed over threads, divided by the
-profiled steps. ``data transfer`` (host batch to device) is measured outside the
+GPU the device plane's ``XLA Ops`` line (cuBLAS/cuDNN custom calls are read by their
+target). A loop's own event (``while``) spans its body's events and is skipped. Times
+are summed over threads, divided by the profiled steps. ``data transfer`` (host batch to device) is measured outside the
 program by ``transfer_seconds``.
 """
 
@@ -45,6 +46,13 @@ class Instr:
   opcode: str
   op_name: str
   calls: str | None
+  target: str = ""  # a custom-call's target (GPU: cuBLAS / cuDNN kernels)
+
+
+# Ops whose trace event spans other ops' events (a loop's whole body): counted by their
+# body's ops, never themselves.
+_CONTAINERS = ("while", "conditional", "call")
+_MATMUL_TARGETS = re.compile(r"gemm|matmul|cublas|conv|dot", re.IGNORECASE)
 
 
 def parse_hlo(text: str) -> tuple[dict[str, Instr], dict[str, set[str]]]:
@@ -56,8 +64,9 @@ def parse_hlo(text: str) -> tuple[dict[str, Instr], dict[str, set[str]]]:
       name, opcode, rest = m.groups()
       op_name = re.search(r'op_name="([^"]*)"', rest)
       calls = re.search(r"calls=%?([\w.\-]+)", rest)
+      target = re.search(r'custom_call_target="([^"]*)"', rest)
       instrs[name] = Instr(opcode, op_name.group(1) if op_name else "",
-                           calls.group(1) if calls else None)
+                           calls.group(1) if calls else None, target.group(1) if target else "")
       if current:
         bodies[current].add(opcode)
       continue
@@ -81,7 +90,8 @@ def categorize(name: str, instrs: dict[str, Instr], bodies: dict[str, set[str]])
   if "attention_core" in scope:
     return "attention"
   ops = {ins.opcode} | (bodies.get(ins.calls, set()) if ins.calls else set())
-  if ops & {"dot", "convolution"}:
+  if ops & {"dot", "convolution"} or (ins.opcode == "custom-call"
+                                      and _MATMUL_TARGETS.search(ins.target)):
     return "matmul"
   if re.search(r"/(norm\w*|modulate)/", scope):
     return "norm/modulate"
@@ -134,6 +144,8 @@ def profile_compiled(compiled, run_step, steps: int = 3) -> dict:
       raise RuntimeError("jax.profiler.trace wrote no .xplane.pb trace")
     per_op = collections.Counter()
     for name, sec in _events(max(paths, key=os.path.getmtime)):
+      if name in instrs and instrs[name].opcode in _CONTAINERS:
+        continue  # its body's ops are counted (the event would count them twice)
       per_op[name] += sec / steps
   cats = dict.fromkeys(CATEGORIES, 0.0)
   for name, sec in per_op.items():

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -104,8 +106,8 @@ def test_profile_charges_the_step_time_to_its_categories():
   # Every named part of the step ran and was found by its scope or opcode.
   for name in ("matmul", "attention", "norm/modulate", "optimizer", "ema"):
     assert cats[name] > 0, cats
-  # The op times are the step's: positive, and on 2 cores at most 2 ops at once.
-  assert 0 < prof["op_s"] <= 2.5 * prof["wall_s"], prof
+  # The op times are the step's: positive, and at most one op per core at once.
+  assert 0 < prof["op_s"] <= 1.25 * (os.cpu_count() or 1) * prof["wall_s"], prof
   assert abs(sum(cats.values()) - prof["op_s"]) < 1e-6
   assert prof["transfer_s"] > 0 and "| matmul |" in prof["table"]
   assert [o["seconds"] for o in prof["top_ops"]] == sorted(
@@ -138,3 +140,23 @@ ENTRY main {
   assert cat("dot.4") == "attention"
   assert cat("transpose.5") == "transpose/copy"
   assert cat("tanh.6") == "other"
+
+
+def test_profile_counts_a_loop_by_its_body_once():
+  """A while loop's own trace event spans its body's events: only the body counts."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from video_dit import profiling  # pylint: disable=g-import-not-at-top
+
+  def f(x):
+    with jax.named_scope("attention_core"):
+      return jax.lax.map(lambda r: jnp.tanh(r @ r.T).sum(), x)
+
+  x = jnp.ones((8, 128, 128))
+  compiled = jax.jit(f).lower(x).compile()
+  prof = profiling.profile_compiled(compiled, lambda: jax.block_until_ready(compiled(x)), 3)
+  instrs, _ = profiling.parse_hlo(compiled.as_text())
+  assert any(i.opcode == "while" for i in instrs.values())  # there is a loop
+  assert not any(instrs[o["op"]].opcode == "while" for o in prof["top_ops"]
+                 if o["op"] in instrs), prof["top_ops"]
+  assert prof["categories"]["attention"] > 0
+  assert prof["op_s"] <= 1.25 * (os.cpu_count() or 1) * prof["wall_s"], prof

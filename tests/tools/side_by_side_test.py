@@ -19,7 +19,7 @@ def test_summary_of_two_fake_sides(monkeypatch, capsys):
                dict(config="ref", step_s=3.0, flops_per_step=1e12),
                dict(config="ours", step_s=2.0, flops_per_step_analytic=2e12),
                dict(config="ref", step_s=3.0, flops_per_step=1e12)])
-  monkeypatch.setattr(side_by_side, "_last_json", lambda cmd: next(rows))
+  monkeypatch.setattr(side_by_side, "_first_json", lambda cmd: next(rows))
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS(["side_by_side", "--dit_dir=/src/DiT", "--rounds=2"])
   side_by_side.main([])
@@ -29,7 +29,10 @@ def test_summary_of_two_fake_sides(monkeypatch, capsys):
   flags.FLAGS.unparse_flags()
 
 
-def test_missing_reference_folder_is_a_usage_error():
-  r = subprocess.run([sys.executable, "-m", "tools.side_by_side", "--workload=video"],
-                     capture_output=True, text=True, timeout=120)
+def test_missing_reference_folder_and_other_work_are_usage_errors():
+  run = lambda *a: subprocess.run([sys.executable, "-m", "tools.side_by_side", *a],
+                                  capture_output=True, text=True, timeout=120)
+  r = run("--workload=video")
   assert r.returncode != 0 and "--latte_dir" in r.stderr
+  r = run("--dit_dir=/src/DiT", "--ours=attention=einsum,variant=B")
+  assert r.returncode != 0 and "--ours=variant=B changes the work" in r.stderr

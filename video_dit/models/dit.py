@@ -5,7 +5,9 @@
     text ids  --text encoder--> (B, Lt, D) + mask;  null tokens where text is dropped
     face      --identity encoder--> (B, K, D);      null tokens where identity is dropped
     reference face --patchify (as a clean frame at t = -1)--> Lr tokens   (optional)
-    N x DiTBlock:  x += gate_msa * SelfAttn(adaLN(x), 3D RoPE)      full spacetime
+    N x DiTBlock:  x += gate_msa * SelfAttn(adaLN(x), 3D RoPE)      full spacetime, or
+                                  within / across frames in alternating blocks
+                                  (model.attention_layout='factorised')
                                   (+ the reference tokens' keys/values; they attend
                                    only to themselves, with adaLN at diffusion t = 0)
                    x += TextCrossAttn(LN(x), text)
