@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -104,3 +106,11 @@ def test_best_of_n_keeps_the_candidate_most_similar_to_the_face(demo, tiny_run):
   # The kept seed alone reproduces the kept video.
   again = _gen(demo, tiny_run, seed=r["seed"], candidates=1)
   np.testing.assert_array_equal(again["video"], r["video"])
+
+
+def test_the_command_with_a_bad_workdir_ends_in_one_error_line(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path}",
+                        "--port=1"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} has no checkpoints")

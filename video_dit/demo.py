@@ -90,8 +90,7 @@ class Demo:
         out.append(probes_lib.load_or_train(self.config, kind, path, train=False))
       except (FileNotFoundError, ValueError) as e:
         out.append(None)
-        notes.append(f"no {kind} probe ({e}); run the quickstart or "
-                     "tools.train_identity_probe to train it")
+        notes.append(f"no {kind} probe: {e}")
     return out[0], out[1], notes
 
   # -------------------------------------------------------------------------- the face
