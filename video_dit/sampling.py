@@ -33,17 +33,22 @@ from video_dit.models import dit, registry
 def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
                  shape: tuple[int, ...],
                  on_model_call: Callable[[], None] | None = None,
-                 cache_reference: bool = True) -> Callable:
+                 cache_reference: bool = True, scales_as_args: bool = False) -> Callable:
   """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space.
 
   ``on_model_call`` (e.g. a progress bar's tick) runs on the host after every
   guided model call of the sampler loop. With in-context reference tokens
   (``identity.mode`` '...reference'), their keys/values are computed once per sample
   and reused by every step (``cache_reference=False`` recomputes them each call).
+  ``scales_as_args``: ``(params, cond, key, text_scale, id_scale)``, the guidance
+  scales traced (one program serves every scale; always 3 passes per guided call).
   """
   sampler.check(diffusion.config.objective)
 
-  def sample(params, cond, key):
+  def sample(params, cond, key, text_scale=None, id_scale=None):
+    run_sampler = sampler
+    if scales_as_args:
+      run_sampler = dataclasses.replace(sampler, text_scale=text_scale, id_scale=id_scale)
     if cache_reference:  # reference tokens' keys/values: once per sample, not per step
       kv = dit.reference_kv(model, params, jnp.zeros(shape, jnp.float32),
                             jnp.zeros(shape[:1], jnp.float32), cond)
@@ -55,9 +60,11 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
       if on_model_call is not None:
         jax.debug.callback(lambda _: on_model_call(), t[:1])
       return out
-    return diffusion.sample(model_fn, shape, cond, key, sampler)
+    return diffusion.sample(model_fn, shape, cond, key, run_sampler)
 
-  return jax.jit(sample)
+  if scales_as_args:
+    return jax.jit(sample)
+  return jax.jit(lambda params, cond, key: sample(params, cond, key))
 
 
 def min_face_side(size: int) -> int:
@@ -137,6 +144,25 @@ def _check_requests(requests: list[dict]) -> list[tuple[int, str]]:
   return out
 
 
+def config_hash(config) -> str:
+  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_record(workdir: str, restored: workdir_lib.Restored, config_digest: str,
+                  **fields) -> dict:
+  """The provenance record of one sample from ``restored`` (``workdir``'s checkpoint):
+  the checkpoint, its parameters' digest and how to check it, the config hash, the
+  library versions, then ``fields`` (prompt, seed, face_sha256, face_consent, sampler...)."""
+  step, ema = restored.step, restored.ema
+  return provenance.record(
+      checkpoint=os.path.basename(os.path.abspath(workdir)), step=step,
+      params=("ema" if ema else "raw"), params_digest=restored.digest,
+      params_digest_check=(f"python -m tools.inspect_checkpoint --workdir=<workdir> "
+                           f"--step={step} --digest" + (" --ema" if ema else "")),
+      config_hash=config_digest, **fields,
+      versions={"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__})
+
+
 def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
              face_is_crop: bool = False, overwrite: bool = False,
@@ -193,7 +219,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
 
   sample = make_sampler(built.model, built.diffusion, sampler_cfg, (1,) + built.shape,
                         on_model_call=tick)
-  config_hash = hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+  digest = config_hash(config)
   os.makedirs(out_dir, exist_ok=True)
   written = []
   for r, crop, (seed, name) in zip(requests, face_crops, seeds_names):
@@ -209,15 +235,10 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     fps = float(config.sample.get("fps", 8.0))  # checkpoints from before sample.fps
     with open(r["face"], "rb") as f:
       face_sha = hashlib.sha256(f.read()).hexdigest()
-    record = provenance.record(
-        checkpoint=os.path.basename(os.path.abspath(workdir)), step=step,
-        params=("ema" if ema else "raw"), params_digest=restored.digest,
-        params_digest_check=(f"python -m tools.inspect_checkpoint --workdir=<workdir> "
-                             f"--step={step} --digest" + (" --ema" if ema else "")),
-        config_hash=config_hash, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
+    record = sample_record(
+        workdir, restored, digest, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
         face_consent=str(r.get("consent") or consent or "").strip() or None,
-        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
-        versions={"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__})
+        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps)
     if jax.process_index() != 0:  # every process samples (the same video); one writes
       written.append(dict(record, files=[]))
       continue

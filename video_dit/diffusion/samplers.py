@@ -66,6 +66,8 @@ class SamplerConfig:
       raise ValueError(f"sampler num_steps={self.num_steps} must be >= 1.")
     for name, scale, flag in (("text_scale", self.text_scale, "--text_scale"),
                               ("id_scale", self.id_scale, "--face_scale")):
+      if isinstance(scale, jax.Array):  # traced (one program for every scale): checked
+        continue                         # by the caller before the call
       if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"guidance {name}={scale} ({flag}) must be a finite number >= 0 "
                          "(1 = conditional, no guidance).")

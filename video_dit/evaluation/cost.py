@@ -29,16 +29,9 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
   pixels is timed and counted with the sampler, and the video-seconds are the decoded
   ``pixel_frames`` at ``fps`` (default: T, for a pixel-space DiT).
   """
-  fn = guidance.guided(lambda x, t, c: model.apply(params, x, t, **c), sampler.text_scale,
-                       sampler.id_scale, sampler.interval)
-  x = jax.ShapeDtypeStruct(shape, np.float32)
-  t = jax.ShapeDtypeStruct(shape[:1], np.float32)
-  lowered = jax.jit(fn).lower(x, t, cond)
-  dit_flops = _xla_flops(lowered.compile()) * sampler.model_calls / shape[0]
-  matmul = flops_lib.traced_matmul_flops(lowered) * sampler.model_calls / shape[0]
-  decode_flops = 0.0
-  if codec is not None:
-    decode_flops = _xla_flops(codec.lower_decode(shape).compile()) / shape[0]
+  flops = sample_flops(model, params, sampler, cond, shape, codec)
+  dit_flops, decode_flops = flops["dit_flops_per_sample"], flops["decode_flops_per_sample"]
+  matmul = flops["matmul_flops_per_sample"]
 
   sample = make_sampler(model, diffusion, sampler, shape)
 
@@ -67,6 +60,24 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
               tflops_per_video_second=flops / video_seconds / 1e12,
               model_calls_per_sample=sampler.model_calls,
               network_passes_per_sample=sampler.network_passes, first_call_s=first_call_s)
+
+
+def sample_flops(model, params, sampler: SamplerConfig, cond: dict, shape: tuple[int, ...],
+                 codec=None) -> dict:
+  """FLOPs per sample of a batch of ``shape``: the DiT's (one guided call, as XLA counts
+  it, times the sampler's model calls), its matmuls alone, and the ``codec``'s decode."""
+  fn = guidance.guided(lambda x, t, c: model.apply(params, x, t, **c), sampler.text_scale,
+                       sampler.id_scale, sampler.interval)
+  x = jax.ShapeDtypeStruct(shape, np.float32)
+  t = jax.ShapeDtypeStruct(shape[:1], np.float32)
+  lowered = jax.jit(fn).lower(x, t, cond)
+  dit_flops = _xla_flops(lowered.compile()) * sampler.model_calls / shape[0]
+  matmul = flops_lib.traced_matmul_flops(lowered) * sampler.model_calls / shape[0]
+  decode_flops = 0.0
+  if codec is not None:
+    decode_flops = _xla_flops(codec.lower_decode(shape).compile()) / shape[0]
+  return dict(dit_flops_per_sample=dit_flops, decode_flops_per_sample=decode_flops,
+              matmul_flops_per_sample=matmul)
 
 
 def _xla_flops(compiled) -> float:
