@@ -411,6 +411,10 @@ def test_auto_matmul_dtype_takes_bf16_only_where_clearly_faster(monkeypatch, spe
   probes = []
   monkeypatch.setattr(layers, "probe_matmul_speeds", lambda: probes.append(1) or speeds)
   monkeypatch.setattr(layers, "_RESOLVED", {})
+  with pytest.raises(ValueError, match="attention_layout"):  # a bad config: no probe first
+    registry.model_config(helpers.runlocal_config(**{"model.matmul_dtype": "auto",
+                                                     "model.attention_layout": "x"}))
+  assert not probes
   config = helpers.runlocal_config(**{"model.matmul_dtype": "auto"})
   assert registry.model_config(config).matmul_dtype == expected
   assert registry.model_config(config).matmul_dtype == expected

@@ -155,7 +155,6 @@ def model_config(config) -> ModelConfig:
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
   _choice("model.matmul_dtype", matmul_dtype, MATMUL_DTYPES)
-  matmul_dtype = layers.resolve_matmul_dtype(matmul_dtype)  # 'auto': probed once
   attention.check(m.attention, jax.default_backend(), m.dtype)
   if not (m.rope or m.sincos):
     raise ValueError("the model has no position information; set model.rope=True "
@@ -232,7 +231,8 @@ def model_config(config) -> ModelConfig:
       width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       patch=patch, channels=m.channels, learn_sigma=config.diffusion.learn_sigma, rope=m.rope,
       rope_split=split, rope_theta=m.rope_theta, sincos=m.sincos, dtype=m.dtype,
-      matmul_dtype=matmul_dtype, remat=m.remat, scan_layers=scan, attention=m.attention,
+      matmul_dtype=layers.resolve_matmul_dtype(matmul_dtype),  # 'auto': probed once, last
+      remat=m.remat, scan_layers=scan, attention=m.attention,
       attention_layout=layout, text=text,
       use_text=tx.encoder != "none", use_identity=bool(cross),
       text_pooled_to_adaln=tx.pooled_to_adaln, text_precomputed_dim=precomputed_dim,
