@@ -24,13 +24,13 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from video_dit import profiling, sharding, train
 from video_dit.data import builders, pipeline
 from video_dit.evaluation import cost as cost_lib
 from video_dit.models import flops as flops_lib
+from video_dit.models import layers
 from video_dit.models import registry
 
 # Dense bf16 TFLOP/s per chip from vendor datasheets (no sparsity).
@@ -55,17 +55,7 @@ def device_peak_tflops(device=None) -> float | None:
 def matmul_peak_tflops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """TFLOP/s of an n x n matmul on one device in the model's dtype policy
   (bfloat16/float16: low-precision inputs, float32 accumulation)."""
-  dt = jnp.dtype(dtype)
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  jax.block_until_ready(f(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / min(times) / 1e12
+  return layers.probe_matmul_speeds(n, repeats, dtypes=(dtype,))[dtype]
 
 
 def peak_tflops(config) -> tuple[float, str]:
