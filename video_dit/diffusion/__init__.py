@@ -54,6 +54,8 @@ class Diffusion:
     x = jax.random.normal(k_noise, shape, jnp.float32) if noise is None else noise
     x = constrain(x.astype(jnp.float32), ("act_batch",) + (None,) * (len(shape) - 1))
     fn = self._guided(model_fn, sampler, shape[-1])
+    if sampler.name == "shortcut":
+      return samplers.shortcut_sample(cfg, fn, x, cond, sampler.num_steps)
     if cfg.objective == "flow":
       shift = sampler.shift or self.shift
       return samplers.flow_sample(cfg, fn, x, cond, samplers.flow_grid(sampler.num_steps, shift),
@@ -69,7 +71,7 @@ class Diffusion:
     # With learned sigma only the prediction half is guided; the variance half
     # comes from the fully conditional branch.
     return guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval,
-                           channels if self.config.learn_sigma else None)
+                           channels if self.config.learn_sigma else None, sampler.one_pass)
 
   def ddim_invert(self, model_fn: Callable, x0, cond: Any, sampler: SamplerConfig,
                   refine: int = 0):

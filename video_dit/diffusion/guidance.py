@@ -7,6 +7,9 @@
 unconditional one, s_text = s_id = s plain CFG with scale s. The three branches
 run as one call on a 3x batch whose ``drop_text`` / ``drop_id`` flags
 select the model's learned null tokens.
+
+A guidance-distilled model (``model.guidance_embed``, ``tasks/distill.py``) takes the
+scales as an input and gives the guided prediction in one pass (``one_pass``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ ModelFn = Callable  # (x_t (B, ...), t (B,), cond dict) -> prediction (B, ...)
 
 def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
            interval: tuple[float, float] | None = None,
-           channels: int | None = None) -> ModelFn:
+           channels: int | None = None, one_pass: bool = False) -> ModelFn:
   """Wraps ``model_fn`` with dual guidance.
 
   Args:
@@ -32,7 +35,19 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
       noise); elsewhere the fully conditional prediction is used.
     channels: guide only the first ``channels`` output channels (the rest, e.g.
       a learned variance, comes from the fully conditional branch).
+    one_pass: the model takes the scales (``cond['guidance_scale']``, (B, 2)) and
+      returns the guided prediction itself: one network pass per call.
   """
+  if one_pass:
+    def fn1(x, t, cond):
+      b = x.shape[0]
+      scales = jnp.broadcast_to(jnp.stack([jnp.asarray(text_scale, jnp.float32),
+                                           jnp.asarray(id_scale, jnp.float32)]), (b, 2))
+      if interval is not None:  # outside the interval: (1, 1), the conditional model
+        inside = (t >= interval[0]) & (t <= interval[1])
+        scales = jnp.where(inside[:, None], scales, 1.0)
+      return model_fn(x, t, dict(_with_drops(cond, b, False, False), guidance_scale=scales))
+    return fn1
   if passes(text_scale, id_scale, interval) == 1:
     return lambda x, t, cond: model_fn(x, t, _with_drops(cond, x.shape[0], False, False))
 
@@ -57,9 +72,12 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
   return fn
 
 
-def passes(text_scale, id_scale, interval=None) -> int:
+def passes(text_scale, id_scale, interval=None, one_pass: bool = False) -> int:
   """Network passes per guided call: 1 when the scales are (1, 1) with no interval
-  (the fully conditional prediction alone), else 3 (one call on a 3x batch)."""
+  (the fully conditional prediction alone) or the model is guidance-distilled
+  (``one_pass``), else 3 (one call on a 3x batch)."""
+  if one_pass:
+    return 1
   static = isinstance(text_scale, (int, float)) and isinstance(id_scale, (int, float))
   return 1 if interval is None and static and text_scale == 1 and id_scale == 1 else 3
 

@@ -4,7 +4,10 @@ Flow: Euler and Heun (second order; Euler on the last step into t = 0).
 DDPM: DDIM (``eta`` = 0 deterministic, 1 ancestral-like), DPM-Solver++(2M)
 (Lu et al. 2022, data prediction, multistep; first order on the first and last
 steps) and ancestral DDPM sampling on the respaced grid (with the model's
-learned variance when it has one, else the posterior variance). Every sampler calls ``model_fn(x, t, cond)`` with model time t in [0, 1].
+learned variance when it has one, else the posterior variance). Shortcut: a few-step
+model (``model.step_embed``, ``tasks/distill.py``) jumps 1/N of the way in each of
+its N steps, told the step size. Every sampler calls ``model_fn(x, t, cond)`` with
+model time t in [0, 1].
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from video_dit.diffusion import guidance, schedules
 from video_dit.diffusion.losses import DiffusionConfig
 
-SAMPLERS = {"flow": ("euler", "heun"), "ddpm": ("ddim", "dpmpp_2m", "ddpm")}
+SAMPLERS = {"flow": ("euler", "heun", "shortcut"), "ddpm": ("ddim", "dpmpp_2m", "ddpm")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,7 @@ class SamplerConfig:
   text_scale: float = 1.0
   id_scale: float = 1.0
   interval: tuple[float, float] | None = None   # guidance only for t in [lo, hi]
+  one_pass: bool = False          # a guidance-distilled model: the scales are its input
 
   @classmethod
   def from_config(cls, c) -> "SamplerConfig":
@@ -51,7 +55,7 @@ class SamplerConfig:
   def guidance_batch(self) -> int:
     """Network passes per guided call: 3 (none, text, text + identity) or 1 when only
     the fully conditional prediction is used."""
-    return guidance.passes(self.text_scale, self.id_scale, self.interval)
+    return guidance.passes(self.text_scale, self.id_scale, self.interval, self.one_pass)
 
   @property
   def network_passes(self) -> int:
@@ -77,6 +81,17 @@ def flow_grid(num_steps: int, shift: float) -> np.ndarray:
   """t_0 = 1 > t_1 > ... > t_N = 0, uniform then shifted toward noise."""
   return np.asarray(schedules.time_shift(np.linspace(1.0, 0.0, num_steps + 1), shift),
                     np.float32)
+
+
+def shortcut_sample(cfg: DiffusionConfig, fn: Callable, x, cond, num_steps: int):
+  """N uniform steps from t = 1 to 0, each a jump of d = 1/N told to the model
+  (``cond['step_size']``): x <- x - d * velocity(x, t, d)."""
+  d = 1.0 / num_steps
+  velocity = _flow_velocity_fn(cfg, fn, dict(cond, step_size=jnp.full((x.shape[0],), d,
+                                                                        jnp.float32)))
+  ts = jnp.asarray(np.linspace(1.0, 0.0, num_steps + 1)[:-1], jnp.float32)
+  x, _ = jax.lax.scan(lambda x, t: (x - d * velocity(x, t), None), x, ts)
+  return x
 
 
 def ddpm_grid(num_steps: int, num_timesteps: int) -> np.ndarray:

@@ -76,6 +76,9 @@ class ModelConfig:
   identity_scale: float = 1.0                       # decoupled mode: weight of identity
   identity_every: int = 1                           # identity attention in every n-th block
   identity_pooled_to_adaln: bool = False
+  # Distilled inputs (``tasks/distill.py``), each a no-op at its neutral value:
+  guidance_embed: bool = False     # (text_scale, id_scale): one-pass guidance; (1, 1) neutral
+  step_embed: bool = False         # shortcut step size d (0 = the instantaneous velocity)
 
 
 class DiTBlock(nn.Module):
@@ -187,7 +190,8 @@ class VideoDiT(nn.Module):
       return self._forward(*args, **kwargs)
 
   def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
-               drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None):
+               drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None,
+               guidance_scale=None, step_size=None):
     """The conditions are named as the input pipeline's batch fields
     (``video_dit.conditions``). Args:
       x: (B, T, H, W, C) noisy video (or latents).
@@ -204,6 +208,10 @@ class VideoDiT(nn.Module):
         reference tokens, drop_id also hides them from the video.
       ref_kv: the reference tokens' per-block (keys, values) from ``reference_kv``
         (a sampler's cache); None computes them from ``face``.
+      guidance_scale: (B, 2) (text, identity) guidance scales of a guidance-distilled
+        model (``guidance_embed``); None = (1, 1), the conditional prediction.
+      step_size: (B,) the step a shortcut model (``step_embed``) jumps, in model time;
+        None = 0, the instantaneous prediction.
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
@@ -222,6 +230,12 @@ class VideoDiT(nn.Module):
 
     t_embed = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")
     c = t_embed(t_b)  # (B, D)
+    if cfg.guidance_embed and guidance_scale is not None:
+      c = c + layers.ScalarEmbedder(cfg.width, (1.0, 1.0), scale=100.0, dtype=dt,
+                                    name="guidance_embed")(guidance_scale)
+    if cfg.step_embed and step_size is not None:
+      c = c + layers.ScalarEmbedder(cfg.width, (0.0,), scale=1000.0, dtype=dt,
+                                    name="step_embed")(step_size[:, None])
 
     refs = [None] * cfg.depth
     if cfg.identity_reference and (face is not None or ref_kv is not None):

@@ -214,3 +214,27 @@ class TimestepEmbedder(nn.Module):
     h = nn.silu(h)
     return dense(self.width, ("mlp", "embed"), self.dtype,
                  init=nn.initializers.normal(0.02), name="fc2")(h)
+
+
+class ScalarEmbedder(nn.Module):
+  """Scalars (B, K) -> (B, width), exactly zero at ``neutral`` for any parameters:
+  h(v) - h(neutral), with h = sinusoidal features of ``scale`` * v per scalar -> MLP
+  whose output layer starts at zero. A model gains such an input (guidance scales, a
+  step size) as a no-op: at the neutral value it is the model it was."""
+  width: int
+  neutral: tuple[float, ...]
+  scale: float = 100.0
+  freq_dim: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, v_bk):
+    v = jnp.concatenate([v_bk.astype(jnp.float32),
+                         jnp.asarray(self.neutral, jnp.float32)[None]], 0)  # (B + 1, K)
+    feats = jnp.concatenate([sincos_1d(self.scale * v[:, k], self.freq_dim)
+                             for k in range(v.shape[1])], -1)
+    init = logical(nn.initializers.normal(0.02), None, "embed")
+    h = nn.silu(nn.Dense(self.width, dtype=self.dtype, kernel_init=init,
+                         bias_init=logical(zeros, "embed"), name="fc1")(feats))
+    h = dense(self.width, ("mlp", "embed"), self.dtype, init=zeros, name="fc2")(h)
+    return h[:-1] - h[-1:]

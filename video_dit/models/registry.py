@@ -51,7 +51,8 @@ def _heads(name, width, heads):
 
 
 def task(config) -> str:
-  """'dit' (the diffusion transformer) or 'vae' (the video autoencoder)."""
+  """'dit' (the diffusion transformer), 'vae' (the video autoencoder), or a DiT
+  distillation ('guidance_distill', 'shortcut'; ``tasks/distill.py``)."""
   return config.get("task", "dit")
 
 
@@ -77,12 +78,12 @@ def pixel_shape(config) -> tuple[int, int, int, int]:
 
 def video_shape(config) -> tuple[int, int, int, int]:
   """(T, H, W, C) of what the model sees: pixels, or the VAE's latents."""
-  if task(config) == "dit" and latent_codec(config) == "pca":
+  if task(config) != "vae" and latent_codec(config) == "pca":
     from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
     lat = config.latent
     pca_codec.check(lat.tubelet, lat.channels, pixel_shape(config))
     return pca_codec.latent_shape(lat.tubelet, lat.channels, pixel_shape(config))
-  if task(config) == "dit" and latent_source(config) != "pixels":
+  if task(config) != "vae" and latent_source(config) != "pixels":
     shape = tuple(int(x) for x in config.latent.shape)
     if len(shape) != 4:
       raise ValueError(f"latent.shape={config.latent.shape} must be (T, H, W, C) of the "
@@ -239,7 +240,9 @@ def model_config(config) -> ModelConfig:
       identity=ident, identity_mode=cross or "separate", identity_reference=reference,
       reference_codec=reference_codec,
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
-      identity_pooled_to_adaln=idc.pooled_to_adaln)
+      identity_pooled_to_adaln=idc.pooled_to_adaln,
+      guidance_embed=bool(m.get("guidance_embed", False)),
+      step_embed=bool(m.get("step_embed", False)))
 
 
 def build(config) -> tuple[VideoDiT, ModelConfig]:
@@ -269,9 +272,25 @@ def build_dit(config) -> BuiltDiT:
   model, cfg = build(config)
   shape = video_shape(config)
   diffusion = Diffusion.from_config(config.diffusion, flops.num_tokens(cfg, shape))
-  sampler = SamplerConfig.from_config(config.sample)
+  sampler = dataclasses.replace(SamplerConfig.from_config(config.sample),
+                                one_pass=cfg.guidance_embed)
   sampler.check(diffusion.config.objective)
+  check_shortcut(config, cfg, sampler)
   return BuiltDiT(model, cfg, shape, diffusion, sampler)
+
+
+def check_shortcut(config, cfg: ModelConfig, sampler: SamplerConfig) -> None:
+  """The shortcut sampler needs a shortcut model and a step count it was trained for."""
+  if sampler.name != "shortcut":
+    return
+  if not cfg.step_embed:
+    raise ValueError("sampler 'shortcut' needs a few-step model (task='shortcut', which "
+                     "adds model.step_embed); use --sampler=euler for this checkpoint.")
+  n = sampler.num_steps
+  most = round(1.0 / config.distill.min_step) if "distill" in config else n
+  if n & (n - 1) or n > most:
+    raise ValueError(f"a shortcut model takes 1, 2, 4, ... up to {most} steps (the step "
+                     f"sizes it was trained on); --num_steps={n} is not one of them.")
 
 
 def dummy_inputs(config, batch: int) -> dict[str, Any]:
@@ -293,6 +312,10 @@ def dummy_inputs(config, batch: int) -> dict[str, Any]:
     inputs["face"] = jnp.zeros((batch, s, s, 3), jnp.float32)
   if cfg.use_identity and cfg.identity.embed_dim:
     inputs["face_embed"] = jnp.zeros((batch, cfg.identity.embed_dim), jnp.float32)
+  if cfg.guidance_embed:
+    inputs["guidance_scale"] = jnp.ones((batch, 2), jnp.float32)
+  if cfg.step_embed:
+    inputs["step_size"] = jnp.zeros((batch,), jnp.float32)
   return inputs
 
 
@@ -304,8 +327,10 @@ def random_inputs(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
   for k, v in dummy_inputs(config, batch).items():
     if k == "x":
       out[k] = rng.standard_normal(v.shape, dtype=np.float32)
-    elif k == "t":
+    elif k in ("t", "step_size"):
       out[k] = rng.uniform(0, 1, v.shape).astype(np.float32)
+    elif k == "guidance_scale":
+      out[k] = rng.uniform(1, 4, v.shape).astype(np.float32)
     elif k == "text_ids":
       out[k] = rng.integers(1, config.text.vocab_size, v.shape, dtype=np.int32)
     elif k == "text_mask":
