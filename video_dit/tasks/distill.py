@@ -197,7 +197,6 @@ class GuidanceDistillTask(_DistillTask):
   def loss(self, params, batch, keys, frozen=None):
     x0, cond = conditions.split_batch(batch)
     x0 = x0.astype(jnp.float32)
-    b = x0.shape[0]
     k = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
     t = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-3, maxval=1.0))(k[:, 0])
     x_t = schedules.flow_interpolate(x0, self._noise(k[:, 1], x0), t)
