@@ -83,6 +83,7 @@ def test_evaluate_writes_every_metric(trained):
   assert g["n"] == 10 and g["gap"] == pytest.approx(want["gap"], abs=1e-6)
   assert g["matched"] == pytest.approx(want["matched"], abs=1e-6)
   assert g["choice_accuracy"] == want["choice_accuracy"]
+  np.testing.assert_allclose(g["per_video_matched"], np.sum(clip * ref, -1), atol=1e-6)
   # Per attribute: the probe's reading of each clip against the identity's true value.
   truth = np.asarray([list(synthetic.identity_attributes(0, int(i)).values()) for i in identity])
   per = ident["per_attribute"]
@@ -100,6 +101,7 @@ def test_evaluate_writes_every_metric(trained):
   predicted = act_probe.action_logits(gen).argmax(-1)
   assert text["accuracy"] == pytest.approx(np.mean(predicted == action))
   assert text["predicted_counts"] == np.bincount(predicted, minlength=11).tolist()
+  assert text["predicted"] == predicted.tolist()
   assert text["real_accuracy"] == pytest.approx(
       np.mean(act_probe.action_logits(real).argmax(-1) == action))
   assert text["real_accuracy"] > 0.5

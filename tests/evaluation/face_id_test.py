@@ -53,5 +53,7 @@ def test_the_evaluator_scores_real_faces_with_this_module():
     found = [e for e in map(face_id.embed_face, video) if e is not None]
     cosines.append(np.mean([e @ ref / np.linalg.norm(e) / np.linalg.norm(ref) for e in found]))
   assert real["matched"] == pytest.approx(np.mean(cosines))
+  assert real["per_video_matched"] == pytest.approx(cosines)
   assert real["matched"] > 0.9 > real["mismatched"]
   assert len(embeds["real"]) == 2 and embeds["real"][0].shape[1] == 128
+

@@ -190,8 +190,10 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
-      out[name] = dict(paired_gap(np.sum(clip * ref, -1), np.sum(clip * ref[other], -1)),
-                       per_frame=per_frame_similarity(frames, ref, other))
+      matched = np.sum(clip * ref, -1)
+      out[name] = dict(paired_gap(matched, np.sum(clip * ref[other], -1)),
+                       per_frame=per_frame_similarity(frames, ref, other),
+                       per_video_matched=matched.tolist())
       embeds[name] = frames
     return out, embeds
   from video_dit.evaluation import face_id  # pylint: disable=g-import-not-at-top
@@ -200,18 +202,23 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
   refs = [face_id.embed_face(f) for f in faces]
   for name, videos in (("generated", gen), ("real", real)):
     matched, mismatched, missing, kept = [], [], 0, []
+    per_video = [None] * len(videos)  # None: no face in the video or its reference
     for i, video in enumerate(videos):
       found, without = face_id.embed_frames(video)
       missing += without
-      if refs[i] is None or refs[other[i]] is None or not len(found):
+      if refs[i] is None or not len(found):
         continue
-      matched.append(face_id.similarity(found, refs[i])["cosine"])
+      per_video[i] = face_id.similarity(found, refs[i])["cosine"]
+      if refs[other[i]] is None:
+        continue
+      matched.append(per_video[i])
       mismatched.append(face_id.similarity(found, refs[other[i]])["cosine"])
       kept.append(found)
     out[name] = dict(paired_gap(np.asarray(matched), np.asarray(mismatched)) if matched else
                      dict(skipped="no video had a detected face"),
                      frames_without_face=missing, frames=int(videos.shape[0] * videos.shape[1]),
-                     references_without_face=sum(r is None for r in refs))
+                     references_without_face=sum(r is None for r in refs),
+                     per_video_matched=per_video)
     embeds[name] = kept
   return out, embeds
 
@@ -230,7 +237,8 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
               majority_baseline=float(counts.max() / counts.sum()),
               probe=dict(probe.scores), n=int(len(actions)),
               predicted_counts=np.bincount(gen_pred, minlength=probes_lib.NUM_ACTIONS).tolist(),
-              actions=list(synthetic.ACTION_NAMES))
+              actions=list(synthetic.ACTION_NAMES), predicted=gen_pred.tolist(),
+              real_predicted=real_pred.tolist())
 
 
 # ----------------------------------------------------------------------------- driver
