@@ -13,7 +13,7 @@ from PIL import Image
 from tests import helpers
 from video_dit import report, train
 from video_dit.data import builders, synthetic
-from video_dit.evaluation import evaluate, probes, sweep, temporal
+from video_dit.evaluation import evaluate, probes, sweep, temporal, usable
 
 
 def test_paired_gap_and_interval():
@@ -121,9 +121,22 @@ def test_evaluate_writes_every_metric(trained):
     assert z["generated"].shape == z["real"].shape == (10, 8, 32, 32, 3)
     assert z["generated"].dtype == np.uint8 and len(z["caption"]) == 10
   assert os.path.isfile(os.path.join(saved["media"], "001.gif"))
+  # Usable: identity over the real clips' 5th percentile and the prompted action.
+  u = saved["usable"]
+  real_matched = np.asarray(ident["real"]["per_video_matched"])
+  assert u["threshold"] == pytest.approx(np.percentile(real_matched, 5))
+  ok = (np.asarray(g["per_video_matched"]) >= u["threshold"]) & (predicted == action)
+  assert u["per_video"] == ok.tolist() and u["fraction"] == pytest.approx(ok.mean())
+  assert u["fraction_ci95"] == pytest.approx(usable.wilson_interval(ok.sum(), 10))
+  if ok.any():
+    assert u["seconds_per_usable_second"] == pytest.approx(
+        cost["seconds_per_video_second"] / ok.mean())
+  else:  # an untrained model: no usable sample, no finite cost
+    assert u["seconds_per_usable_second"] is None and "no usable" in u["cost_note"]
   with open(os.path.join(run, "eval", "metrics.jsonl")) as f:
     row = json.loads(f.readlines()[-1])
   assert row["step"] == 2 and row["eval/identity/generated/gap"] == pytest.approx(g["gap"])
+  assert row["eval/usable/fraction"] == pytest.approx(u["fraction"])
   assert os.listdir(os.path.join(run, "eval", "tensorboard"))
   assert r["identity"]["generated"]["gap"] == pytest.approx(g["gap"])
 
@@ -189,6 +202,8 @@ def test_unverified_identity_probe_is_skipped_with_reason(trained):
       config, videos, videos, videos[:, 0], np.array([48, 49]), str(trained / "weak" / "identity"),
       False, None)
   assert "0.800" in out["skipped"] and embeds is None and "generated" not in out
+  # Usable is skipped with it, never computed from an unverified probe.
+  assert "0.800" in usable.usable_block({"identity": out}, has_actions=True)["skipped"]
 
 
 def test_bad_inputs(trained, tmp_path):

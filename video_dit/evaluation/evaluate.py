@@ -16,6 +16,8 @@
   data), beside chance and the probe's accuracy on the real clips.
 * ``temporal``: embedding variance, frame change and drift (generated and real).
 * ``cost``: FLOPs and seconds per sample and per generated video-second.
+* ``usable`` (with ``identity``): the fraction of usable samples and the cost per usable
+  video-second (``usable.py``).
 
 A metric whose parts are missing is skipped with the reason, never faked.
 Writes ``W/eval/NAME.json`` (atomically; NAME = ``run_name``: the step, the examples
@@ -41,6 +43,7 @@ from video_dit.data import builders, pipeline, synthetic
 from video_dit.evaluation import cost as cost_lib
 from video_dit.evaluation import probes as probes_lib
 from video_dit.evaluation import temporal
+from video_dit.evaluation import usable as usable_lib
 from video_dit.models import registry
 
 METRICS = ("fvd", "identity", "text", "temporal", "cost")
@@ -334,6 +337,10 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name))
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", cost_fn)
+  block = usable_lib.usable_block(results, config.data.dataset == "synthetic_faces", actions)
+  if block is not None:
+    results["usable"] = block
+    log(f"usable: {_summary(block)}")
   results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
   results["name"] = run_name(step, sampler_cfg, split, len(gen), ema)
   if jax.process_index() == 0:
