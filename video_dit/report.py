@@ -128,7 +128,9 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
                  f"{cost['seconds_per_video_second']:.3g} s, "
                  f"{cost['tflops_per_video_second'] * 1e3:.3g} GFLOP",
                  f"{cost['model_calls_per_sample']} model calls per video, "
-                 f"{cost['seconds_per_sample']:.3g} s per video"))
+                 f"{cost['seconds_per_sample']:.3g} s per video" + (
+                     f" ({cost['candidates_per_video']} candidates sampled per kept video)"
+                     if "candidates_per_video" in cost else "")))
   rows += usable_rows(results)
   temp = results.get("temporal")
   if temp is not None and "skipped" not in temp:
@@ -140,9 +142,9 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
 
 
 def usable_rows(results: dict) -> list[tuple[str, str, str]]:
-  """The usable fraction and the cost per usable video-second as table rows."""
+  """The usable fraction, the cost per usable video-second and best-of-N, as table rows."""
   rows = []
-  use = results.get("usable")
+  use, best = results.get("usable"), results.get("best_of")
   if use is not None and "skipped" in use:
     rows.append(("usable samples", "skipped", use["skipped"]))
   elif use is not None:
@@ -159,6 +161,9 @@ def usable_rows(results: dict) -> list[tuple[str, str, str]]:
       rows.append(("cost per usable video-second",
                    "unbounded" if s is None else f"{s:.3g} s, {t * 1e3:.3g} GFLOP",
                    use["cost_note"]))
+  if best is not None:
+    rows.append((f"best of {best['n']} by identity", "kept the most similar candidate",
+                 f"selector: {best['selector']}; {best['bias']}"))
   return rows
 
 

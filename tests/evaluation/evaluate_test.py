@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -141,6 +142,49 @@ def test_evaluate_writes_every_metric(trained):
   assert r["identity"]["generated"]["gap"] == pytest.approx(g["gap"])
 
 
+def test_best_of_two_keeps_the_selectors_pick_and_counts_both(trained, tmp_path):
+  # The selector: an identity probe trained with another seed, beside the evaluation's
+  # (short: selecting needs a probe; whether it verified is recorded, not required).
+  probe_dir = tmp_path / "probes"
+  shutil.copytree(trained / "probes", probe_dir)
+  config = helpers.runlocal_config(**{
+      "data.data_dir": str(trained / "data"), "data.num_identities": 60,
+      "data.clips_per_identity": 1})
+  probes.train_probe("identity", probes.ProbeSpec.from_config(config), steps=40,
+                     seed=usable.SELECTOR_SEED, log=None).save(str(probe_dir / usable.SELECTOR))
+  run = str(trained / "run")
+  kw = dict(num_videos=6, probe_dir=str(probe_dir), train_probes=False, num_gifs=0,
+            log=lambda *_: None)
+  r = evaluate.evaluate(run, best_of=2, metrics=("identity", "text", "cost"), **kw)
+  assert r["path"] == os.path.join(run, "eval", "step_2_test6_ema_euler2_text4_face2_best2.json")
+  with open(r["path"]) as f:
+    saved = json.load(f)
+  b = saved["best_of"]
+  assert b["n"] == 2 and "seed 1" in b["selector"] and b["selector_probe"]["seed"] == 1
+  scores = np.asarray(b["selector_scores"])
+  assert scores.shape == (2, 6) and b["chosen"] == np.argmax(scores, 0).tolist()
+  # The kept videos are the selector's picks: its scores of them are the maxima.
+  with np.load(os.path.join(saved["media"], "videos.npz")) as z:
+    gen, faces = z["generated"], z["faces"]
+  selector = probes.Probe.load(str(probe_dir / usable.SELECTOR))
+  np.testing.assert_allclose(np.sum(selector.embed_clips(gen) * selector.embed_images(faces), -1),
+                             scores.max(0), atol=1e-5)
+  # Candidate 0 is the video best_of=1 samples; the other candidate is another video.
+  one = evaluate.evaluate(run, metrics=(), **kw)
+  assert "best" not in one["name"] and "best_of" not in one
+  with np.load(os.path.join(one["media"], "videos.npz")) as z:
+    first = z["generated"]
+  for i, k in enumerate(b["chosen"]):
+    assert np.array_equal(gen[i], first[i]) == (k == 0), (i, k)
+  # The cost of a kept video is both candidates'.
+  cost = saved["cost"]
+  assert cost["candidates_per_video"] == 2 and cost["model_calls_per_sample"] == 4
+  assert cost["seconds_per_video_second"] == pytest.approx(
+      2 * cost["per_candidate"]["seconds_per_video_second"])
+  u = saved["usable"]
+  assert u["n"] == 6 and ("candidates" in u["cost_note"] or u["fraction"] == 0)
+
+
 def test_per_frame_identity_is_the_clip_gap_resolved_over_frames():
   rng = np.random.default_rng(0)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -209,6 +253,8 @@ def test_unverified_identity_probe_is_skipped_with_reason(trained):
 def test_bad_inputs(trained, tmp_path):
   with pytest.raises(ValueError, match="unknown metrics"):
     evaluate.evaluate(str(trained / "run"), metrics=("fid",))
+  with pytest.raises(ValueError, match="best_of=0"):
+    evaluate.evaluate(str(trained / "run"), best_of=0)
   with pytest.raises(FileNotFoundError, match="checkpoints"):
     evaluate.evaluate(str(tmp_path))
 

@@ -72,3 +72,46 @@ def test_usable_block_skips_with_the_identity_metric():
                             actions=np.array([3, 3]))
   assert out["per_video"] == [True, False] and out["seconds_per_usable_second"] == 4.0
 
+
+def test_best_of_keeps_the_highest_scoring_candidate():
+  # Candidate k of example i is a video filled with 10 * k + i.
+  n_cand, n = 3, 4
+  videos = (10 * np.arange(n_cand)[:, None] + np.arange(n)[None]).astype(np.uint8)
+  videos = np.broadcast_to(videos[..., None, None, None, None], (n_cand, n, 2, 4, 4, 3))
+  table = np.array([[0.1, 0.9, 0.5, -np.inf],
+                    [0.3, 0.2, 0.5, -np.inf],
+                    [0.2, 0.1, 0.7, -np.inf]])
+  calls = []
+
+  def score(v):  # a fake identity scorer: reads the candidate back from the pixels
+    calls.append(v.shape)
+    k, i = v[:, 0, 0, 0, 0] // 10, v[:, 0, 0, 0, 0] % 10
+    return table[k, i]
+
+  kept, chosen, scores = usable.select_best(videos, score)
+  assert calls == [(n, 2, 4, 4, 3)] * n_cand  # one call per candidate, every example
+  # Ties and all-unmeasurable examples keep the first candidate.
+  assert chosen.tolist() == [1, 0, 2, 0]
+  np.testing.assert_array_equal(kept, videos[chosen, np.arange(n)])
+  np.testing.assert_array_equal(scores, table)
+
+
+def test_cost_counts_every_candidate():
+  cost = dict(flops_per_sample=10.0, dit_flops_per_sample=8.0, decode_flops_per_sample=2.0,
+              matmul_flops_per_sample=7.0, seconds_per_sample=2.0,
+              decode_seconds_per_sample=0.5, video_seconds_per_sample=2.0,
+              seconds_per_video_second=1.0, tflops_per_video_second=5.0,
+              model_calls_per_sample=4, network_passes_per_sample=12, first_call_s=9.0)
+  assert usable.count_candidates(cost, 1) == cost  # the default changes nothing
+  c = usable.count_candidates(cost, 3)
+  assert c["candidates_per_video"] == 3
+  for key in ("flops_per_sample", "dit_flops_per_sample", "decode_flops_per_sample",
+              "matmul_flops_per_sample", "seconds_per_sample", "decode_seconds_per_sample",
+              "seconds_per_video_second", "tflops_per_video_second", "model_calls_per_sample",
+              "network_passes_per_sample"):
+    assert c[key] == 3 * cost[key] and c["per_candidate"][key] == cost[key], key
+  # A kept video is as long as one candidate; compiling happens once.
+  assert c["video_seconds_per_sample"] == 2.0 and c["first_call_s"] == 9.0
+  assert usable.count_candidates({"skipped": "x"}, 3) == {"skipped": "x"}
+  u = usable.usable(np.array([0.9, 0.1]), np.array([0.5, 0.6]), None, cost=c)
+  assert u["seconds_per_usable_second"] == pytest.approx(3 * 1.0 / 0.5)
