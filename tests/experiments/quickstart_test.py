@@ -99,7 +99,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
           duration += img.info["duration"]
         assert img.size == (32 * 4, 32 * 4) and abs(duration - 1000) <= 80, (src, duration)
   text = " ".join(parser.cells)
-  for metric in ("identity gap", "action accuracy", "cost per generated video-second"):
+  for metric in ("identity gap", "action accuracy", "cost per generated video-second",
+                 "usable samples", "cost per usable video-second"):
     assert metric in text, text
   with open(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) as f:
     results = json.load(f)
