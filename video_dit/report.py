@@ -128,13 +128,42 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
                  f"{cost['seconds_per_video_second']:.3g} s, "
                  f"{cost['tflops_per_video_second'] * 1e3:.3g} GFLOP",
                  f"{cost['model_calls_per_sample']} model calls per video, "
-                 f"{cost['seconds_per_sample']:.3g} s per video"))
+                 f"{cost['seconds_per_sample']:.3g} s per video" + (
+                     f" ({cost['candidates_per_video']} candidates sampled per kept video)"
+                     if "candidates_per_video" in cost else "")))
+  rows += usable_rows(results)
   temp = results.get("temporal")
   if temp is not None and "skipped" not in temp:
     g, r = temp.get("generated", {}), temp.get("real", {})
     rows.append(("frame change (mean |x_t - x_{t-1}|)",
                  _fmt(g.get("frame_change", float("nan"))),
                  f"real clips {_fmt(r.get('frame_change', float('nan')))}"))
+  return rows
+
+
+def usable_rows(results: dict) -> list[tuple[str, str, str]]:
+  """The usable fraction, the cost per usable video-second and best-of-N, as table rows."""
+  rows = []
+  use, best = results.get("usable"), results.get("best_of")
+  if use is not None and "skipped" in use:
+    rows.append(("usable samples", "skipped", use["skipped"]))
+  elif use is not None:
+    lo, hi = use["fraction_ci95"]
+    action = ("" if use.get("action_fraction") is None else
+              f", action alone {use['action_fraction']:.1%}")
+    real = "" if "real_fraction" not in use else f"; real clips {use['real_fraction']:.1%}"
+    rows.append(("usable samples", f"{use['fraction']:.1%} [95% CI {lo:.1%}, {hi:.1%}]",
+                 f"{use['criterion']}; threshold {use['threshold']:.3f} (5th percentile of "
+                 f"real clips); identity alone {use['identity_fraction']:.1%}{action}{real}; "
+                 f"n={use['n']}"))
+    if "seconds_per_usable_second" in use:
+      s, t = use["seconds_per_usable_second"], use["tflops_per_usable_second"]
+      rows.append(("cost per usable video-second",
+                   "unbounded" if s is None else f"{s:.3g} s, {t * 1e3:.3g} GFLOP",
+                   use["cost_note"]))
+  if best is not None:
+    rows.append((f"best of {best['n']} by identity", "kept the most similar candidate",
+                 f"selector: {best['selector']}; {best['bias']}"))
   return rows
 
 
