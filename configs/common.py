@@ -112,8 +112,8 @@ def distill(c: ml_collections.ConfigDict, kind: str, teacher: str) -> None:
 
   * 'guidance': one-pass guidance (``task='guidance_distill'``): the guidance scales
     become an input; a step costs one network pass instead of three.
-  * 'shortcut': few-step generation (``task='shortcut'``) from a guidance-distilled
-    teacher (so it keeps one-pass guidance): 1, 2, 4, ... 32 steps of one pass.
+  * 'shortcut': few-step generation (``task='shortcut'``), one-pass guidance included
+    (from a plain teacher it learns both): 1, 2, 4, ... 32 steps of one pass each.
   """
   if kind not in DISTILL:
     raise ValueError(f"distill={kind} is unknown; use one of {DISTILL}")

@@ -15,8 +15,8 @@ Presets:
 ``distill=guidance|shortcut,teacher=W`` makes the config a cheaper student of the trained
 DiT in workdir W (same model arguments as W's): one-pass guidance, or few-step
 (``configs/common.py:distill``), e.g.
-``quickstart,distill=guidance,teacher=runs/quickstart`` then
-``quickstart,distill=shortcut,teacher=runs/quickstart_guidance``.
+``quickstart,distill=guidance,teacher=runs/quickstart`` or
+``quickstart,distill=shortcut,teacher=runs/quickstart``.
 """
 
 from configs import common

@@ -109,7 +109,7 @@ def test_guidance_distillation_trains_toward_the_guided_teacher(teacher, tmp_pat
 
 
 def test_shortcut_trains_and_samples_in_few_steps(teacher, tmp_path):
-  config = student_config(teacher, "shortcut", **{"model.guidance_embed": False})
+  config = student_config(teacher, "shortcut")
   config.total_steps = 40
   task, before, after = _train_and_compare(config, str(tmp_path / "shortcut"))
   assert before > 0 and after < 0.7 * before, (before, after)
@@ -117,7 +117,7 @@ def test_shortcut_trains_and_samples_in_few_steps(teacher, tmp_path):
   for steps in (1, 2, 4):
     sampler = registry.build_dit(config).sampler
     sampler = dataclasses.replace(sampler, num_steps=steps)
-    assert sampler.network_passes == 3 * steps  # a plain teacher: 3-pass guidance kept
+    assert sampler.network_passes == steps  # one pass per step: guidance is an input
     batch, _ = _batch_keys(config, 2)
     _, cond = conditions.split_batch(batch)
     video = sampling.make_sampler(task.model, task.diffusion, sampler, (2,) + task.shape)(
@@ -126,17 +126,17 @@ def test_shortcut_trains_and_samples_in_few_steps(teacher, tmp_path):
 
 
 def test_one_shortcut_step_jumps_from_noise_to_data(teacher):
-  config = student_config(teacher, "shortcut", **{"model.guidance_embed": False})
+  config = student_config(teacher, "shortcut")
   task = tasks.for_config(config)
   params = helpers.perturb_zeros(_student_params(task, config))
   sampler = dataclasses.replace(task.sampler, num_steps=1, text_scale=1.0, id_scale=1.0)
   inputs = registry.random_inputs(config, 2)
-  cond = {k: v for k, v in inputs.items() if k not in ("x", "t", "step_size")}
+  cond = {k: v for k, v in inputs.items() if k not in ("x", "t", "step_size", "guidance_scale")}
   video = sampling.make_sampler(task.model, task.diffusion, sampler, (2,) + task.shape)(
       params, cond, jax.random.key(3))
   noise = jax.random.normal(jax.random.split(jax.random.key(3))[0], (2,) + task.shape)
   pred = helpers.apply(task.model, params, dict(cond, x=noise, t=np.ones(2, np.float32)),
-                       step_size=np.ones(2, np.float32))
+                       step_size=np.ones(2, np.float32), guidance_scale=np.ones((2, 2), np.float32))
   # One jump of d = 1 from t = 1 goes the whole way: x0 = x1 - v(x1, 1, d=1).
   v = schedules.flow_velocity(pred, noise, np.ones(2, np.float32),
                               task.diffusion.config.prediction)
@@ -158,10 +158,10 @@ def test_bad_distillation_configs_name_the_fix(teacher, overrides, msg):
 @pytest.mark.parametrize("overrides,msg", [
     ({"distill.min_step": 0.3}, "1/2"),
     ({"sample.num_steps": 3}, "1, 2, 4"),
-    ({"model.guidance_embed": True}, "keeps its teacher's guidance input"),
+    ({"model.guidance_embed": False}, "keeps guidance in its one pass"),
 ])
 def test_bad_shortcut_configs_name_the_fix(teacher, overrides, msg):
-  config = student_config(teacher, "shortcut", **{"model.guidance_embed": False, **overrides})
+  config = student_config(teacher, "shortcut", **overrides)
   with pytest.raises(ValueError, match=msg):
     train.validate(config)
 

@@ -5,9 +5,10 @@
                     teacher's 3-pass dual-guided prediction at scales drawn per example,
                     so a sampler step is one network pass instead of three.
   shortcut          few-step generation (Frans et al. 2024, "One Step Diffusion via
-                    Shortcut Models"): the student also takes the step size d
-                    (``model.step_embed``). At d = 0 it learns the teacher's guided
-                    prediction; at d > 0 it learns to jump as far as two of its own
+                    Shortcut Models"): the student takes the guidance scales and the
+                    step size d (``model.step_embed``). At d = 0 it learns the teacher's
+                    guided prediction (one pass from a guidance-distilled teacher, three
+                    from a plain one); at d > 0 it learns to jump as far as two of its own
                     d/2 jumps (self-consistency, no gradient through the targets), so
                     1, 2, 4, ... steps of d = 1/N generate a video.
 
@@ -234,17 +235,10 @@ class ShortcutTask(_DistillTask):
     if config.data.batch_size // config.optim.grad_accum < 2:
       raise ValueError("task='shortcut' splits each (micro-)batch between jumps and d = 0: "
                        "it needs at least 2 examples; raise data.batch_size.")
-    if self.cfg.guidance_embed != self.teacher_cfg.guidance_embed:
-      raise ValueError(f"model.guidance_embed={self.cfg.guidance_embed} but the teacher's is "
-                       f"{self.teacher_cfg.guidance_embed}: a shortcut model keeps its "
-                       "teacher's guidance input (with a plain teacher the scales "
-                       "config.sample.text_scale / face_scale are distilled in).")
-
-  def _scales(self, key, b):
-    if self.cfg.guidance_embed:
-      return self._draw_scales(key, b)
-    s = self.sampler
-    return jnp.broadcast_to(jnp.asarray([s.text_scale, s.id_scale], jnp.float32), (b, 2))
+    if not self.cfg.guidance_embed:
+      raise ValueError("task='shortcut' keeps guidance in its one pass: set "
+                       "model.guidance_embed=True (the scales are an input; from a plain "
+                       "teacher it learns them with the steps).")
 
   def loss(self, params, batch, keys, frozen=None):
     """The first ``bootstrap_frac`` of the examples of the batch learn a jump d = 2^j / M from two
@@ -264,7 +258,7 @@ class ShortcutTask(_DistillTask):
     t_base = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-3, maxval=1.0))(k[nb:, 0])
     t = jnp.concatenate([t_boot, t_base])
     x_t = schedules.flow_interpolate(x0, self._noise(k[:, 1], x0), t)
-    scales = jax.vmap(lambda k: self._scales(k, 1)[0])(k[:, 2])
+    scales = jax.vmap(lambda k: self._draw_scales(k, 1)[0])(k[:, 2])
     step = jnp.concatenate([d, jnp.zeros((b - nb,), jnp.float32)])
 
     # d = 0: the teacher's guided prediction.
