@@ -67,7 +67,7 @@ def sample_flops(model, params, sampler: SamplerConfig, cond: dict, shape: tuple
   """FLOPs per sample of a batch of ``shape``: the DiT's (one guided call, as XLA counts
   it, times the sampler's model calls), its matmuls alone, and the ``codec``'s decode."""
   fn = guidance.guided(lambda x, t, c: model.apply(params, x, t, **c), sampler.text_scale,
-                       sampler.id_scale, sampler.interval)
+                       sampler.id_scale, sampler.interval, one_pass=sampler.one_pass)
   x = jax.ShapeDtypeStruct(shape, np.float32)
   t = jax.ShapeDtypeStruct(shape[:1], np.float32)
   lowered = jax.jit(fn).lower(x, t, cond)
