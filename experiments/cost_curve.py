@@ -18,6 +18,10 @@ _TEACHER = flags.DEFINE_string("teacher", None, "Workdir of the trained DiT (pla
 _GUIDANCE = flags.DEFINE_string("guidance", None, "Workdir of its guidance-distilled student.")
 _SHORTCUT = flags.DEFINE_string("shortcut", None, "Workdir of its shortcut (few-step) student.")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16", "32"], "Sampler steps per point.")
+_ONE_PASS_STEPS = flags.DEFINE_list("one_pass_steps", [], "The one-pass student's steps "
+                                    "(default --steps).")
+_SHORTCUT_STEPS = flags.DEFINE_list("shortcut_steps", [], "The shortcut student's steps "
+                                    "(default --steps).")
 _CACHE = flags.DEFINE_list("cache_thresholds", [], "Step-caching thresholds (32 Euler steps).")
 _BEST_OF = flags.DEFINE_list("best_of", [], "method:steps:K points, e.g. shortcut:4:4.")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 64, "Held-out examples per point.")
@@ -40,7 +44,9 @@ def main(argv):
   pts = curve_lib.points(_TEACHER.value, _GUIDANCE.value, _SHORTCUT.value,
                          steps=[int(s) for s in _STEPS.value],
                          cache_thresholds=[float(c) for c in _CACHE.value],
-                         best_of=_best_of(_BEST_OF.value))
+                         best_of=_best_of(_BEST_OF.value),
+                         one_pass_steps=[int(s) for s in _ONE_PASS_STEPS.value],
+                         shortcut_steps=[int(s) for s in _SHORTCUT_STEPS.value])
   curve = curve_lib.cost_curve(pts, num_videos=_NUM_VIDEOS.value, chunk=_CHUNK.value,
                                probe_dir=_PROBE_DIR.value)
   base = curve_lib.baseline(curve)

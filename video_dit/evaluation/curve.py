@@ -29,19 +29,19 @@ CURVE_METRICS = ("fvd", "identity", "text", "cost")
 
 def points(teacher: str, guidance: str | None = None, shortcut: str | None = None,
            steps=(1, 2, 4, 8, 16, 32), cache_thresholds=(), cache_steps: int = 32,
-           best_of=()) -> list[dict]:
-  """The curve's points: ``dict(method, workdir, sampler, best_of, label)``.
-  ``best_of``: (method, steps, K) triples."""
+           best_of=(), one_pass_steps=None, shortcut_steps=None) -> list[dict]:
+  """The curve's points: ``dict(method, workdir, sampler, best_of, label)``; the
+  students' step counts default to ``steps``. ``best_of``: (method, steps, K) triples."""
   out = [dict(method="plain", workdir=teacher, sampler=dict(num_steps=n)) for n in steps]
   out += [dict(method="cache", workdir=teacher,
                sampler=dict(num_steps=cache_steps, cache_threshold=float(c)))
           for c in cache_thresholds]
   if guidance:
     out += [dict(method="one_pass", workdir=guidance, sampler=dict(num_steps=n))
-            for n in steps]
+            for n in one_pass_steps or steps]
   if shortcut:
     out += [dict(method="shortcut", workdir=shortcut, sampler=dict(num_steps=n))
-            for n in steps if n <= 32]
+            for n in shortcut_steps or steps]
   dirs = dict(plain=teacher, one_pass=guidance, shortcut=shortcut)
   for method, n, k in best_of:
     if not dirs.get(method):
