@@ -533,3 +533,11 @@ def test_step_cache_indicator_is_block0_modulated_input_of_the_timestep_alone(ba
       inputs, text_ids=inputs["text_ids"][::-1])))), got)
   assert np.abs(np.asarray(indicator(p, dict(inputs, t=inputs["t"] * 0.5))) - got).max() > 1e-4
 
+
+def test_step_cache_indicator_needs_unscanned_blocks():
+  config = helpers.runlocal_config(**{"model.scan_layers": True, "sample.cache_threshold": 0.1})
+  with pytest.raises(ValueError, match="cache_threshold=0.1 needs model.scan_layers=False"):
+    registry.build_dit(config)
+  model, _ = registry.build(config)
+  with pytest.raises(ValueError, match="scan_layers"):
+    model.apply({}, **registry.random_inputs(config, 1), cache="indicator")
