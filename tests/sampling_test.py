@@ -44,6 +44,14 @@ def test_writes_readable_files_with_provenance(workdir, tmp_path):
   assert meta["sampler"]["num_steps"] == 3 and meta["versions"]["jax"]
 
 
+def test_step_cache_setting_is_recorded_with_the_full_calls(workdir, tmp_path):
+  [w] = _generate(workdir, tmp_path, sampler=dict(cache_threshold=1e9))
+  assert w["sampler"]["cache_threshold"] == 1e9 and w["sampler"]["num_steps"] == 3
+  assert w["full_model_calls"] == 2  # the first and the last step; the middle one reused
+  with pytest.raises(ValueError, match="cache_threshold=0.1 works with sampler 'euler'"):
+    _generate(workdir, tmp_path / "heun", sampler=dict(cache_threshold=0.1, sampler="heun"))
+
+
 def test_same_seed_same_video(workdir, tmp_path):
   a = np.asarray(Image.open(_generate(workdir, tmp_path / "a")[0]["files"][1]))
   b = np.asarray(Image.open(_generate(workdir, tmp_path / "b")[0]["files"][1]))

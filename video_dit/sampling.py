@@ -221,7 +221,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     bar["progress"].update(min(bar["done"], calls), "sampler steps")
 
   sample = make_sampler(built.model, built.diffusion, sampler_cfg, (1,) + built.shape,
-                        on_model_call=tick)
+                        on_model_call=tick, return_stats=True)
   digest = config_hash(config)
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -229,7 +229,10 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     cond = {**conditions.prompt_fields(config, [r["prompt"]]),
             "face": video_io.to_unit(crop[None])}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
-    video = sample(params, cond, jax.random.key(seed))
+    video, stats = sample(params, cond, jax.random.key(seed))
+    cached = {}
+    if sampler_cfg.cache_threshold:  # how many of the steps ran the blocks
+      cached = dict(full_model_calls=int(stats["full_calls"]))
     if codec is not None:  # a latent-space DiT: decode with its VAE
       video = codec.decode(jax.device_get(video))
     video = video_io.to_uint8(video[0])
@@ -241,7 +244,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     record = sample_record(
         workdir, restored, digest, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
         face_consent=str(r.get("consent") or consent or "").strip() or None,
-        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps)
+        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
+        **cached)
     if jax.process_index() != 0:  # every process samples (the same video); one writes
       written.append(dict(record, files=[]))
       continue
