@@ -170,7 +170,8 @@ def _cacheable(cfg, fills):
 def _cached(threshold, steps=10, **kw):
   """(video, full calls the sampler counted, full passes that ran) of cached Euler."""
   cfg, fills = DiffusionConfig("flow", "velocity"), []
-  sampler = SamplerConfig(name="euler", num_steps=steps, cache_threshold=threshold, **kw)
+  sampler = SamplerConfig(**dict(dict(name="euler", num_steps=steps), **kw),
+                          cache_threshold=threshold)
   video, stats = jax.jit(lambda z: Diffusion(cfg).sample(
       _cacheable(cfg, fills), SHAPE, {}, jax.random.key(1), sampler, noise=z,
       return_stats=True))(_noise())
@@ -186,6 +187,11 @@ def test_step_cache_off_or_never_skipping_is_the_plain_sampler():
   video, counted, ran = _cached(1e-9)  # the same steps, compiled apart (rounding differs)
   np.testing.assert_allclose(video, plain, atol=1e-6, rtol=0)
   assert counted == ran == 10
+  # Shortcut: the same N uniform jumps (the step size goes to the model).
+  plain = np.asarray(_sample(DiffusionConfig("flow", "velocity"), "shortcut", 8))
+  video, counted, ran = _cached(1e-9, steps=8, name="shortcut")
+  np.testing.assert_allclose(video, plain, atol=1e-6, rtol=0)
+  assert counted == ran == 8 and _cached(1e9, steps=8, name="shortcut")[1] == 2
   # Uncached samplers report every call as a full one.
   cfg = DiffusionConfig("flow", "velocity")
   _, stats = Diffusion(cfg).sample(gaussian.optimal_model(cfg, MU, SIGMA), SHAPE, {},
@@ -214,6 +220,20 @@ def test_step_cache_skips_the_passes_it_counts_and_reuses_the_residual():
   video, counted, ran = _cached(0.3, text_scale=3.0, id_scale=2.0)
   assert counted == ran == counts[1]
   np.testing.assert_allclose(video, _cached(0.3)[0], atol=1e-5)
+
+
+def test_step_cache_sharded_equals_single_device():
+  cfg = DiffusionConfig("flow", "velocity")
+  sampler = SamplerConfig(name="euler", num_steps=10, cache_threshold=0.3, text_scale=3.0)
+  run = jax.jit(lambda z: Diffusion(cfg).sample(_cacheable(cfg, []), SHAPE, {},
+                                                jax.random.key(1), sampler, noise=z,
+                                                return_stats=True))
+  single, stats = run(_noise())
+  with jax.set_mesh(sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))):
+    sharded, sharded_stats = run(_noise())
+  assert sharded.sharding.spec[0] == ("data", "fsdp")
+  assert int(sharded_stats["full_calls"]) == int(stats["full_calls"]) < 10
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-5)
 
 
 @pytest.mark.parametrize("kw,objective,msg", [
