@@ -151,10 +151,15 @@ def test_learned_sigma_sampler_uses_the_variance_output():
 def _cacheable(cfg, fills):
   """The optimal model with the DiT's step-cache modes (``VideoDiT._forward``): its
   'blocks' make the whole prediction (the tokens entering them are zero), its indicator
-  is x at time t; every full ('fill') pass that runs appends to ``fills``."""
+  is x at time t, its encoded conditions one zero per example; every full ('fill') pass
+  that runs appends to ``fills``."""
   fn = gaussian.optimal_model(cfg, MU, SIGMA)
 
-  def model_fn(x, t, cond, cache=None, residual=None):
+  def model_fn(x, t, cond, cache=None, residual=None, encoded=None):
+    if cache == "encode":
+      return {"c": jnp.zeros(x.shape[:1])}
+    if cache in ("fill", "skip"):
+      assert encoded["c"].shape == x.shape[:1]  # in the network's (guidance-tiled) batch
     if cache == "indicator":
       return x * (1.0 + t[:, None, None])
     if cache == "skip":

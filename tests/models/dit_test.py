@@ -510,6 +510,16 @@ def test_step_cache_modes_skip_the_blocks_and_reproduce_the_full_pass(base):
   broken = jax.tree_util.tree_map_with_path(
       lambda k, v: jnp.full_like(v, np.nan) if "block_" in jax.tree_util.keystr(k) else v, p)
   np.testing.assert_array_equal(np.asarray(skip(broken, inputs, residual=residual)), skipped)
+  # The conditions encoded once ('encode') stand in for the encoders (up to rounding: the
+  # conditions' share of c is added as one sum).
+  encoded = _cache_apply(model, "encode")(p, inputs)
+  assert encoded["text"].shape[:2] == inputs["text_ids"].shape and encoded["c"].shape == (
+      2, cfg.width)
+  out_e, residual_e = _cache_apply(model, "fill")(p, inputs, encoded=encoded)
+  np.testing.assert_allclose(np.asarray(out_e), full, atol=1e-5 * np.abs(full).max())
+  np.testing.assert_allclose(np.asarray(residual_e), np.asarray(residual), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(skip(p, inputs, residual=residual, encoded=encoded)),
+                             skipped, atol=1e-5 * np.abs(full).max())
 
 
 def test_step_cache_indicator_is_block0_modulated_input_of_the_timestep_alone(base):

@@ -261,37 +261,47 @@ def cached_flow_sample(cfg: DiffusionConfig, model_fn: Callable, guide: Callable
   embedding, conditioning and final layer only); otherwise it runs in full
   (``cache='fill'``), keeps the new residual and resets the sum. The first and last steps
   always run in full. One decision per step for the whole batch (the means run over it),
-  so ``lax.cond`` really skips the work. TeaCache also rescales the change with a
+  so ``lax.cond`` really skips the work. The conditions (text and identity encoders,
+  ``cache='encode'``) are encoded once, before the loop: XLA hoists them out of the
+  uncached loop, but not out of a ``lax.cond``. TeaCache also rescales the change with a
   polynomial fitted per model; this uses it as is.
 
   Args:
     guide: wraps ``(x, t, cond, state) -> (prediction, state)`` with the sampler's guidance
-      (``guidance.guided_stateful``); the state is the residual, in the network's batch.
+      (``guidance.guided_stateful``); the state, (residual, encoded conditions), is in the
+      network's batch.
   Returns:
     (x at the grid's end, the number of steps that ran in full).
   """
-  fill = guide(lambda x, t, c, _: model_fn(x, t, c, cache="fill"))
-  skip = guide(lambda x, t, c, res: (model_fn(x, t, c, cache="skip", residual=res), res))
+  def fill(x, t, c, state):
+    out, res = model_fn(x, t, c, cache="fill", encoded=state[1])
+    return out, (res, state[1])
+  fill, skip = guide(fill), guide(lambda x, t, c, state: (model_fn(
+      x, t, c, cache="skip", residual=state[0], encoded=state[1]), state))
   t_b = lambda t: jnp.full((x.shape[0],), t, jnp.float32)
   indicator = lambda x, t: model_fn(x, t, cond, cache="indicator").astype(jnp.float32)
   zeros = lambda s: jnp.zeros(s.shape, s.dtype)
-  res0 = zeros(jax.eval_shape(fill, x, t_b(grid[0]), cond, None)[1])
-  ind0 = zeros(jax.eval_shape(indicator, x, t_b(grid[0])))
+  t0 = t_b(grid[0])
+  # Guidance tiles the conditions; its prediction slot is unused here.
+  encoded = guide(lambda x, t, c, _: (x, model_fn(x, t, c, cache="encode")))(x, t0, cond,
+                                                                             None)[1]
+  res0 = zeros(jax.eval_shape(fill, x, t0, cond, (None, encoded))[1][0])
+  ind0 = zeros(jax.eval_shape(indicator, x, t0))
   last = len(grid) - 2
 
   def step(carry, inp):
-    x, res, prev, acc, full = carry
+    x, state, prev, acc, full = carry
     i, t, t_next = inp
     tb = t_b(t)
     ind = indicator(x, tb)
     acc = acc + jnp.abs(ind - prev).mean() / jnp.maximum(jnp.abs(prev).mean(), 1e-12)
     reuse = (i > 0) & (i < last) & (acc < threshold)
-    out, res = jax.lax.cond(reuse, skip, fill, x, tb, cond, res)
+    out, state = jax.lax.cond(reuse, skip, fill, x, tb, cond, state)
     v = schedules.flow_velocity(out.astype(jnp.float32), x, tb, cfg.prediction)
-    return (x + (t_next - t) * v, res, ind, jnp.where(reuse, acc, 0.0),
+    return (x + (t_next - t) * v, state, ind, jnp.where(reuse, acc, 0.0),
             full + 1 - reuse.astype(jnp.int32)), None
 
-  init = (x, res0, ind0, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+  init = (x, (res0, encoded), ind0, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
   (x, _, _, _, full), _ = jax.lax.scan(
       step, init, (jnp.arange(len(grid) - 1), jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])))
   return x, full

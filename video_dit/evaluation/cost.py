@@ -8,9 +8,10 @@ model calls the sampler makes (``SamplerConfig.model_calls``; a guided call is
 work; ``matmul_flops_per_sample`` counts the matmuls of the traced call only.
 
 With the step cache (``SamplerConfig.cache_threshold``) the sampler reports how many
-calls ran in full (measured on the timed samples, averaged): those cost a guided call,
-the skipped ones the DiT without its blocks (conditioning and final layer), and every
-call the cache's indicator, each counted the same way.
+calls ran in full (measured on the timed samples, averaged): those cost a guided call
+(condition encoders included, as every call of the uncached count), the skipped ones the
+DiT without its blocks and encoders (patch embedding, timestep and final layer), and
+every call the cache's indicator, each counted the same way.
 """
 
 from __future__ import annotations
@@ -89,9 +90,13 @@ def sample_flops(model, params, sampler: SamplerConfig, cond: dict, shape: tuple
     ind = jax.eval_shape(lambda x, t, c: apply(x, t, c, cache="indicator"), x, t, cond)
     residual = jax.ShapeDtypeStruct((sampler.guidance_batch * shape[0],) + ind.shape[1:],
                                     ind.dtype)
-    skip = guidance.guided_stateful(
-        lambda x, t, c, r: (apply(x, t, c, cache="skip", residual=r), r), **guide)
-    skipped = jax.jit(lambda x, t, c, r: skip(x, t, c, r)[0]).lower(x, t, cond, residual)
+    encode = guidance.guided_stateful(lambda x, t, c, _: (x, apply(x, t, c, cache="encode")),
+                                      **guide)
+    encoded = jax.eval_shape(lambda x, t, c: encode(x, t, c, None)[1], x, t, cond)
+    skip = guidance.guided_stateful(lambda x, t, c, s: (apply(
+        x, t, c, cache="skip", residual=s[0], encoded=s[1]), s), **guide)
+    skipped = jax.jit(lambda x, t, c, s: skip(x, t, c, s)[0]).lower(x, t, cond,
+                                                                   (residual, encoded))
     parts = ((lowered, full), (skipped, calls - full), (indicator, calls))
     dit_flops = sum(_xla_flops(p.compile()) * n for p, n in parts) / shape[0]
     matmul = sum(flops_lib.traced_matmul_flops(p) * n for p, n in parts) / shape[0]

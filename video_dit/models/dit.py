@@ -196,7 +196,8 @@ class VideoDiT(nn.Module):
 
   def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
                drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None,
-               guidance_scale=None, step_size=None, cache=None, residual=None):
+               guidance_scale=None, step_size=None, cache=None, residual=None,
+               encoded=None):
     """The conditions are named as the input pipeline's batch fields
     (``video_dit.conditions``). Args:
       x: (B, T, H, W, C) noisy video (or latents).
@@ -222,14 +223,17 @@ class VideoDiT(nn.Module):
           embedding alone (TeaCache's cheap proxy of how much the blocks' output moves);
         'fill': (output, residual), residual (B, L, D) = the tokens after the last block
           minus those entering the first;
-        'skip': the output with the blocks replaced by adding ``residual``.
+        'skip': the output with the blocks replaced by adding ``residual``;
+        'encode': the step-invariant conditions, a dict of text tokens, their mask,
+          identity tokens and their share of c, for ``encoded`` (once per sample).
+      encoded: 'encode''s dict: 'fill' and 'skip' use it instead of the encoders.
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
     x_bthwc, t_b = x, t
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-    if cache not in (None, "indicator", "fill", "skip"):
-      raise ValueError(f"cache={cache!r}: use None, 'indicator', 'fill' or 'skip'.")
+    if cache not in (None, "indicator", "fill", "skip", "encode"):
+      raise ValueError(f"cache={cache!r}: use None, 'indicator', 'fill', 'skip' or 'encode'.")
     if cache == "indicator" and cfg.scan_layers:
       raise ValueError("the step cache's indicator reads block 0's adaLN, which scanned "
                        "blocks do not expose; use model.scan_layers=False or "
@@ -250,15 +254,17 @@ class VideoDiT(nn.Module):
     if cache == "indicator":
       return DiTBlock(cfg, True, block_layout(cfg, 0), grid, name="block_0")(
           x, c, None, None, None, None, modulated_only=True)[0]
-    if cfg.guidance_embed and guidance_scale is not None:
+    if cache == "encode":  # the conditions' share of c alone
+      c = jnp.zeros_like(c)
+    if cfg.guidance_embed and guidance_scale is not None and cache != "encode":
       c = c + layers.ScalarEmbedder(cfg.width, (1.0, 1.0), scale=100.0, dtype=dt,
                                     name="guidance_embed")(guidance_scale)
-    if cfg.step_embed and step_size is not None:
+    if cfg.step_embed and step_size is not None and cache != "encode":
       c = c + layers.ScalarEmbedder(cfg.width, (0.0,), scale=1000.0, dtype=dt,
                                     name="step_embed")(step_size[:, None])
 
     refs = [None] * cfg.depth
-    blocks_run = cache != "skip"  # skipped, only what the final layer's c needs
+    blocks_run = cache in (None, "fill")  # skipped, only what the final layer's c needs
     if blocks_run and cfg.identity_reference and (face is not None or ref_kv is not None):
       mask = None if drop_id is None else ~drop_id  # a dropped identity hides its tokens
       if ref_kv is not None:
@@ -269,11 +275,17 @@ class VideoDiT(nn.Module):
                        mask=mask, last=cfg.depth == 1)
 
     text = text_mask_bt = ident = None
-    if cfg.use_text and (blocks_run or cfg.text_pooled_to_adaln):
+    every = cache != "skip"
+    if encoded is not None:
+      text, text_mask_bt, ident = encoded["text"], encoded["text_mask"], encoded["ident"]
+      c = c + encoded["c"]
+    if cfg.use_text and encoded is None and (every or cfg.text_pooled_to_adaln):
       text, text_mask_bt, c = self._text(b, text_ids, drop_text, c, text_emb, text_mask,
                                          text_pooled)
-    if cfg.use_identity and (blocks_run or cfg.identity_pooled_to_adaln):
+    if cfg.use_identity and encoded is None and (every or cfg.identity_pooled_to_adaln):
       ident, c = self._identity(b, face, face_embed, drop_id, c)
+    if cache == "encode":
+      return dict(text=text, text_mask=text_mask_bt, ident=ident, c=c)
 
     block = DiTBlock
     step = _ScanStep
