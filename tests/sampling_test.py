@@ -178,3 +178,27 @@ def test_step_cache_with_the_video_dit_and_dual_guidance():
   assert calls == 2 and np.all(np.isfinite(video))
   error = np.abs(video - plain).mean() / np.abs(plain).mean()
   assert 1e-4 < error < 0.5, error
+
+
+def test_step_cache_with_reference_tokens():
+  # The reference stream lives inside the blocks: a skipped step skips it too, and a full
+  # one uses the keys/values make_sampler computed once.
+  config = helpers.runlocal_config(**{"identity.mode": "separate+reference",
+                                      "identity.gate": "none"})
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params, keep=())
+  built = registry.build_dit(config)
+  shape = (2,) + built.shape
+  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
+  plain_sampler = dataclasses.replace(built.sampler, num_steps=4)
+  plain = np.asarray(sampling.make_sampler(model, built.diffusion, plain_sampler, shape)(
+      p, cond, jax.random.key(0)))
+  for threshold, calls in ((1e-9, 4), (1e9, 2)):
+    video, stats = sampling.make_sampler(
+        model, built.diffusion, dataclasses.replace(plain_sampler, cache_threshold=threshold),
+        shape, return_stats=True)(p, cond, jax.random.key(0))
+    assert int(stats["full_calls"]) == calls
+    if calls == 4:
+      np.testing.assert_allclose(np.asarray(video), plain, atol=1e-6)
+    else:
+      assert 0 < np.abs(np.asarray(video) - plain).max() and np.all(np.isfinite(video))
