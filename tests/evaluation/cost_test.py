@@ -73,7 +73,9 @@ def test_cached_sampling_cost_counts_the_full_calls_that_ran():
   assert r[0.0]["full_model_calls_per_sample"] == r[0.0]["model_calls_per_sample"] == 4
   cached = r[1e9]
   assert cached["full_model_calls_per_sample"] == 2 and cached["model_calls_per_sample"] == 4
-  assert cached["network_passes_per_sample"] == 3 * 2  # guided: 3 passes per full call
+  assert cached["measured_network_passes_per_sample"] == 3 * 2  # 3 passes per full call
+  assert cached["network_passes_per_sample"] == 3 * 4  # the sampler's, none skipped
+  assert r[0.0]["measured_network_passes_per_sample"] == r[0.0]["network_passes_per_sample"]
   # Skipped calls cost their indicator, conditioning and final layer only: the sample
   # costs a bit more than half the uncached one (2 of 4 calls in full).
   ratio = cached["dit_flops_per_sample"] / r[0.0]["dit_flops_per_sample"]

@@ -66,7 +66,8 @@ def sampler_cost(model, params, diffusion: Diffusion, sampler: SamplerConfig, co
               seconds_per_video_second=seconds / video_seconds,
               tflops_per_video_second=flops / video_seconds / 1e12,
               model_calls_per_sample=sampler.model_calls, full_model_calls_per_sample=full,
-              network_passes_per_sample=full * sampler.guidance_batch,
+              network_passes_per_sample=sampler.network_passes,
+              measured_network_passes_per_sample=full * sampler.guidance_batch,
               first_call_s=first_call_s)
 
 
