@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       sincos=False, dtype="bfloat16", remat="none", attention="einsum",
       scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
       attention_layout="full",  # or "factorised": Latte-style spatial/temporal blocks
-      matmul_dtype="")    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
+      matmul_dtype="",    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
+      guidance_embed=False, step_embed=False)  # distilled inputs (common.distill)
   c.text = dict(encoder="trainable",  # trainable | precomputed (+ text.precomputed) | none
                 precomputed="minilm",  # frozen encoder whose embeddings the dataset stores
                 vocab_size=8192, max_len=32, width=256, depth=2, num_heads=4,
@@ -101,6 +102,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt = dict(every_steps=1000, keep=3, init_from="",
                 on_corrupt="stop")  # or "previous": resume from the last step that verifies
   return c
+
+
+DISTILL = ("guidance", "shortcut")
+
+
+def distill(c: ml_collections.ConfigDict, kind: str, teacher: str) -> None:
+  """A cheaper student of the trained DiT in the workdir ``teacher``, whose model config
+  ``c`` must be (``video_dit/tasks/distill.py``):
+
+  * 'guidance': one-pass guidance (``task='guidance_distill'``): the guidance scales
+    become an input; a step costs one network pass instead of three.
+  * 'shortcut': few-step generation (``task='shortcut'``), one-pass guidance included
+    (from a plain teacher it learns both): 1, 2, 4, ... 32 steps of one pass each.
+  """
+  if kind not in DISTILL:
+    raise ValueError(f"distill={kind} is unknown; use one of {DISTILL}")
+  c.distill = dict(teacher=teacher, teacher_step=0,  # 0 = the teacher's latest step
+                   text_scales=(1.0, 6.0), id_scales=(1.0, 4.0),  # drawn per example
+                   min_step=1 / 32, bootstrap_frac=0.25)  # shortcut: jumps 1/32 .. 1
+  c.model.guidance_embed = True
+  c.model.step_embed = kind == "shortcut"
+  c.task = "guidance_distill" if kind == "guidance" else "shortcut"
+  c.optim.update(lr=1e-4, schedule="constant", warmup_steps=50)
+  c.total_steps = 1000
+  if kind == "shortcut":
+    c.sample.update(sampler="shortcut", num_steps=4)
 
 
 def runlocal(c: ml_collections.ConfigDict) -> None:

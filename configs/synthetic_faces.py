@@ -12,6 +12,11 @@ Presets:
                    (``python -m experiments.quickstart``).
   :runlocal        tests and laptops (DiT-mu, 8x32x32 clips, 64 tokens, seconds).
 ``steps=N`` overrides a preset's number of training steps.
+``distill=guidance|shortcut,teacher=W`` makes the config a cheaper student of the trained
+DiT in workdir W (same model arguments as W's): one-pass guidance, or few-step
+(``configs/common.py:distill``), e.g.
+``quickstart,distill=guidance,teacher=runs/quickstart`` or
+``quickstart,distill=shortcut,teacher=runs/quickstart``.
 """
 
 from configs import common
@@ -20,7 +25,7 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="S", frames=16, res=64, patch="2x4x4", runlocal=False,
                          identity_bench=False, quickstart=False, steps=0, codec="pixels",
-                         channels=24, whiten=True)
+                         channels=24, whiten=True, distill="", teacher="")
   if arg.identity_bench + arg.quickstart + arg.runlocal > 1:
     raise ValueError("choose one of the presets identity_bench, quickstart, runlocal")
   config = common.base_config()
@@ -37,6 +42,10 @@ def get_config(arg=None):
     pca_latents(config, arg.channels, arg.whiten)
   elif arg.codec != "pixels":
     raise ValueError(f"codec={arg.codec} is unknown; use pixels or pca")
+  if arg.distill:
+    common.distill(config, arg.distill, arg.teacher)
+    if arg.runlocal:
+      config.total_steps = 20
   if arg.steps:
     config.total_steps = arg.steps
   config.lock()

@@ -30,6 +30,8 @@ _OUT = flags.DEFINE_string("out", None, "Where generated files go; default W/dem
 _PROBE_DIR = flags.DEFINE_string("probe_dir", None, "Folder of the identity/action probes; "
                                  "default the dataset's (the quickstart trains them).")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
+_FAST = flags.DEFINE_bool("fast", False, "Start the page on the checkpoint's cheapest good "
+                          "sampler (a shortcut model's 4 steps, see sample --fast).")
 
 
 def _import_gradio():
@@ -133,7 +135,7 @@ def main(argv):
   cli.setup(argv)
   gr = _import_gradio()
   demo = demo_lib.Demo(_WORKDIR.value, _STEP.value, ema=not _RAW.value, out_dir=_OUT.value,
-                       probe_dir=_PROBE_DIR.value)
+                       probe_dir=_PROBE_DIR.value, fast=_FAST.value)
   blocks = page(demo, gr)
   blocks.queue(default_concurrency_limit=1)
   print(f"[demo] serving http://{_HOST.value}:{_PORT.value}", flush=True)

@@ -29,6 +29,9 @@ _FACE_SCALE = flags.DEFINE_float("face_scale", None, "Identity guidance scale.")
 _CACHE = flags.DEFINE_float("cache_threshold", None,
                             "Step cache: skip the DiT blocks while the accumulated relative "
                             "change stays under this (0 = off; euler/shortcut only).")
+_FAST = flags.DEFINE_bool("fast", False, "The checkpoint's cheapest good sampler: a shortcut "
+                          "model's 4 steps, a guidance-distilled model's 8 one-pass steps, "
+                          "else 16 Euler steps (explicit sampler flags still apply).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 0, "Frames; default the config's.")
 _BATCH_FILE = flags.DEFINE_string("batch_file", None, "JSON lines of face/prompt/seed.")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
@@ -54,7 +57,7 @@ def main(argv):
                    text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
                    cache_threshold=_CACHE.value),
       num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
-      overwrite=_OVERWRITE.value, consent=_CONSENT.value)
+      overwrite=_OVERWRITE.value, consent=_CONSENT.value, fast=_FAST.value)
   for w in written:
     print(f"{w['prompt']!r} seed {w['seed']} (step {w['step']}): " + " ".join(w["files"]))
 

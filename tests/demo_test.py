@@ -132,3 +132,14 @@ def test_traced_guidance_scales_are_the_compiled_ones(demo, tiny_run):
                                 dataclasses.replace(cfg, text_scale=3.0, id_scale=2.0),
                                 (1,) + tuple(demo.built.shape))
   np.testing.assert_allclose(np.asarray(fixed(params, cond, key)), text, atol=2e-5)
+
+
+def test_fast_mode_starts_on_the_fast_sampler_and_a_plain_model_has_no_shortcut(tiny_run,
+                                                                                tmp_path):
+  from video_dit import sampling  # pylint: disable=g-import-not-at-top
+  fast = demo_lib.Demo(str(tiny_run / "run"), out_dir=str(tmp_path), log=lambda *_: None,
+                       fast=True)
+  assert fast.defaults["steps"] == sampling.FAST["plain"]["num_steps"]
+  assert "shortcut" not in fast.samplers
+  with pytest.raises(ValueError, match="sampler 'shortcut' does not fit"):
+    _gen(fast, tiny_run, sampler="shortcut")

@@ -47,10 +47,13 @@ class Demo:
   """A workdir's checkpoint, loaded once, serving face + prompt -> video requests."""
 
   def __init__(self, workdir: str, step: int | None = None, ema: bool = True,
-               out_dir: str | None = None, probe_dir: str | None = None, log=print):
+               out_dir: str | None = None, probe_dir: str | None = None, log=print,
+               fast: bool = False):
     self.workdir = workdir
     self.restored = workdir_lib.load(workdir, step, ema)
     self.config = self.restored.config
+    if fast:  # the page's defaults: the checkpoint's cheapest good sampler
+      self.config.sample.update(sampling.fast_sampler(self.config))
     self.built = registry.build_dit(self.config)
     self.codec = workdir_lib.codec(self.config)
     self.face_size = int(self.config.identity.face_size)
@@ -69,7 +72,8 @@ class Demo:
   @property
   def samplers(self) -> list[str]:
     from video_dit.diffusion import samplers  # pylint: disable=g-import-not-at-top
-    return list(samplers.SAMPLERS[self.objective])
+    return [s for s in samplers.SAMPLERS[self.objective]
+            if (s == "shortcut") == self.built.cfg.step_embed or s == "euler"]
 
   @property
   def defaults(self) -> dict:
@@ -175,6 +179,8 @@ class Demo:
                                                           MAX_CANDIDATES)):
       if value is None or int(value) != value or not 1 <= int(value) <= hi:
         raise ValueError(f"{name}={value} must be a whole number from 1 to {hi}")
+    registry.check_shortcut(self.config, self.built.cfg, dataclasses.replace(
+        self.built.sampler, name=sampler, num_steps=int(steps)))
     if seed is None or int(seed) != seed or int(seed) < 0:
       raise ValueError(f"seed={seed} must be a non-negative whole number")
     for name, value in (("text guidance", text_scale), ("identity guidance", face_scale)):

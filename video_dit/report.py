@@ -128,13 +128,42 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
                  f"{cost['seconds_per_video_second']:.3g} s, "
                  f"{cost['tflops_per_video_second'] * 1e3:.3g} GFLOP",
                  f"{cost['model_calls_per_sample']} model calls per video, "
-                 f"{cost['seconds_per_sample']:.3g} s per video"))
+                 f"{cost['seconds_per_sample']:.3g} s per video" + (
+                     f" ({cost['candidates_per_video']} candidates sampled per kept video)"
+                     if "candidates_per_video" in cost else "")))
+  rows += usable_rows(results)
   temp = results.get("temporal")
   if temp is not None and "skipped" not in temp:
     g, r = temp.get("generated", {}), temp.get("real", {})
     rows.append(("frame change (mean |x_t - x_{t-1}|)",
                  _fmt(g.get("frame_change", float("nan"))),
                  f"real clips {_fmt(r.get('frame_change', float('nan')))}"))
+  return rows
+
+
+def usable_rows(results: dict) -> list[tuple[str, str, str]]:
+  """The usable fraction, the cost per usable video-second and best-of-N, as table rows."""
+  rows = []
+  use, best = results.get("usable"), results.get("best_of")
+  if use is not None and "skipped" in use:
+    rows.append(("usable samples", "skipped", use["skipped"]))
+  elif use is not None:
+    lo, hi = use["fraction_ci95"]
+    action = ("" if use.get("action_fraction") is None else
+              f", action alone {use['action_fraction']:.1%}")
+    real = "" if "real_fraction" not in use else f"; real clips {use['real_fraction']:.1%}"
+    rows.append(("usable samples", f"{use['fraction']:.1%} [95% CI {lo:.1%}, {hi:.1%}]",
+                 f"{use['criterion']}; threshold {use['threshold']:.3f} (5th percentile of "
+                 f"real clips); identity alone {use['identity_fraction']:.1%}{action}{real}; "
+                 f"n={use['n']}"))
+    if "seconds_per_usable_second" in use:
+      s, t = use["seconds_per_usable_second"], use["tflops_per_usable_second"]
+      rows.append(("cost per usable video-second",
+                   "unbounded" if s is None else f"{s:.3g} s, {t * 1e3:.3g} GFLOP",
+                   use["cost_note"]))
+  if best is not None:
+    rows.append((f"best of {best['n']} by identity", "kept the most similar candidate",
+                 f"selector: {best['selector']}; {best['bias']}"))
   return rows
 
 
@@ -208,8 +237,11 @@ img.px{image-rendering:pixelated}
 
 def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: int = 4,
                  phases: dict | None = None, title: str = "video_dit report",
-                 fps: float = 8.0, sweep: dict | None = None) -> str:
-  """Writes ``W/report.html`` (+ ``W/report/``) from an evaluation result; returns its path."""
+                 fps: float = 8.0, sweep: dict | None = None,
+                 curve: dict | None = None) -> str:
+  """Writes ``W/report.html`` (+ ``W/report/``) from an evaluation result; returns its path.
+  ``curve``: a ``curve.cost_curve`` result, drawn as quality and cost against network
+  passes per sample."""
   media = results["media"]
   with np.load(os.path.join(media, "videos.npz"), allow_pickle=False) as z:
     videos = {k: z[k] for k in z.files}
@@ -241,7 +273,7 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
   if grid:
     _save_gif(grid_video(videos, grid), os.path.join(out_dir, "grid.gif"), fps, 1)
 
-  plots_html = identity_plots(results, sweep, out_dir)
+  plots_html = identity_plots(results, sweep, out_dir) + curve_html(curve, out_dir)
   metric_html = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{b}</b></td>"
                         f"<td class=small>{html.escape(c)}</td></tr>"
                         for a, b, c in metric_rows(results))
@@ -283,3 +315,33 @@ the prompt, and a real clip of the same identity doing the prompted action.</p>
     f.write(body)
   os.replace(tmp, path)
   return path
+
+
+def curve_html(curve: dict | None, out_dir: str) -> str:
+  """The cost curve: four plots against log2(network passes per sample), and the table
+  of every point beside the baseline (the plain sampler's most expensive point)."""
+  if not curve or not curve.get("points"):
+    return ""
+  from video_dit.evaluation import curve as curve_lib  # pylint: disable=g-import-not-at-top
+  imgs = []
+  for key, name in (("gap", "identity gap"), ("action_accuracy", "action accuracy"),
+                    ("fvd", "FVD"), ("seconds_per_usable_second", "s per usable video-s")):
+    file = f"curve_{key}.png"
+    plots.xy_plot(curve_lib.plot_series(curve, key), os.path.join(out_dir, file),
+                  f"{name} vs network passes per sample", "log2(passes per sample)", name,
+                  size=(520, 300))
+    imgs.append(f"<img src='report/{file}'>")
+  f = lambda v, spec: "n/a" if v is None else format(v, spec)
+  rows = "".join(
+      f"<tr><td>{html.escape(r['label'])}</td><td>{f(r['network_passes'], '.0f')}</td>"
+      f"<td>{f(r['gap'], '.3f')}</td><td>{f(r['action_accuracy'], '.1%')}</td>"
+      f"<td>{f(r['fvd'], '.0f')}</td><td>{f(r['usable_fraction'], '.1%')}</td>"
+      f"<td>{f(r['seconds_per_usable_second'], '.3f')}</td>"
+      f"<td>{f(r.get('cheaper'), '.1f')}</td></tr>" for r in curve_lib.table(curve))
+  return ("<h2>Quality against cost</h2>" + "".join(imgs)
+          + f"<p class=small>{curve['num_videos']} held-out examples per point, same seed; "
+          "passes measured (step caching skips some); best-of-N counts every candidate. "
+          "x cheaper: the baseline's seconds per usable video-second over the point's.</p>"
+          "<table><tr><th>setting</th><th>passes</th><th>identity gap</th><th>action</th>"
+          "<th>FVD</th><th>usable</th><th>s / usable s</th><th>x cheaper</th></tr>"
+          f"{rows}</table>")

@@ -70,6 +70,23 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   return jax.jit(lambda params, cond, key: sample(params, cond, key))
 
 
+# --fast: the cheapest setting each kind of checkpoint keeps its quality at (measured on
+# the quickstart model, README "Cost per usable second").
+FAST = dict(shortcut=dict(sampler="shortcut", num_steps=4),
+            one_pass=dict(sampler="euler", num_steps=8),
+            plain=dict(sampler="euler", num_steps=16))
+
+
+def fast_sampler(config) -> dict:
+  """``config.sample`` overrides of ``--fast`` for this checkpoint: a shortcut model's
+  few steps, a guidance-distilled model's one pass in fewer Euler steps, else fewer
+  Euler steps of the plain model."""
+  cfg = registry.model_config(config)
+  if cfg.step_embed:
+    return dict(FAST["shortcut"])
+  return dict(FAST["one_pass" if cfg.guidance_embed else "plain"])
+
+
 def min_face_side(size: int) -> int:
   """The smallest face (crop side, or detected box side) worth upsampling to ``size``."""
   return max(16, size // 2)
@@ -169,7 +186,7 @@ def sample_record(workdir: str, restored: workdir_lib.Restored, config_digest: s
 def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
              face_is_crop: bool = False, overwrite: bool = False,
-             consent: str | None = None) -> list[dict]:
+             consent: str | None = None, fast: bool = False) -> list[dict]:
   """Samples one video per request ``{face, prompt, seed, name, consent}`` and writes,
   per sample, ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``,
   the provenance also embedded in the three media files (``video_dit.provenance``).
@@ -177,7 +194,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   A face photo (not ``face_is_crop``) needs the consent of the person shown:
   ``consent`` (or the request's own) is a statement recorded in the provenance.
   Every request, the sampler settings and the face images are checked before anything
-  is sampled or written; existing outputs are an error unless ``overwrite``.
+  is sampled or written; existing outputs are an error unless ``overwrite``. ``fast``
+  starts from ``fast_sampler``'s settings (``sampler`` still overrides them).
   """
   seeds_names = _check_requests(requests)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -198,6 +216,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   restored = workdir_lib.load(workdir, step, ema)
   config, params, step = restored.config, restored.params, restored.step
   overrides = {k: v for k, v in (sampler or {}).items() if v is not None}
+  if fast:
+    overrides = {**fast_sampler(config), **overrides}
   config.sample.update(overrides)
   if num_frames:
     config.data.frames = num_frames

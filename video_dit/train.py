@@ -83,13 +83,13 @@ def ema_decay(config, step):
 
 
 def make_train_step(task: tasks.Task, tx, config):
-  """The pure step ``(state, batch) -> (state, metrics)`` of any task."""
+  """The pure step ``(state, batch[, frozen]) -> (state, metrics)`` of any task
+  (``frozen``: the task's untrained arrays, ``Task.frozen``)."""
   accum = config.optim.grad_accum
   skip_nonfinite = config.train.nonfinite == "skip"
   lr = learning_rate(config)
-  loss_fn = lambda params, batch, keys: task.loss(params, batch, keys)[0]
-
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, frozen=None):
+    loss_fn = lambda params, batch, keys: task.loss(params, batch, keys, frozen)[0]
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     k_prepare, k_loss = jax.random.split(key)
     batch = task.prepare(batch, k_prepare)
@@ -210,9 +210,11 @@ def init_train_state(config, task: tasks.Task, tx, mesh,
   return state, state_sh
 
 
-def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter) -> TrainState:
+def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter,
+            task: tasks.Task | None = None) -> TrainState:
   """The resume order: the workdir's latest checkpoint (state and data position), else
-  ``ckpt.init_from``'s latest (parameters and EMA only), else ``state`` as it is."""
+  ``ckpt.init_from``'s latest (parameters and EMA only), else ``state`` with the task's
+  warm start (``Task.warm_start``: a student takes its teacher's parameters)."""
   start = ckpt.latest_step()
   if start is not None:
     try:
@@ -241,6 +243,10 @@ def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter)
     loaded, _ = checkpoint.restore(directory, init_step, state)
     state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
     print(f"initialised from {directory} step {init_step}", flush=True)
+  elif task is not None:
+    params = task.warm_start(state.params)
+    if params is not state.params:  # the EMA starts as a copy (a step donates both)
+      state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
   return state
 
 
@@ -270,7 +276,7 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   tx = optimizer(config)
   state, state_sh = init_train_state(config, task, tx, mesh)
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep)
-  state = restore(config, ckpt, state, data_iter)
+  state = restore(config, ckpt, state, data_iter, task)
   start = int(state.step)
   config_json = config.to_json_best_effort(sort_keys=True, indent=2)
   if jax.process_index() == 0:  # the config (once a checkpoint fits it) and the data read
@@ -279,9 +285,10 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
     forget.record_datasets(workdir, config.data.data_dir, start)
 
   step_fn = make_train_step(task, tx, config)
+  frozen = task.frozen(mesh)
   with jax.set_mesh(mesh):
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, None), out_shardings=(state_sh, None),
-                         donate_argnums=0)
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, None, None),
+                         out_shardings=(state_sh, None), donate_argnums=0)
 
   flops_per_step, tokens_per_step = task.step_rates()
   # Rows after the restored step were written by a run that died before its next
@@ -293,7 +300,7 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
     for step in range(start, config.total_steps):
       batch = sharding.shard_batch(task.host_batch(next(data_iter)), mesh)
       with jax.set_mesh(mesh):
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, batch, frozen)
       metrics = jax.device_get(metrics)
       if not metrics["finite"] and config.train.nonfinite == "stop":
         ckpt.close()

@@ -81,3 +81,20 @@ def test_cached_sampling_cost_counts_the_full_calls_that_ran():
   ratio = cached["dit_flops_per_sample"] / r[0.0]["dit_flops_per_sample"]
   assert 0.5 < ratio < 0.75, ratio
   assert cached["matmul_flops_per_sample"] < 0.75 * r[0.0]["matmul_flops_per_sample"]
+
+
+def test_one_pass_guidance_and_shortcut_cost_one_pass_per_step():
+  config = helpers.runlocal_config(**{"model.guidance_embed": True, "model.step_embed": True})
+  model, params = helpers.init(config)
+  cfg = registry.model_config(config)
+  shape = (1,) + registry.video_shape(config)
+  cond = {k: v for k, v in registry.random_inputs(config, 1).items()
+          if k not in ("x", "t", "guidance_scale", "step_size")}
+  one = flops_lib.forward_flops(cfg, shape[1:], config.text.max_len)
+  for name in ("euler", "shortcut"):
+    sampler = SamplerConfig(name=name, num_steps=4, text_scale=4.0, id_scale=2.0,
+                            one_pass=True)
+    r = cost.sample_flops(model, params, sampler, cond, shape)
+    # One pass per step (the scales are an input); the scalar embeddings are not matmuls
+    # of the network's width work, so the traced matmuls are 4 passes and a little more.
+    assert 4 * one <= r["matmul_flops_per_sample"] < 4.1 * one, name

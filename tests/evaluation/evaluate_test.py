@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from tests import helpers
 from video_dit import report, train
 from video_dit.data import builders, synthetic
 from video_dit.diffusion import SamplerConfig
-from video_dit.evaluation import evaluate, probes, sweep, temporal
+from video_dit.evaluation import evaluate, probes, sweep, temporal, usable
 
 
 def test_paired_gap_and_interval():
@@ -93,6 +94,7 @@ def test_evaluate_writes_every_metric(trained):
   assert g["n"] == 10 and g["gap"] == pytest.approx(want["gap"], abs=1e-6)
   assert g["matched"] == pytest.approx(want["matched"], abs=1e-6)
   assert g["choice_accuracy"] == want["choice_accuracy"]
+  np.testing.assert_allclose(g["per_video_matched"], np.sum(clip * ref, -1), atol=1e-6)
   # Per attribute: the probe's reading of each clip against the identity's true value.
   truth = np.asarray([list(synthetic.identity_attributes(0, int(i)).values()) for i in identity])
   per = ident["per_attribute"]
@@ -110,6 +112,7 @@ def test_evaluate_writes_every_metric(trained):
   predicted = act_probe.action_logits(gen).argmax(-1)
   assert text["accuracy"] == pytest.approx(np.mean(predicted == action))
   assert text["predicted_counts"] == np.bincount(predicted, minlength=11).tolist()
+  assert text["predicted"] == predicted.tolist()
   assert text["real_accuracy"] == pytest.approx(
       np.mean(act_probe.action_logits(real).argmax(-1) == action))
   assert text["real_accuracy"] > 0.5
@@ -129,11 +132,67 @@ def test_evaluate_writes_every_metric(trained):
     assert z["generated"].shape == z["real"].shape == (10, 8, 32, 32, 3)
     assert z["generated"].dtype == np.uint8 and len(z["caption"]) == 10
   assert os.path.isfile(os.path.join(saved["media"], "001.gif"))
+  # Usable: identity over the real clips' 5th percentile and the prompted action.
+  u = saved["usable"]
+  real_matched = np.asarray(ident["real"]["per_video_matched"])
+  assert u["threshold"] == pytest.approx(np.percentile(real_matched, 5))
+  ok = (np.asarray(g["per_video_matched"]) >= u["threshold"]) & (predicted == action)
+  assert u["per_video"] == ok.tolist() and u["fraction"] == pytest.approx(ok.mean())
+  assert u["fraction_ci95"] == pytest.approx(usable.wilson_interval(ok.sum(), 10))
+  if ok.any():
+    assert u["seconds_per_usable_second"] == pytest.approx(
+        cost["seconds_per_video_second"] / ok.mean())
+  else:  # an untrained model: no usable sample, no finite cost
+    assert u["seconds_per_usable_second"] is None and "no usable" in u["cost_note"]
   with open(os.path.join(run, "eval", "metrics.jsonl")) as f:
     row = json.loads(f.readlines()[-1])
   assert row["step"] == 2 and row["eval/identity/generated/gap"] == pytest.approx(g["gap"])
+  assert row["eval/usable/fraction"] == pytest.approx(u["fraction"])
   assert os.listdir(os.path.join(run, "eval", "tensorboard"))
   assert r["identity"]["generated"]["gap"] == pytest.approx(g["gap"])
+
+
+def test_best_of_two_keeps_the_selectors_pick_and_counts_both(trained, tmp_path):
+  # The selector: an identity probe trained with another seed, beside the evaluation's
+  # (short: selecting needs a probe; whether it verified is recorded, not required).
+  probe_dir = tmp_path / "probes"
+  shutil.copytree(trained / "probes", probe_dir)
+  config = helpers.runlocal_config(**{
+      "data.data_dir": str(trained / "data"), "data.num_identities": 60,
+      "data.clips_per_identity": 1})
+  probes.train_probe("identity", probes.ProbeSpec.from_config(config), steps=40,
+                     seed=usable.SELECTOR_SEED, log=None).save(str(probe_dir / usable.SELECTOR))
+  run = str(trained / "run")
+  kw = dict(num_videos=6, probe_dir=str(probe_dir), train_probes=False, num_gifs=0,
+            log=lambda *_: None)
+  r = evaluate.evaluate(run, best_of=2, metrics=("identity", "text", "cost"), **kw)
+  assert r["path"] == os.path.join(run, "eval", "step_2_test6_ema_euler2_text4_face2_best2.json")
+  with open(r["path"]) as f:
+    saved = json.load(f)
+  b = saved["best_of"]
+  assert b["n"] == 2 and "seed 1" in b["selector"] and b["selector_probe"]["seed"] == 1
+  scores = np.asarray(b["selector_scores"])
+  assert scores.shape == (2, 6) and b["chosen"] == np.argmax(scores, 0).tolist()
+  # The kept videos are the selector's picks: its scores of them are the maxima.
+  with np.load(os.path.join(saved["media"], "videos.npz")) as z:
+    gen, faces = z["generated"], z["faces"]
+  selector = probes.Probe.load(str(probe_dir / usable.SELECTOR))
+  np.testing.assert_allclose(np.sum(selector.embed_clips(gen) * selector.embed_images(faces), -1),
+                             scores.max(0), atol=1e-5)
+  # Candidate 0 is the video best_of=1 samples; the other candidate is another video.
+  one = evaluate.evaluate(run, metrics=(), **kw)
+  assert "best" not in one["name"] and "best_of" not in one
+  with np.load(os.path.join(one["media"], "videos.npz")) as z:
+    first = z["generated"]
+  for i, k in enumerate(b["chosen"]):
+    assert np.array_equal(gen[i], first[i]) == (k == 0), (i, k)
+  # The cost of a kept video is both candidates'.
+  cost = saved["cost"]
+  assert cost["candidates_per_video"] == 2 and cost["model_calls_per_sample"] == 4
+  assert cost["seconds_per_video_second"] == pytest.approx(
+      2 * cost["per_candidate"]["seconds_per_video_second"])
+  u = saved["usable"]
+  assert u["n"] == 6 and ("candidates" in u["cost_note"] or u["fraction"] == 0)
 
 
 def test_per_frame_identity_is_the_clip_gap_resolved_over_frames():
@@ -197,11 +256,15 @@ def test_unverified_identity_probe_is_skipped_with_reason(trained):
       config, videos, videos, videos[:, 0], np.array([48, 49]), str(trained / "weak" / "identity"),
       False, None)
   assert "0.800" in out["skipped"] and embeds is None and "generated" not in out
+  # Usable is skipped with it, never computed from an unverified probe.
+  assert "0.800" in usable.usable_block({"identity": out}, has_actions=True)["skipped"]
 
 
 def test_bad_inputs(trained, tmp_path):
   with pytest.raises(ValueError, match="unknown metrics"):
     evaluate.evaluate(str(trained / "run"), metrics=("fid",))
+  with pytest.raises(ValueError, match="best_of=0"):
+    evaluate.evaluate(str(trained / "run"), best_of=0)
   with pytest.raises(FileNotFoundError, match="checkpoints"):
     evaluate.evaluate(str(tmp_path))
 

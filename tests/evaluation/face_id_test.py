@@ -53,5 +53,22 @@ def test_the_evaluator_scores_real_faces_with_this_module():
     found = [e for e in map(face_id.embed_face, video) if e is not None]
     cosines.append(np.mean([e @ ref / np.linalg.norm(e) / np.linalg.norm(ref) for e in found]))
   assert real["matched"] == pytest.approx(np.mean(cosines))
+  assert real["per_video_matched"] == pytest.approx(cosines)
   assert real["matched"] > 0.9 > real["mismatched"]
   assert len(embeds["real"]) == 2 and embeds["real"][0].shape[1] == 128
+
+
+def test_best_of_on_real_faces_selects_by_dlib_similarity():
+  from video_dit.evaluation import usable  # pylint: disable=g-import-not-at-top
+  frames, _ = video_io.read_video(real_video.carphone_path())
+  faces = np.stack([frames[0]])
+  blank = np.full_like(frames[:3], 128)
+  config = type("C", (), {"data": type("D", (), {"dataset": "video_folder"})()})()
+  score, info = usable.selector(config, faces, None, False, None)
+  assert "dlib" in info["selector"] and "same recognizer" in info["bias"]
+  want = face_id.similarity(face_id.embed_frames(frames[10:40:10])[0],
+                            face_id.embed_face(frames[0]))["cosine"]
+  assert score(frames[None, 10:40:10]) == pytest.approx([want])
+  assert score(blank[None]).tolist() == [-np.inf]  # no face: never preferred
+  kept, chosen, _ = usable.select_best(np.stack([blank[None], frames[None, 10:40:10]]), score)
+  assert chosen.tolist() == [1] and np.array_equal(kept[0], frames[10:40:10])

@@ -99,7 +99,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
           duration += img.info["duration"]
         assert img.size == (32 * 4, 32 * 4) and abs(duration - 1000) <= 80, (src, duration)
   text = " ".join(parser.cells)
-  for metric in ("identity gap", "action accuracy", "cost per generated video-second"):
+  for metric in ("identity gap", "action accuracy", "cost per generated video-second",
+                 "usable samples", "cost per usable video-second"):
     assert metric in text, text
   with open(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) as f:
     results = json.load(f)
@@ -160,3 +161,28 @@ def test_loss_plot_and_metric_rows(tmp_path):
       "text": {"skipped": "no action labels"}})
   assert rows[0][1] == "0.300 [95% CI 0.200, 0.400]" and "excludes 0" in rows[0][2]
   assert rows[-1] == ("action accuracy", "skipped", "no action labels")
+
+
+def test_metric_rows_usable_and_cost_per_usable_second():
+  cost = {"seconds_per_video_second": 2.0, "tflops_per_video_second": 0.003,
+          "model_calls_per_sample": 8, "seconds_per_sample": 2.0, "candidates_per_video": 2}
+  usable = {"threshold": 0.8, "fraction": 0.25, "fraction_ci95": [0.1, 0.5], "n": 16,
+            "identity_fraction": 0.5, "action_fraction": 0.4, "real_fraction": 0.9,
+            "criterion": "identity >= threshold and the prompted action",
+            "seconds_per_usable_second": 8.0, "tflops_per_usable_second": 0.012,
+            "cost_note": "cost per generated video-second / usable fraction"}
+  best = {"n": 2, "selector": "identity probe trained with seed 1", "bias": "partly shared"}
+  rows = {r[0]: r for r in report.metric_rows(
+      {"cost": cost, "usable": usable, "best_of": best})}
+  assert rows["usable samples"][1] == "25.0% [95% CI 10.0%, 50.0%]"
+  assert "0.800" in rows["usable samples"][2] and "action alone 40.0%" in rows[
+      "usable samples"][2]
+  assert rows["cost per usable video-second"][1] == "8 s, 12 GFLOP"
+  assert "2 candidates" in rows["cost per generated video-second"][2]
+  assert "seed 1" in rows["best of 2 by identity"][2]
+  none = dict(usable, fraction=0.0, seconds_per_usable_second=None,
+              tflops_per_usable_second=None, cost_note="no usable sample")
+  row = {r[0]: r for r in report.metric_rows({"usable": none})}["cost per usable video-second"]
+  assert row[1] == "unbounded" and row[2] == "no usable sample"
+  skipped = report.metric_rows({"usable": {"skipped": "identity probe AUC 0.8"}})
+  assert skipped == [("usable samples", "skipped", "identity probe AUC 0.8")]

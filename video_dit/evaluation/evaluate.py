@@ -16,6 +16,8 @@
   data), beside chance and the probe's accuracy on the real clips.
 * ``temporal``: embedding variance, frame change and drift (generated and real).
 * ``cost``: FLOPs and seconds per sample and per generated video-second.
+* ``usable`` (with ``identity``): the fraction of usable samples and the cost per usable
+  video-second; ``best_of=N`` keeps the best of N candidates by identity (``usable.py``).
 
 A metric whose parts are missing is skipped with the reason, never faked.
 Writes ``W/eval/NAME.json`` (atomically; NAME = ``run_name``: the step, the examples
@@ -27,6 +29,7 @@ synthetic data ``identity`` also holds the per-frame similarity curve (drift).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -41,6 +44,7 @@ from video_dit.data import builders, pipeline, synthetic
 from video_dit.evaluation import cost as cost_lib
 from video_dit.evaluation import probes as probes_lib
 from video_dit.evaluation import temporal
+from video_dit.evaluation import usable as usable_lib
 from video_dit.models import registry
 
 METRICS = ("fvd", "identity", "text", "temporal", "cost")
@@ -130,9 +134,10 @@ def identity_ids(batch: dict) -> np.ndarray:
 
 
 def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed: int,
-                    chunk: int) -> np.ndarray:
-  """uint8 videos for every example, sampled ``chunk`` at a time over the mesh (every
-  process holds every example and gets every video back)."""
+                    chunk: int, candidates: int = 1) -> np.ndarray:
+  """uint8 videos (candidates, n, T, H, W, C): ``candidates`` per example, sampled
+  ``chunk`` at a time over the mesh (every process holds every example and gets every
+  video back). Candidate 0 is the same video for any number of candidates."""
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.replicate(params, mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -142,22 +147,23 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   sample = sampling.make_sampler(model, diffusion, sampler, shape)
   codec = workdir_lib.codec(config)
   _, cond = conditions.split_batch(batch)
-  progress = metrics_lib.Progress(n)
+  progress = metrics_lib.Progress(n * candidates)
   out = []
   with jax.set_mesh(mesh):
-    for i in range(0, n, chunk):
+    for c, i in itertools.product(range(candidates), range(0, n, chunk)):
+      key = jax.random.fold_in(jax.random.key(seed), c) if c else jax.random.key(seed)
       part = jax.tree.map(lambda x: x[i:i + chunk], cond)
       pad = chunk - len(jax.tree.leaves(part)[0])
       if pad:  # the last chunk repeats its last example: one compiled shape
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
       video = sharding.to_host(sample(params, sharding.shard_copies(part, mesh),
-                                      jax.random.fold_in(jax.random.key(seed), i // chunk)))
+                                      jax.random.fold_in(key, i // chunk)))
       if codec is not None:  # a latent-space DiT: decode with its codec
         video = codec.decode(video)
       out.append(video_io.to_uint8(video)[:chunk - pad])
-      progress.update(min(i + chunk, n), "videos sampled", force=True)
+      progress.update(c * n + min(i + chunk, n), "videos sampled", force=True)
   progress.close()
-  return np.concatenate(out)
+  return np.concatenate(out).reshape((candidates, n) + out[0].shape[1:])
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -190,8 +196,10 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
-      out[name] = dict(paired_gap(np.sum(clip * ref, -1), np.sum(clip * ref[other], -1)),
-                       per_frame=per_frame_similarity(frames, ref, other))
+      matched = np.sum(clip * ref, -1)
+      out[name] = dict(paired_gap(matched, np.sum(clip * ref[other], -1)),
+                       per_frame=per_frame_similarity(frames, ref, other),
+                       per_video_matched=matched.tolist())
       embeds[name] = frames
     return out, embeds
   from video_dit.evaluation import face_id  # pylint: disable=g-import-not-at-top
@@ -200,18 +208,23 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
   refs = [face_id.embed_face(f) for f in faces]
   for name, videos in (("generated", gen), ("real", real)):
     matched, mismatched, missing, kept = [], [], 0, []
+    per_video = [None] * len(videos)  # None: no face in the video or its reference
     for i, video in enumerate(videos):
       found, without = face_id.embed_frames(video)
       missing += without
-      if refs[i] is None or refs[other[i]] is None or not len(found):
+      if refs[i] is None or not len(found):
         continue
-      matched.append(face_id.similarity(found, refs[i])["cosine"])
+      per_video[i] = face_id.similarity(found, refs[i])["cosine"]
+      if refs[other[i]] is None:
+        continue
+      matched.append(per_video[i])
       mismatched.append(face_id.similarity(found, refs[other[i]])["cosine"])
       kept.append(found)
     out[name] = dict(paired_gap(np.asarray(matched), np.asarray(mismatched)) if matched else
                      dict(skipped="no video had a detected face"),
                      frames_without_face=missing, frames=int(videos.shape[0] * videos.shape[1]),
-                     references_without_face=sum(r is None for r in refs))
+                     references_without_face=sum(r is None for r in refs),
+                     per_video_matched=per_video)
     embeds[name] = kept
   return out, embeds
 
@@ -230,13 +243,15 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
               majority_baseline=float(counts.max() / counts.sum()),
               probe=dict(probe.scores), n=int(len(actions)),
               predicted_counts=np.bincount(gen_pred, minlength=probes_lib.NUM_ACTIONS).tolist(),
-              actions=list(synthetic.ACTION_NAMES))
+              actions=list(synthetic.ACTION_NAMES), predicted=gen_pred.tolist(),
+              real_predicted=real_pred.tolist())
 
 
 # ----------------------------------------------------------------------------- driver
 
 
-def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True) -> str:
+def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True,
+             best_of: int = 1) -> str:
   """The file name of one evaluation: the step, the examples and every sampler setting,
   so evaluations of one step with other settings never overwrite each other, e.g.
   ``step_3000_test128_ema_euler32_text4_face2``."""
@@ -250,22 +265,28 @@ def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True) 
     name += f"_interval{sampler.interval[0]:g}-{sampler.interval[1]:g}"
   if sampler.cache_threshold:
     name += f"_cache{sampler.cache_threshold:g}"
+  if best_of > 1:
+    name += f"_best{best_of}"
   return name
 
 
 def result_path(workdir: str, config, step: int, num_videos: int, split: str = "test",
-                ema: bool = True) -> str:
+                ema: bool = True, best_of: int = 1) -> str:
   """Where ``evaluate`` writes the json of ``config``'s sampler settings at ``step``."""
   sampler = registry.build_dit(config).sampler
-  return os.path.join(workdir, "eval", run_name(step, sampler, split, num_videos, ema) + ".json")
+  return os.path.join(workdir, "eval",
+                      run_name(step, sampler, split, num_videos, ema, best_of) + ".json")
 
 
 def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
              num_videos: int = 64, ema: bool = True, sampler: dict | None = None,
              metrics: tuple[str, ...] = METRICS, probe_dir: str | None = None,
              train_probes: bool = True, chunk: int = 8, num_gifs: int = 8,
-             log=print) -> dict:
-  """Samples the split's first examples from ``workdir``'s checkpoint and scores them."""
+             best_of: int = 1, log=print) -> dict:
+  """Samples the split's first examples from ``workdir``'s checkpoint and scores them
+  (the best of ``best_of`` candidates per example by identity, see ``usable.best_of``)."""
+  if best_of < 1:
+    raise ValueError(f"--best_of={best_of} must be >= 1 (candidates sampled per example)")
   if num_videos < 2:
     raise ValueError(f"--num_videos={num_videos} must be >= 2 (the identity gap pairs videos "
                      "of different identities)")
@@ -285,13 +306,18 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   timings = {}
   t0 = time.time()
   gen = generate_videos(config, model, params, diffusion, sampler_cfg, batch, config.seed,
-                        chunk)
+                        chunk, best_of)
   timings["sample_s"] = time.time() - t0
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
-                 num_videos=int(len(gen)), params=("ema" if ema else "raw"),
+                 num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
                  params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg))
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
+  if best_of > 1:  # keep each example's candidate most like its reference
+    gen, results["best_of"] = usable_lib.best_of(config, gen, faces, probe_dir, train_probes,
+                                                 log)
+  else:
+    gen = gen[0]
   embeds = None
 
   def run(name, fn):
@@ -327,9 +353,13 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   run("text", lambda: text_metrics(config, gen, real, actions, path("action"), train_probes, log))
   run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name))
                            for name, v in (("generated", gen), ("real", real))})
-  run("cost", cost_fn)
+  run("cost", lambda: usable_lib.count_candidates(cost_fn(), best_of))
+  block = usable_lib.usable_block(results, config.data.dataset == "synthetic_faces", actions)
+  if block is not None:
+    results["usable"] = block
+    log(f"usable: {_summary(block)}")
   results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-  results["name"] = run_name(step, sampler_cfg, split, len(gen), ema)
+  results["name"] = run_name(step, sampler_cfg, split, len(gen), ema, best_of)
   if jax.process_index() == 0:
     _write(workdir, step, results, gen, real, faces, batch["caption"], identities, actions,
            num_gifs, float(config.sample.get("fps", 8.0)))

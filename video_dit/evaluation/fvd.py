@@ -10,6 +10,7 @@ its weights come from inside the installed package, never from user files.
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -87,12 +88,22 @@ def default_i3d() -> I3D:
   return I3D()
 
 
+_REAL_FEATURES: dict[str, np.ndarray] = {}  # the last real set's features, by content
+
+
 def fvd(real, generated, i3d: I3D | None = None) -> dict:
-  """FVD between two sets of clips, with the number of clips of each."""
+  """FVD between two sets of clips, with the number of clips of each. The real clips'
+  features are kept for the next call with the same clips (a sweep over samplers
+  scores every point against one real set)."""
   i3d = i3d or default_i3d()
   if len(real) < 2 or len(generated) < 2:
     raise ValueError("FVD needs at least 2 clips per set (and many more to mean much)")
-  return dict(fvd=frechet_distance(i3d(real, "real clips through I3D"),
+  real = np.ascontiguousarray(real)
+  key = hashlib.sha256(real.tobytes()).hexdigest() + str(real.shape) + str(id(i3d))
+  if key not in _REAL_FEATURES:
+    _REAL_FEATURES.clear()
+    _REAL_FEATURES[key] = i3d(real, "real clips through I3D")
+  return dict(fvd=frechet_distance(_REAL_FEATURES[key],
                                    i3d(generated, "generated clips through I3D")),
               num_real=len(real),
               num_generated=len(generated))

@@ -360,7 +360,7 @@ def train_probe(kind: str, spec: ProbeSpec, steps: int | None = None, batch: int
     probe.scores = dict(accuracy=float((pred == held["action"]).mean()),
                         chance=1.0 / NUM_ACTIONS, num_clips=int(len(pred)))
   probe.scores.update(train_steps=steps, train_seconds=round(time.time() - t0, 1),
-                      final_loss=float(loss))
+                      final_loss=float(loss), seed=seed)
   return probe
 
 

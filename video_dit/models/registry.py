@@ -291,7 +291,13 @@ def check_shortcut(config, cfg: ModelConfig, sampler: SamplerConfig) -> None:
     raise ValueError("sampler 'shortcut' needs a few-step model (task='shortcut', which "
                      "adds model.step_embed); use --sampler=euler for this checkpoint.")
   n = sampler.num_steps
-  most = round(1.0 / config.distill.min_step) if "distill" in config else n
+  most = n
+  if "distill" in config:
+    min_step = config.distill.min_step
+    most = round(1.0 / min_step) if 0 < min_step <= 1 else 0
+    if most < 1 or most & (most - 1) or abs(most * min_step - 1) > 1e-6:
+      raise ValueError(f"distill.min_step={min_step} must be 1/2^k (e.g. 1/32): the "
+                       "smallest jump the shortcut model learns.")
   if n & (n - 1) or n > most:
     raise ValueError(f"a shortcut model takes 1, 2, 4, ... up to {most} steps (the step "
                      f"sizes it was trained on); --num_steps={n} is not one of them.")

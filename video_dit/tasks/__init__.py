@@ -3,6 +3,8 @@
 
   dit   the video diffusion transformer (``tasks/dit.py``)
   vae   the causal video autoencoder whose latents a DiT can learn (``tasks/vae.py``)
+  guidance_distill, shortcut   one-pass guidance and few-step students of a trained
+        DiT (``tasks/distill.py``)
 
 A new task (few-step distillation, a LoRA fine-tune, ...) subclasses ``Task`` and adds
 itself to ``TASKS``; the trainer's loop, checkpoints, EMA, resume and metrics come free.
@@ -15,9 +17,12 @@ from __future__ import annotations
 from video_dit.models import registry
 from video_dit.tasks.base import Task
 from video_dit.tasks.dit import DiTTask
+from video_dit.tasks.distill import GuidanceDistillTask, ShortcutTask
 from video_dit.tasks.vae import VAETask
 
-TASKS: dict[str, type[Task]] = {"dit": DiTTask, "vae": VAETask}
+TASKS: dict[str, type[Task]] = {"dit": DiTTask, "vae": VAETask,
+                                "guidance_distill": GuidanceDistillTask,
+                                "shortcut": ShortcutTask}
 
 
 def for_config(config) -> Task:

@@ -35,9 +35,22 @@ class Task:
     del key
     return batch
 
-  def loss(self, params, batch: dict, keys: jax.Array) -> tuple[jax.Array, dict]:
-    """(scalar loss, aux metrics) of a (micro-)batch."""
+  def loss(self, params, batch: dict, keys: jax.Array,
+           frozen=None) -> tuple[jax.Array, dict]:
+    """(scalar loss, aux metrics) of a (micro-)batch; ``frozen`` is ``frozen(mesh)``."""
     raise NotImplementedError
+
+  def frozen(self, mesh):
+    """Arrays the loss reads but does not train (a teacher's parameters), placed on
+    ``mesh``; they enter the jitted step as an argument. None when there are none."""
+    del mesh
+    return None
+
+  def warm_start(self, params):
+    """A fresh run's parameters (no checkpoint to resume, no ``ckpt.init_from``):
+    ``params`` as initialised, or what the task makes of them (a student takes its
+    teacher's)."""
+    return params
 
   def host_batch(self, batch: dict) -> dict:
     """A pipeline batch on the host, before it is sharded (default: unchanged)."""

@@ -67,7 +67,8 @@ class DiTTask(Task):
     return (registry.latent_source(self.config) == "encode"
             and registry.latent_codec(self.config) == "pca")
 
-  def loss(self, params, batch, keys):
+  def loss(self, params, batch, keys, frozen=None):
+    del frozen
     x0, cond = conditions.split_batch(batch)
     model_fn = lambda x, t, c: self.model.apply(params, x, t, **c)
     return self.diffusion.loss(model_fn, x0, cond, keys)

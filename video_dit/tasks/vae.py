@@ -23,7 +23,8 @@ class VAETask(Task):
     v = config.vae
     self.objective = autoencoder.VAEObjective(self.model, v.recon, v.kl_weight)
 
-  def loss(self, params, batch, keys):
+  def loss(self, params, batch, keys, frozen=None):
+    del frozen
     return self.objective.loss(params, batch["video"], keys)
 
   def finish(self, workdir_path: str, state) -> None:
