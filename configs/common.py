@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       weighting="none", min_snr_gamma=5.0, learn_sigma=False, vlb_weight=1.0)
   c.sample = dict(sampler="euler", num_steps=50, shift=0.0, eta=0.0, text_scale=4.0,
                   face_scale=2.0, interval=(0.0, 1.0),
+                  cache_threshold=0.0,  # step cache: skip the blocks while little changes
                   fps=8.0,
                   every_steps=0, num_videos=4)  # periodic samples while training (0 = off)
   c.data = dict(dataset="synthetic_faces", data_dir="data/synthetic_faces", frames=16,

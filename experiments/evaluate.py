@@ -2,7 +2,7 @@ r"""Evaluates a training workdir's checkpoint on held-out identities.
 
   python -m experiments.evaluate --workdir=W [--step=N] [--split=test] [--num_videos=64] \
       [--metrics=fvd,identity,text,temporal,cost] [--num_steps=K --sampler=heun \
-      --text_scale=4 --face_scale=2] [--raw] [--probe_dir=P] [--best_of=N]
+      --text_scale=4 --face_scale=2 --cache_threshold=0.1] [--raw] [--probe_dir=P] [--best_of=N]
 
 Writes W/eval/NAME.json (NAME: step, examples and sampler settings, e.g.
 step_3000_test128_ema_euler32_text4_face2), TensorBoard scalars under W/eval/tensorboard,
@@ -27,6 +27,9 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Sampler steps; default the
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler|heun (flow), ddim|dpmpp_2m|ddpm.")
 _TEXT_SCALE = flags.DEFINE_float("text_scale", None, "Text guidance scale.")
 _FACE_SCALE = flags.DEFINE_float("face_scale", None, "Identity guidance scale.")
+_CACHE = flags.DEFINE_float("cache_threshold", None,
+                            "Step cache: skip the DiT blocks while the accumulated relative "
+                            "change stays under this (0 = off; euler/shortcut only).")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
 _PROBE_DIR = flags.DEFINE_string("probe_dir", None,
                                  "Folder of identity/action probes (default under data_dir).")
@@ -43,7 +46,8 @@ def main(argv):
       _WORKDIR.value, step=_STEP.value, split=_SPLIT.value, num_videos=_NUM_VIDEOS.value,
       ema=not _RAW.value, metrics=tuple(_METRICS.value),
       sampler=dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
-                   text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value),
+                   text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
+                   cache_threshold=_CACHE.value),
       probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value, chunk=_CHUNK.value,
       best_of=_BEST_OF.value)
   print(json.dumps({k: v for k, v in results.items()

@@ -2,7 +2,8 @@ r"""Samples videos of a reference face doing what a prompt says, from a training
 
   python -m experiments.sample --workdir=W --face=face.png --prompt="a person nods" \
       --out=samples/ [--step=N --seed=S --num_steps=K --sampler=heun \
-      --text_scale=4 --face_scale=2 --num_frames=F --raw --face_is_crop --overwrite] \
+      --text_scale=4 --face_scale=2 --cache_threshold=0.1 --num_frames=F --raw \
+      --face_is_crop --overwrite] \
       [--consent="I am the person in this photo and agree to this video"]
   python -m experiments.sample --workdir=W --batch_file=requests.jsonl --out=samples/
 
@@ -25,6 +26,9 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Sampler steps; default the
 _SAMPLER = flags.DEFINE_string("sampler", None, "euler|heun (flow), ddim|dpmpp_2m|ddpm.")
 _TEXT_SCALE = flags.DEFINE_float("text_scale", None, "Text guidance scale.")
 _FACE_SCALE = flags.DEFINE_float("face_scale", None, "Identity guidance scale.")
+_CACHE = flags.DEFINE_float("cache_threshold", None,
+                            "Step cache: skip the DiT blocks while the accumulated relative "
+                            "change stays under this (0 = off; euler/shortcut only).")
 _FAST = flags.DEFINE_bool("fast", False, "The checkpoint's cheapest good sampler: a shortcut "
                           "model's 4 steps, a guidance-distilled model's 8 one-pass steps, "
                           "else 16 Euler steps (explicit sampler flags still apply).")
@@ -50,7 +54,8 @@ def main(argv):
   written = sampling.generate(
       _WORKDIR.value, requests, _OUT.value, step=_STEP.value,
       sampler=dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
-                   text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value),
+                   text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
+                   cache_threshold=_CACHE.value),
       num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
       overwrite=_OVERWRITE.value, consent=_CONSENT.value, fast=_FAST.value)
   for w in written:

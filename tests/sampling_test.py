@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 import os
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import helpers
 from video_dit import sampling, video_io
 from video_dit.data import real_video
+from video_dit.models import registry
 
 
 @pytest.fixture
@@ -39,6 +42,14 @@ def test_writes_readable_files_with_provenance(workdir, tmp_path):
   assert meta["step"] == 2 and meta["params"] == "ema" and meta["prompt"] == "a person nods"
   assert len(meta["params_digest"]) == 16 and len(meta["face_sha256"]) == 64
   assert meta["sampler"]["num_steps"] == 3 and meta["versions"]["jax"]
+
+
+def test_step_cache_setting_is_recorded_with_the_full_calls(workdir, tmp_path):
+  [w] = _generate(workdir, tmp_path, sampler=dict(cache_threshold=1e9))
+  assert w["sampler"]["cache_threshold"] == 1e9 and w["sampler"]["num_steps"] == 3
+  assert w["full_model_calls"] == 2  # the first and the last step; the middle one reused
+  with pytest.raises(ValueError, match="cache_threshold=0.1 works with sampler 'euler'"):
+    _generate(workdir, tmp_path / "heun", sampler=dict(cache_threshold=0.1, sampler="heun"))
 
 
 def test_same_seed_same_video(workdir, tmp_path):
@@ -141,3 +152,53 @@ def test_batch_files_are_read_whole_first_and_long_prompts_warned(workdir, tmp_p
                                                   prompt=long)],
                       str(tmp_path / "out"), face_is_crop=True)
   assert "24 of its 40 tokens" in caplog.text
+
+
+def test_step_cache_with_the_video_dit_and_dual_guidance():
+  config = helpers.runlocal_config()  # text 4, face 2: three passes per guided call
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params, keep=())
+  built = registry.build_dit(config)
+  shape = (2,) + built.shape
+  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
+  plain_sampler = dataclasses.replace(built.sampler, num_steps=6)
+  plain = np.asarray(sampling.make_sampler(model, built.diffusion, plain_sampler, shape)(
+      p, cond, jax.random.key(0)))
+
+  def cached(threshold):
+    sampler = dataclasses.replace(plain_sampler, cache_threshold=threshold)
+    video, stats = sampling.make_sampler(model, built.diffusion, sampler, shape,
+                                         return_stats=True)(p, cond, jax.random.key(0))
+    return np.asarray(video), int(stats["full_calls"])
+
+  video, calls = cached(1e-9)  # never skips: the full passes, as the plain sampler
+  assert calls == 6
+  np.testing.assert_allclose(video, plain, atol=1e-6)
+  video, calls = cached(1e9)  # skips all but the first and last step
+  assert calls == 2 and np.all(np.isfinite(video))
+  error = np.abs(video - plain).mean() / np.abs(plain).mean()
+  assert 1e-4 < error < 0.5, error
+
+
+def test_step_cache_with_reference_tokens():
+  # The reference stream lives inside the blocks: a skipped step skips it too, and a full
+  # one uses the keys/values make_sampler computed once.
+  config = helpers.runlocal_config(**{"identity.mode": "separate+reference",
+                                      "identity.gate": "none"})
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params, keep=())
+  built = registry.build_dit(config)
+  shape = (2,) + built.shape
+  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
+  plain_sampler = dataclasses.replace(built.sampler, num_steps=4)
+  plain = np.asarray(sampling.make_sampler(model, built.diffusion, plain_sampler, shape)(
+      p, cond, jax.random.key(0)))
+  for threshold, calls in ((1e-9, 4), (1e9, 2)):
+    video, stats = sampling.make_sampler(
+        model, built.diffusion, dataclasses.replace(plain_sampler, cache_threshold=threshold),
+        shape, return_stats=True)(p, cond, jax.random.key(0))
+    assert int(stats["full_calls"]) == calls
+    if calls == 4:
+      np.testing.assert_allclose(np.asarray(video), plain, atol=1e-6)
+    else:
+      assert 0 < np.abs(np.asarray(video) - plain).max() and np.all(np.isfinite(video))

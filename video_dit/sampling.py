@@ -33,7 +33,8 @@ from video_dit.models import dit, registry
 def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
                  shape: tuple[int, ...],
                  on_model_call: Callable[[], None] | None = None,
-                 cache_reference: bool = True, scales_as_args: bool = False) -> Callable:
+                 cache_reference: bool = True, scales_as_args: bool = False,
+                 return_stats: bool = False) -> Callable:
   """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space.
 
   ``on_model_call`` (e.g. a progress bar's tick) runs on the host after every
@@ -42,6 +43,8 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   and reused by every step (``cache_reference=False`` recomputes them each call).
   ``scales_as_args``: ``(params, cond, key, text_scale, id_scale)``, the guidance
   scales traced (one program serves every scale; always 3 passes per guided call).
+  ``return_stats``: ``(video, {'full_calls': ...})``, the guided model calls that ran in
+  full (fewer than ``sampler.model_calls`` with the step cache, ``cache_threshold``).
   """
   sampler.check(diffusion.config.objective)
 
@@ -55,12 +58,12 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
       if kv is not None:
         cond = dict(cond, ref_kv=kv)
 
-    def model_fn(x, t, c):
-      out = model.apply(params, x, t, **c)
-      if on_model_call is not None:
-        jax.debug.callback(lambda _: on_model_call(), t[:1])
+    def model_fn(x, t, c, **cache_mode):  # the step cache's modes, see VideoDiT
+      out = model.apply(params, x, t, **c, **cache_mode)
+      if on_model_call is not None and cache_mode.get("cache") != "indicator":
+        jax.debug.callback(lambda _: on_model_call(), t[:1])  # every step, full or not
       return out
-    return diffusion.sample(model_fn, shape, cond, key, run_sampler)
+    return diffusion.sample(model_fn, shape, cond, key, run_sampler, return_stats=return_stats)
 
   if scales_as_args:
     return jax.jit(sample)
@@ -238,7 +241,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     bar["progress"].update(min(bar["done"], calls), "sampler steps")
 
   sample = make_sampler(built.model, built.diffusion, sampler_cfg, (1,) + built.shape,
-                        on_model_call=tick)
+                        on_model_call=tick, return_stats=True)
   digest = config_hash(config)
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -246,7 +249,10 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     cond = {**conditions.prompt_fields(config, [r["prompt"]]),
             "face": video_io.to_unit(crop[None])}
     bar.update(progress=metrics_lib.Progress(calls), done=0)
-    video = sample(params, cond, jax.random.key(seed))
+    video, stats = sample(params, cond, jax.random.key(seed))
+    cached = {}
+    if sampler_cfg.cache_threshold:  # how many of the steps ran the blocks
+      cached = dict(full_model_calls=int(stats["full_calls"]))
     if codec is not None:  # a latent-space DiT: decode with its VAE
       video = codec.decode(jax.device_get(video))
     video = video_io.to_uint8(video[0])
@@ -258,7 +264,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     record = sample_record(
         workdir, restored, digest, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
         face_consent=str(r.get("consent") or consent or "").strip() or None,
-        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps)
+        sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
+        **cached)
     if jax.process_index() != 0:  # every process samples (the same video); one writes
       written.append(dict(record, files=[]))
       continue

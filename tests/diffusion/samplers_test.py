@@ -4,12 +4,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from tests.diffusion import gaussian
 from video_dit import sharding
-from video_dit.diffusion import Diffusion, DiffusionConfig, SamplerConfig
+from video_dit.diffusion import Diffusion, DiffusionConfig, SamplerConfig, samplers
 
 MU, SIGMA = 0.7, 0.5
 SHAPE = (8, 16, 32)
@@ -145,3 +146,120 @@ def test_learned_sigma_sampler_uses_the_variance_output():
   small, large = with_var(0.0), with_var(1.0)  # posterior variance vs beta
   assert small.std() < large.std()
   assert abs(large.std() - SIGMA) < abs(small.std() - SIGMA)  # beta fits better at 25 steps
+
+
+def _cacheable(cfg, fills):
+  """The optimal model with the DiT's step-cache modes (``VideoDiT._forward``): its
+  'blocks' make the whole prediction (the tokens entering them are zero), its indicator
+  is x at time t, its encoded conditions one zero per example; every full ('fill') pass
+  that runs appends to ``fills``."""
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+
+  def model_fn(x, t, cond, cache=None, residual=None, encoded=None):
+    if cache == "encode":
+      return {"c": jnp.zeros(x.shape[:1])}
+    if cache in ("fill", "skip"):
+      assert encoded["c"].shape == x.shape[:1]  # in the network's (guidance-tiled) batch
+    if cache == "indicator":
+      return x * (1.0 + t[:, None, None])
+    if cache == "skip":
+      return residual
+    out = fn(x, t, cond)
+    if cache == "fill":
+      jax.debug.callback(lambda: fills.append(1))
+      return out, out
+    return out
+  return model_fn
+
+
+def _cached(threshold, steps=10, **kw):
+  """(video, full calls the sampler counted, full passes that ran) of cached Euler."""
+  cfg, fills = DiffusionConfig("flow", "velocity"), []
+  sampler = SamplerConfig(**dict(dict(name="euler", num_steps=steps), **kw),
+                          cache_threshold=threshold)
+  video, stats = jax.jit(lambda z: Diffusion(cfg).sample(
+      _cacheable(cfg, fills), SHAPE, {}, jax.random.key(1), sampler, noise=z,
+      return_stats=True))(_noise())
+  jax.effects_barrier()
+  return np.asarray(video), int(stats["full_calls"]), len(fills)
+
+
+def test_step_cache_off_or_never_skipping_is_the_plain_sampler():
+  plain = np.asarray(_sample(DiffusionConfig("flow", "velocity"), "euler", 10))
+  video, counted, ran = _cached(0.0)  # off: the plain sampler, no cache modes
+  np.testing.assert_array_equal(video, plain)
+  assert counted == 10 and ran == 0
+  video, counted, ran = _cached(1e-9)  # the same steps, compiled apart (rounding differs)
+  np.testing.assert_allclose(video, plain, atol=1e-6, rtol=0)
+  assert counted == ran == 10
+  # Shortcut: the same N uniform jumps (the step size goes to the model).
+  plain = np.asarray(_sample(DiffusionConfig("flow", "velocity"), "shortcut", 8))
+  video, counted, ran = _cached(1e-9, steps=8, name="shortcut")
+  np.testing.assert_allclose(video, plain, atol=1e-6, rtol=0)
+  assert counted == ran == 8 and _cached(1e9, steps=8, name="shortcut")[1] == 2
+  # Uncached samplers report every call as a full one.
+  cfg = DiffusionConfig("flow", "velocity")
+  _, stats = Diffusion(cfg).sample(gaussian.optimal_model(cfg, MU, SIGMA), SHAPE, {},
+                                   jax.random.key(0), SamplerConfig(num_steps=4),
+                                   return_stats=True)
+  assert int(stats["full_calls"]) == 4
+
+
+def test_step_cache_skips_the_passes_it_counts_and_reuses_the_residual():
+  counts = []
+  for threshold in (0.1, 0.3, 1e9):
+    video, counted, ran = _cached(threshold)
+    assert counted == ran and np.all(np.isfinite(video)), threshold  # lax.cond really skips
+    counts.append(counted)
+  assert 10 > counts[0] > counts[1] > counts[2] == 2, counts  # first and last always full
+  # Everything cached: step 0's velocity carries x to the last step, which is full.
+  cfg, z = DiffusionConfig("flow", "velocity"), np.asarray(_noise())
+  grid = samplers.flow_grid(10, Diffusion(cfg).shift)
+  fn = gaussian.optimal_model(cfg, MU, SIGMA)
+  v = lambda x, t: np.asarray(fn(jnp.asarray(x), jnp.full((SHAPE[0],), t, jnp.float32), {}))
+  x = z + (grid[-2] - grid[0]) * v(z, grid[0])
+  want = x + (grid[-1] - grid[-2]) * v(x, grid[-2])
+  np.testing.assert_allclose(_cached(1e9)[0], want, atol=1e-5)
+  # The (tiled, 3x batch) guidance state: this model ignores the conditions, so guided
+  # sampling gives the same video and the same decisions.
+  video, counted, ran = _cached(0.3, text_scale=3.0, id_scale=2.0)
+  assert counted == ran == counts[1]
+  np.testing.assert_allclose(video, _cached(0.3)[0], atol=1e-5)
+
+
+def test_step_cache_sharded_equals_single_device():
+  cfg = DiffusionConfig("flow", "velocity")
+  sampler = SamplerConfig(name="euler", num_steps=10, cache_threshold=0.3, text_scale=3.0)
+  run = jax.jit(lambda z: Diffusion(cfg).sample(_cacheable(cfg, []), SHAPE, {},
+                                                jax.random.key(1), sampler, noise=z,
+                                                return_stats=True))
+  single, stats = run(_noise())
+  with jax.set_mesh(sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))):
+    sharded, sharded_stats = run(_noise())
+  assert sharded.sharding.spec[0] == ("data", "fsdp")
+  assert int(sharded_stats["full_calls"]) == int(stats["full_calls"]) < 10
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,objective,msg", [
+    (dict(cache_threshold=-0.1), "flow", r"cache_threshold=-0.1 \(--cache_threshold\) must "
+                                         r"be a finite number >= 0"),
+    (dict(cache_threshold=float("nan")), "flow", "cache_threshold=nan"),
+    (dict(cache_threshold=0.1, name="heun"), "flow",
+     "cache_threshold=0.1 works with sampler 'euler' or 'shortcut', not 'heun'; use "
+     "--sampler=euler or --cache_threshold=0"),
+    (dict(cache_threshold=0.1, name="ddim"), "ddpm", "not 'ddim'"),
+])
+def test_bad_cache_threshold_raises(kw, objective, msg):
+  with pytest.raises(ValueError, match=msg):
+    SamplerConfig(**kw).check(objective)
+
+
+def test_cache_threshold_from_a_config_that_predates_it():
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  sample = helpers.runlocal_config().sample
+  assert SamplerConfig.from_config(sample).cache_threshold == 0.0
+  old = ml_collections.ConfigDict({k: v for k, v in sample.items() if k != "cache_threshold"})
+  assert SamplerConfig.from_config(old).cache_threshold == 0.0
+  sample.cache_threshold = 0.1
+  assert SamplerConfig.from_config(sample).cache_threshold == 0.1

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -55,6 +57,30 @@ def test_the_sampler_makes_the_model_calls_it_counts():
     jax.block_until_ready(fn(params, cond, jax.random.key(0)))
     jax.effects_barrier()
     assert len(ticks) == sampler.model_calls == want, name
+
+
+def test_cached_sampling_cost_counts_the_full_calls_that_ran():
+  config = helpers.runlocal_config()
+  model, params = helpers.init(config)
+  p = helpers.perturb_zeros(params)
+  built = registry.build_dit(config)
+  cond = {k: v for k, v in registry.random_inputs(config, 1).items() if k not in ("x", "t")}
+  shape = (1,) + built.shape
+  plain = dataclasses.replace(built.sampler, num_steps=4)
+  r = {thr: cost.sampler_cost(model, p, built.diffusion,
+                              dataclasses.replace(plain, cache_threshold=thr), cond, shape,
+                              fps=8.0, repeats=1) for thr in (0.0, 1e9)}
+  assert r[0.0]["full_model_calls_per_sample"] == r[0.0]["model_calls_per_sample"] == 4
+  cached = r[1e9]
+  assert cached["full_model_calls_per_sample"] == 2 and cached["model_calls_per_sample"] == 4
+  assert cached["measured_network_passes_per_sample"] == 3 * 2  # 3 passes per full call
+  assert cached["network_passes_per_sample"] == 3 * 4  # the sampler's, none skipped
+  assert r[0.0]["measured_network_passes_per_sample"] == r[0.0]["network_passes_per_sample"]
+  # Skipped calls cost their indicator, conditioning and final layer only: the sample
+  # costs a bit more than half the uncached one (2 of 4 calls in full).
+  ratio = cached["dit_flops_per_sample"] / r[0.0]["dit_flops_per_sample"]
+  assert 0.5 < ratio < 0.75, ratio
+  assert cached["matmul_flops_per_sample"] < 0.75 * r[0.0]["matmul_flops_per_sample"]
 
 
 def test_one_pass_guidance_and_shortcut_cost_one_pass_per_step():

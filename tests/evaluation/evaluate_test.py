@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from PIL import Image
 from tests import helpers
 from video_dit import report, train
 from video_dit.data import builders, synthetic
+from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import evaluate, probes, sweep, temporal, usable
 
 
@@ -28,6 +30,14 @@ def test_paired_gap_and_interval():
   lo, hi = noise["gap_ci95"]
   assert lo < 0 < hi and hi - lo == pytest.approx(
       2 * 1.96 * np.std(matched - shuffled, ddof=1) / 20)
+
+
+def test_run_names_tell_sampler_settings_apart():
+  base = SamplerConfig(num_steps=32, text_scale=4.0, id_scale=2.0)
+  assert evaluate.run_name(3000, base, "test", 128) == "step_3000_test128_ema_euler32_text4_face2"
+  cached = dataclasses.replace(base, cache_threshold=0.1)
+  assert evaluate.run_name(3000, cached, "test", 128) == (
+      "step_3000_test128_ema_euler32_text4_face2_cache0.1")
 
 
 def test_mismatched_index_picks_another_identity():

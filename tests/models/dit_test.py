@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit.models import dit, flops, registry
+from video_dit.models import dit, flops, layers, patching, registry
 
 
 def _other_face(inputs, seed=7):
@@ -489,3 +489,65 @@ def test_factorised_layout_config_errors_name_the_fix():
   with pytest.raises(ValueError, match="attention_layout='full'"):
     registry.model_config(helpers.runlocal_config(**{"model.attention_layout": "factorised",
                                                      "identity.mode": "separate+reference"}))
+
+
+def _cache_apply(model, cache):
+  return jax.jit(lambda params, inputs, **kw: model.apply(params, **inputs, cache=cache, **kw))
+
+
+def test_step_cache_modes_skip_the_blocks_and_reproduce_the_full_pass(base):
+  config, model, params, inputs = base
+  p = helpers.perturb_zeros(params, keep=())  # identity gates open too
+  full = helpers.apply(model, p, inputs)
+  out, residual = _cache_apply(model, "fill")(p, inputs)
+  np.testing.assert_array_equal(np.asarray(out), full)  # 'fill' is the normal pass
+  cfg = registry.model_config(config)
+  assert residual.shape == (2, flops.num_tokens(cfg, registry.video_shape(config)), cfg.width)
+  skip = _cache_apply(model, "skip")
+  skipped = np.asarray(skip(p, inputs, residual=residual))
+  np.testing.assert_allclose(skipped, full, atol=1e-5 * np.abs(full).max())  # x + (y - x) ~ y
+  # The skip path never touches a block: with every block's parameters NaN it is unchanged.
+  broken = jax.tree_util.tree_map_with_path(
+      lambda k, v: jnp.full_like(v, np.nan) if "block_" in jax.tree_util.keystr(k) else v, p)
+  np.testing.assert_array_equal(np.asarray(skip(broken, inputs, residual=residual)), skipped)
+  # The conditions encoded once ('encode') stand in for the encoders (up to rounding: the
+  # conditions' share of c is added as one sum).
+  encoded = _cache_apply(model, "encode")(p, inputs)
+  assert encoded["text"].shape[:2] == inputs["text_ids"].shape and encoded["c"].shape == (
+      2, cfg.width)
+  out_e, residual_e = _cache_apply(model, "fill")(p, inputs, encoded=encoded)
+  np.testing.assert_allclose(np.asarray(out_e), full, atol=1e-5 * np.abs(full).max())
+  np.testing.assert_allclose(np.asarray(residual_e), np.asarray(residual), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(skip(p, inputs, residual=residual, encoded=encoded)),
+                             skipped, atol=1e-5 * np.abs(full).max())
+
+
+def test_step_cache_indicator_is_block0_modulated_input_of_the_timestep_alone(base):
+  config, model, params, inputs = base
+  p = helpers.perturb_zeros(params)
+  cfg = registry.model_config(config)
+  indicator = _cache_apply(model, "indicator")
+  got = np.asarray(indicator(p, inputs))
+  # By hand: patch embedding, t_embed, block 0's adaLN shift/scale, affine-free LayerNorm.
+  q = p["params"]
+  tokens = (patching.patchify(inputs["x"], cfg.patch) @ q["patch_embed"]["kernel"]
+            + q["patch_embed"]["bias"])
+  temb = layers.TimestepEmbedder(cfg.width).apply({"params": q["t_embed"]}, inputs["t"])
+  mod = nn.silu(temb) @ q["block_0"]["adaln"]["kernel"] + q["block_0"]["adaln"]["bias"]
+  shift, scale = mod[:, :cfg.width], mod[:, cfg.width:2 * cfg.width]
+  mean, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
+  want = (tokens - mean) / jnp.sqrt(var + 1e-6) * (1 + scale[:, None]) + shift[:, None]
+  np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+  # Text and identity do not enter it; t does.
+  np.testing.assert_array_equal(np.asarray(indicator(p, _other_face(dict(
+      inputs, text_ids=inputs["text_ids"][::-1])))), got)
+  assert np.abs(np.asarray(indicator(p, dict(inputs, t=inputs["t"] * 0.5))) - got).max() > 1e-4
+
+
+def test_step_cache_indicator_needs_unscanned_blocks():
+  config = helpers.runlocal_config(**{"model.scan_layers": True, "sample.cache_threshold": 0.1})
+  with pytest.raises(ValueError, match="cache_threshold=0.1 needs model.scan_layers=False"):
+    registry.build_dit(config)
+  model, _ = registry.build(config)
+  with pytest.raises(ValueError, match="scan_layers"):
+    model.apply({}, **registry.random_inputs(config, 1), cache="indicator")

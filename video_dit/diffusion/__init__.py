@@ -14,10 +14,12 @@ model; guidance adds ``drop_text`` / ``drop_id``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from video_dit.diffusion import guidance, samplers, schedules
 from video_dit.diffusion.losses import DiffusionConfig, diffusion_loss
@@ -46,14 +48,39 @@ class Diffusion:
     return diffusion_loss(self.config, self.shift, model_fn, x0, cond, key)
 
   def sample(self, model_fn: Callable, shape, cond: Any, key, sampler: SamplerConfig,
-             noise=None):
-    """Samples a batch of ``shape`` from noise (or from ``noise``), with guidance."""
+             noise=None, return_stats: bool = False):
+    """Samples a batch of ``shape`` from noise (or from ``noise``), with guidance.
+
+    With ``sampler.cache_threshold`` > 0 (the step cache, ``samplers.cached_flow_sample``)
+    ``model_fn`` also takes the model's cache modes, ``model_fn(x, t, cond, cache=...,
+    residual=...)`` (``VideoDiT``). ``return_stats``: (video, {'full_calls': the guided
+    model calls that ran in full, for the whole batch}).
+    """
     cfg = self.config
     sampler.check(cfg.objective)
     k_noise, k_steps = jax.random.split(key)
     x = jax.random.normal(k_noise, shape, jnp.float32) if noise is None else noise
     x = constrain(x.astype(jnp.float32), ("act_batch",) + (None,) * (len(shape) - 1))
-    fn = self._guided(model_fn, sampler, shape[-1])
+    if sampler.cache_threshold > 0:
+      x, full = self._sample_cached(model_fn, x, cond, sampler)
+    else:
+      x, full = self._sample(model_fn, x, cond, k_steps, sampler), sampler.model_calls
+    return (x, {"full_calls": jnp.asarray(full, jnp.int32)}) if return_stats else x
+
+  def _sample_cached(self, model_fn, x, cond, sampler: SamplerConfig):
+    if sampler.name == "shortcut":  # N jumps of 1/N, told their size
+      grid = np.linspace(1.0, 0.0, sampler.num_steps + 1).astype(np.float32)
+      cond = dict(cond, step_size=jnp.full((x.shape[0],), 1.0 / sampler.num_steps,
+                                           jnp.float32))
+    else:
+      grid = samplers.flow_grid(sampler.num_steps, sampler.shift or self.shift)
+    guide = functools.partial(guidance.guided_stateful, **self._guidance(sampler, x.shape[-1]))
+    return samplers.cached_flow_sample(self.config, model_fn, guide, x, cond, grid,
+                                       sampler.cache_threshold)
+
+  def _sample(self, model_fn, x, cond, k_steps, sampler: SamplerConfig):
+    cfg = self.config
+    fn = self._guided(model_fn, sampler, x.shape[-1])
     if sampler.name == "shortcut":
       return samplers.shortcut_sample(cfg, fn, x, cond, sampler.num_steps)
     if cfg.objective == "flow":
@@ -68,10 +95,15 @@ class Diffusion:
     return samplers.dpmpp_2m_sample(cfg, fn, x, cond, grid)
 
   def _guided(self, model_fn, sampler: SamplerConfig, channels: int):
+    return guidance.guided(model_fn, **self._guidance(sampler, channels))
+
+  def _guidance(self, sampler: SamplerConfig, channels: int) -> dict:
     # With learned sigma only the prediction half is guided; the variance half
     # comes from the fully conditional branch.
-    return guidance.guided(model_fn, sampler.text_scale, sampler.id_scale, sampler.interval,
-                           channels if self.config.learn_sigma else None, sampler.one_pass)
+    return dict(text_scale=sampler.text_scale, id_scale=sampler.id_scale,
+                interval=sampler.interval,
+                channels=channels if self.config.learn_sigma else None,
+                one_pass=sampler.one_pass)
 
   def ddim_invert(self, model_fn: Callable, x0, cond: Any, sampler: SamplerConfig,
                   refine: int = 0):

@@ -38,20 +38,34 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
     one_pass: the model takes the scales (``cond['guidance_scale']``, (B, 2)) and
       returns the guided prediction itself: one network pass per call.
   """
+  fn = guided_stateful(lambda x, t, cond, state: (model_fn(x, t, cond), state), text_scale,
+                       id_scale, interval, channels, one_pass)
+  return lambda x, t, cond: fn(x, t, cond, None)[0]
+
+
+def guided_stateful(model_fn: Callable, text_scale: float = 1.0, id_scale: float = 1.0,
+                    interval: tuple[float, float] | None = None,
+                    channels: int | None = None, one_pass: bool = False) -> Callable:
+  """``guided`` for ``model_fn(x, t, cond, state) -> (prediction, state)``, e.g. the
+  step cache's residual: -> ``fn(x, t, cond, state) -> (guided prediction, state)``.
+  The state belongs to the network's batch, the 3x tiled one when guiding with three
+  passes (``passes``); it goes through unchanged."""
   if one_pass:
-    def fn1(x, t, cond):
+    def fn1(x, t, cond, state):
       b = x.shape[0]
       scales = jnp.broadcast_to(jnp.stack([jnp.asarray(text_scale, jnp.float32),
                                            jnp.asarray(id_scale, jnp.float32)]), (b, 2))
       if interval is not None:  # outside the interval: (1, 1), the conditional model
         inside = (t >= interval[0]) & (t <= interval[1])
         scales = jnp.where(inside[:, None], scales, 1.0)
-      return model_fn(x, t, dict(_with_drops(cond, b, False, False), guidance_scale=scales))
+      return model_fn(x, t, dict(_with_drops(cond, b, False, False), guidance_scale=scales),
+                      state)
     return fn1
   if passes(text_scale, id_scale, interval) == 1:
-    return lambda x, t, cond: model_fn(x, t, _with_drops(cond, x.shape[0], False, False))
+    return lambda x, t, cond, state: model_fn(x, t, _with_drops(cond, x.shape[0], False,
+                                                                 False), state)
 
-  def fn(x, t, cond):
+  def fn(x, t, cond, state):
     b = x.shape[0]
     tile = lambda v: jnp.concatenate([v, v, v], axis=0)
     cond3 = {k: jax.tree.map(tile, v) for k, v in cond.items()
@@ -59,7 +73,7 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
     ones, zeros = jnp.ones((b,), bool), jnp.zeros((b,), bool)
     cond3["drop_text"] = jnp.concatenate([ones, zeros, zeros])
     cond3["drop_id"] = jnp.concatenate([ones, ones, zeros])
-    out = model_fn(tile(x), tile(t), cond3)
+    out, state = model_fn(tile(x), tile(t), cond3, state)
     uu, tu, ti = jnp.split(out, 3, axis=0)
     g = uu + text_scale * (tu - uu) + id_scale * (ti - tu)
     if channels is not None:
@@ -67,7 +81,7 @@ def guided(model_fn: ModelFn, text_scale: float = 1.0, id_scale: float = 1.0,
     if interval is not None:
       inside = (t >= interval[0]) & (t <= interval[1])
       g = jnp.where(inside.reshape((b,) + (1,) * (g.ndim - 1)), g, ti)
-    return g
+    return g, state
 
   return fn
 

@@ -24,6 +24,7 @@ from video_dit.diffusion import guidance, schedules
 from video_dit.diffusion.losses import DiffusionConfig
 
 SAMPLERS = {"flow": ("euler", "heun", "shortcut"), "ddpm": ("ddim", "dpmpp_2m", "ddpm")}
+CACHED_SAMPLERS = ("euler", "shortcut")  # one model call per step: a step can be skipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class SamplerConfig:
   id_scale: float = 1.0
   interval: tuple[float, float] | None = None   # guidance only for t in [lo, hi]
   one_pass: bool = False          # a guidance-distilled model: the scales are its input
+  cache_threshold: float = 0.0    # step cache (``cached_flow_sample``); 0 = off
 
   @classmethod
   def from_config(cls, c) -> "SamplerConfig":
@@ -43,7 +45,8 @@ class SamplerConfig:
     interval = tuple(float(v) for v in c.interval)
     return cls(name=c.sampler, num_steps=c.num_steps, shift=c.shift, eta=c.eta,
                text_scale=c.text_scale, id_scale=c.face_scale,
-               interval=None if interval == (0.0, 1.0) else interval)
+               interval=None if interval == (0.0, 1.0) else interval,
+               cache_threshold=c.get("cache_threshold", 0.0))  # older configs lack it
 
   @property
   def model_calls(self) -> int:
@@ -75,6 +78,13 @@ class SamplerConfig:
       if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"guidance {name}={scale} ({flag}) must be a finite number >= 0 "
                          "(1 = conditional, no guidance).")
+    thr = self.cache_threshold
+    if not (isinstance(thr, (int, float)) and math.isfinite(thr) and thr >= 0):
+      raise ValueError(f"cache_threshold={thr} (--cache_threshold) must be a finite number "
+                       ">= 0 (0 = no step cache).")
+    if thr > 0 and self.name not in CACHED_SAMPLERS:
+      raise ValueError(f"cache_threshold={thr} works with sampler 'euler' or 'shortcut', not "
+                       f"'{self.name}'; use --sampler=euler or --cache_threshold=0.")
 
 
 def flow_grid(num_steps: int, shift: float) -> np.ndarray:
@@ -236,3 +246,62 @@ def ddim_invert(cfg: DiffusionConfig, fn: Callable, x0, cond, grid: np.ndarray,
 
   x, _ = jax.lax.scan(step, x0.astype(jnp.float32), (ts, abar_cur, abar_next))
   return x
+
+
+def cached_flow_sample(cfg: DiffusionConfig, model_fn: Callable, guide: Callable, x, cond,
+                       grid: np.ndarray, threshold: float):
+  """Euler on ``grid`` that reuses the DiT blocks' output while little changes (TeaCache,
+  Liu et al. 2024), with no training and no calibration.
+
+  Each step first computes the model's cheap indicator, block 0's input modulated by the
+  timestep embedding alone (``model_fn(x, t, cond, cache='indicator')``), and adds its
+  relative L1 change since the previous step, mean|ind - prev| / mean|prev|, to an
+  accumulator. While the sum stays under ``threshold`` the step skips the blocks and adds
+  the residual of the last full pass to its tokens instead (``cache='skip'``: patch
+  embedding, conditioning and final layer only); otherwise it runs in full
+  (``cache='fill'``), keeps the new residual and resets the sum. The first and last steps
+  always run in full. One decision per step for the whole batch (the means run over it),
+  so ``lax.cond`` really skips the work. The conditions (text and identity encoders,
+  ``cache='encode'``) are encoded once, before the loop: XLA hoists them out of the
+  uncached loop, but not out of a ``lax.cond``. TeaCache also rescales the change with a
+  polynomial fitted per model; this uses it as is.
+
+  Args:
+    guide: wraps ``(x, t, cond, state) -> (prediction, state)`` with the sampler's guidance
+      (``guidance.guided_stateful``); the state, (residual, encoded conditions), is in the
+      network's batch.
+  Returns:
+    (x at the grid's end, the number of steps that ran in full).
+  """
+  def fill(x, t, c, state):
+    out, res = model_fn(x, t, c, cache="fill", encoded=state[1])
+    return out, (res, state[1])
+  fill, skip = guide(fill), guide(lambda x, t, c, state: (model_fn(
+      x, t, c, cache="skip", residual=state[0], encoded=state[1]), state))
+  t_b = lambda t: jnp.full((x.shape[0],), t, jnp.float32)
+  indicator = lambda x, t: model_fn(x, t, cond, cache="indicator").astype(jnp.float32)
+  zeros = lambda s: jnp.zeros(s.shape, s.dtype)
+  t0 = t_b(grid[0])
+  # Guidance tiles the conditions; its prediction slot is unused here.
+  encoded = guide(lambda x, t, c, _: (x, model_fn(x, t, c, cache="encode")))(x, t0, cond,
+                                                                             None)[1]
+  res0 = zeros(jax.eval_shape(fill, x, t0, cond, (None, encoded))[1][0])
+  ind0 = zeros(jax.eval_shape(indicator, x, t0))
+  last = len(grid) - 2
+
+  def step(carry, inp):
+    x, state, prev, acc, full = carry
+    i, t, t_next = inp
+    tb = t_b(t)
+    ind = indicator(x, tb)
+    acc = acc + jnp.abs(ind - prev).mean() / jnp.maximum(jnp.abs(prev).mean(), 1e-12)
+    reuse = (i > 0) & (i < last) & (acc < threshold)
+    out, state = jax.lax.cond(reuse, skip, fill, x, tb, cond, state)
+    v = schedules.flow_velocity(out.astype(jnp.float32), x, tb, cfg.prediction)
+    return (x + (t_next - t) * v, state, ind, jnp.where(reuse, acc, 0.0),
+            full + 1 - reuse.astype(jnp.int32)), None
+
+  init = (x, (res0, encoded), ind0, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+  (x, _, _, _, full), _ = jax.lax.scan(
+      step, init, (jnp.arange(len(grid) - 1), jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])))
+  return x, full

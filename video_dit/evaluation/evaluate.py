@@ -263,6 +263,8 @@ def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True,
     name += f"_eta{sampler.eta:g}"
   if sampler.interval is not None and tuple(sampler.interval) != (0.0, 1.0):
     name += f"_interval{sampler.interval[0]:g}-{sampler.interval[1]:g}"
+  if sampler.cache_threshold:
+    name += f"_cache{sampler.cache_threshold:g}"
   if best_of > 1:
     name += f"_best{best_of}"
   return name

@@ -89,7 +89,10 @@ class DiTBlock(nn.Module):
   grid: tuple[int, int, int] = ()  # (T', H', W') token grid, for a factorised layout
 
   @nn.compact
-  def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd, ref=None):
+  def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd, ref=None,
+               modulated_only=False):
+    """-> (x_bld, the reference stream or None); ``modulated_only``: (the attention's
+    adaLN-modulated input, None), the step cache's indicator."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     attn_kw = dict(num_heads=cfg.num_heads, dtype=dt, impl=cfg.attention)
     # adaLN-Zero: zero-init so every gate starts closed and the block is the identity.
@@ -121,6 +124,8 @@ class DiTBlock(nn.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
         adaln(nn.silu(c_bd)), 6, -1)
     h = modulate(norm1(x_bld), shift_msa, scale_msa)
+    if modulated_only:
+      return h, None
     if ref_mask is not None:  # (B,) -> every reference key of that example
       ref_mask = jnp.broadcast_to(ref_mask[:, None], ref_kv[0].shape[:2])
     groups = None if self.layout == "full" else (self.layout, self.grid)
@@ -191,7 +196,8 @@ class VideoDiT(nn.Module):
 
   def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
                drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None,
-               guidance_scale=None, step_size=None):
+               guidance_scale=None, step_size=None, cache=None, residual=None,
+               encoded=None):
     """The conditions are named as the input pipeline's batch fields
     (``video_dit.conditions``). Args:
       x: (B, T, H, W, C) noisy video (or latents).
@@ -212,11 +218,26 @@ class VideoDiT(nn.Module):
         model (``guidance_embed``); None = (1, 1), the conditional prediction.
       step_size: (B,) the step a shortcut model (``step_embed``) jumps, in model time;
         None = 0, the instantaneous prediction.
+      cache: a step-cache mode (static; ``samplers.cached_flow_sample``), else None:
+        'indicator': only (B, L, D) block 0's adaLN-modulated input with c = t's
+          embedding alone (TeaCache's cheap proxy of how much the blocks' output moves);
+        'fill': (output, residual), residual (B, L, D) = the tokens after the last block
+          minus those entering the first;
+        'skip': the output with the blocks replaced by adding ``residual``;
+        'encode': the step-invariant conditions, a dict of text tokens, their mask,
+          identity tokens and their share of c, for ``encoded`` (once per sample).
+      encoded: 'encode''s dict: 'fill' and 'skip' use it instead of the encoders.
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
     x_bthwc, t_b = x, t
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    if cache not in (None, "indicator", "fill", "skip", "encode"):
+      raise ValueError(f"cache={cache!r}: use None, 'indicator', 'fill', 'skip' or 'encode'.")
+    if cache == "indicator" and cfg.scan_layers:
+      raise ValueError("the step cache's indicator reads block 0's adaLN, which scanned "
+                       "blocks do not expose; use model.scan_layers=False or "
+                       "--cache_threshold=0.")
     b = x_bthwc.shape[0]
     grid = grid_shape(x_bthwc.shape[1:4], cfg.patch)
     positions = grid_positions(grid)  # (L, 3) in token order
@@ -230,15 +251,21 @@ class VideoDiT(nn.Module):
 
     t_embed = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")
     c = t_embed(t_b)  # (B, D)
-    if cfg.guidance_embed and guidance_scale is not None:
+    if cache == "indicator":
+      return DiTBlock(cfg, True, block_layout(cfg, 0), grid, name="block_0")(
+          x, c, None, None, None, None, modulated_only=True)[0]
+    if cache == "encode":  # the conditions' share of c alone
+      c = jnp.zeros_like(c)
+    if cfg.guidance_embed and guidance_scale is not None and cache != "encode":
       c = c + layers.ScalarEmbedder(cfg.width, (1.0, 1.0), scale=100.0, dtype=dt,
                                     name="guidance_embed")(guidance_scale)
-    if cfg.step_embed and step_size is not None:
+    if cfg.step_embed and step_size is not None and cache != "encode":
       c = c + layers.ScalarEmbedder(cfg.width, (0.0,), scale=1000.0, dtype=dt,
                                     name="step_embed")(step_size[:, None])
 
     refs = [None] * cfg.depth
-    if cfg.identity_reference and (face is not None or ref_kv is not None):
+    blocks_run = cache in (None, "fill")  # skipped, only what the final layer's c needs
+    if blocks_run and cfg.identity_reference and (face is not None or ref_kv is not None):
       mask = None if drop_id is None else ~drop_id  # a dropped identity hides its tokens
       if ref_kv is not None:
         refs = [dict(kv=kv, mask=mask) for kv in ref_kv]
@@ -248,18 +275,27 @@ class VideoDiT(nn.Module):
                        mask=mask, last=cfg.depth == 1)
 
     text = text_mask_bt = ident = None
-    if cfg.use_text:
+    every = cache != "skip"
+    if encoded is not None:
+      text, text_mask_bt, ident = encoded["text"], encoded["text_mask"], encoded["ident"]
+      c = c + encoded["c"]
+    if cfg.use_text and encoded is None and (every or cfg.text_pooled_to_adaln):
       text, text_mask_bt, c = self._text(b, text_ids, drop_text, c, text_emb, text_mask,
                                          text_pooled)
-    if cfg.use_identity:
+    if cfg.use_identity and encoded is None and (every or cfg.identity_pooled_to_adaln):
       ident, c = self._identity(b, face, face_embed, drop_id, c)
+    if cache == "encode":
+      return dict(text=text, text_mask=text_mask_bt, ident=ident, c=c)
 
     block = DiTBlock
     step = _ScanStep
     if cfg.remat != "none":
       block = nn.remat(DiTBlock, policy=REMAT_POLICIES[cfg.remat])
       step = nn.remat(_ScanStep, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    if cfg.scan_layers:  # parameters stacked along a leading 'layers' axis
+    x_in = x
+    if not blocks_run:
+      x = constrain(x + residual.astype(dt), _ACT)
+    elif cfg.scan_layers:  # parameters stacked along a leading 'layers' axis
       blocks = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(nn.broadcast,) * 5, length=cfg.depth,
                        metadata_params={nn.PARTITION_NAME: "layers"})
@@ -273,8 +309,9 @@ class VideoDiT(nn.Module):
           refs[i + 1] = dict(refs[i], tokens=ref_tokens, last=i + 2 == cfg.depth)
 
     out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
-    x = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
-    return unpatchify(x, grid, cfg.patch).astype(jnp.float32)
+    out = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
+    out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
+    return (out, x - x_in) if cache == "fill" else out
 
   def _reference(self, face_bhwc, frame_hw, patch_embed):
     """In-context reference tokens: the face crop as one clean tubelet-deep frame at the

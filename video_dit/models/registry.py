@@ -276,6 +276,10 @@ def build_dit(config) -> BuiltDiT:
                                 one_pass=cfg.guidance_embed)
   sampler.check(diffusion.config.objective)
   check_shortcut(config, cfg, sampler)
+  if sampler.cache_threshold > 0 and cfg.scan_layers:
+    raise ValueError(f"cache_threshold={sampler.cache_threshold} needs model.scan_layers=False "
+                     "(the step cache's indicator reads block 0's adaLN); use "
+                     "--cache_threshold=0 for this model.")
   return BuiltDiT(model, cfg, shape, diffusion, sampler)
 
 
