@@ -29,7 +29,7 @@ def _curve():
   results = [_result(12, 0.08, 1800, 0.5, 0.04), _result(96, 0.10, 1700, 0.6, 0.30),
              _result(60, 0.09, 1750, 0.55, 0.2), _result(4, 0.06, 1900, 0.4, 0.02),
              _result(32, 0.09, 1720, 0.6, 0.11), _result(4, 0.1, 1800, 0.5, 0.01),
-             _result(32, 0.1, 1800, 0.5, 0.08), _result(4, 0.1, 1800, 0.7, 0.02, 2)]
+             _result(32, 0.1, 1800, 0.5, 0.08), _result(8, 0.1, 1800, 0.7, 0.04, 2)]
   return dict(num_videos=8, points=[curve.row(p, r) for p, r in zip(pts, results)])
 
 
@@ -52,7 +52,7 @@ def test_rows_ratios_and_series():
   assert table["shortcut 4 steps"]["cheaper"] == pytest.approx(0.5 / 0.02)
   assert table["shortcut 4 steps"]["gap_vs_base"] == pytest.approx(0.0)
   best = table["shortcut 4 steps best of 2"]
-  assert best["network_passes"] == 8  # two candidates of 4 passes each
+  assert best["network_passes"] == 8  # two candidates of 4 passes (usable.count_candidates)
   series = {s["label"]: s for s in curve.plot_series(c, "seconds_per_usable_second")}
   assert set(series) == {"plain", "cache", "one_pass", "shortcut", "best-of-N"}
   assert series["plain"]["x"] == [pytest.approx(3.5849625), pytest.approx(6.5849625)]

@@ -73,10 +73,9 @@ def row(point: dict, r: dict) -> dict:
   cost, usable = r.get("cost", {}), r.get("usable", {})
   ident = r.get("identity", {}).get("generated", {})
   text, fvd = r.get("text", {}), r.get("fvd", {})
+  # Measured (step caching skips some); a best-of cost block already counts every candidate.
   passes = cost.get("measured_network_passes_per_sample",
                     cost.get("network_passes_per_sample"))
-  if passes is not None:
-    passes *= cost.get("candidates_per_video", 1)
   return dict(method=point["method"], label=point["label"], workdir=point["workdir"],
               sampler=point["sampler"], best_of=point["best_of"], result=r.get("path"),
               network_passes=passes, gap=ident.get("gap"), gap_ci95=ident.get("gap_ci95"),
