@@ -115,3 +115,15 @@ def test_cost_counts_every_candidate():
   assert usable.count_candidates({"skipped": "x"}, 3) == {"skipped": "x"}
   u = usable.usable(np.array([0.9, 0.1]), np.array([0.5, 0.6]), None, cost=c)
   assert u["seconds_per_usable_second"] == pytest.approx(3 * 1.0 / 0.5)
+
+
+def test_with_wrong_identity_pairs_the_threshold_is_a_verifiers():
+  real = np.linspace(0.80, 0.99, 20)
+  wrong = np.linspace(0.10, 0.50, 21)  # real clips vs another identity's reference
+  gen = np.array([0.20, 0.49, 0.55, 0.79, 0.95])
+  out = usable.usable(gen, real, real_mismatched=wrong)
+  assert out["threshold"] == pytest.approx(np.percentile(wrong, 95))  # 0.48
+  assert out["fraction"] == pytest.approx(4 / 5) and "verifier" in out["threshold_rule"]
+  strict = out["strict"]  # as recognisable as real footage: only the last one
+  assert strict["threshold"] == pytest.approx(np.percentile(real, 5))
+  assert strict["fraction"] == pytest.approx(1 / 5)

@@ -196,10 +196,11 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
-      matched = np.sum(clip * ref, -1)
-      out[name] = dict(paired_gap(matched, np.sum(clip * ref[other], -1)),
+      matched, mismatched = np.sum(clip * ref, -1), np.sum(clip * ref[other], -1)
+      out[name] = dict(paired_gap(matched, mismatched),
                        per_frame=per_frame_similarity(frames, ref, other),
-                       per_video_matched=matched.tolist())
+                       per_video_matched=matched.tolist(),
+                       per_video_mismatched=mismatched.tolist())
       embeds[name] = frames
     return out, embeds
   from video_dit.evaluation import face_id  # pylint: disable=g-import-not-at-top
@@ -209,6 +210,7 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
   for name, videos in (("generated", gen), ("real", real)):
     matched, mismatched, missing, kept = [], [], 0, []
     per_video = [None] * len(videos)  # None: no face in the video or its reference
+    per_video_other = [None] * len(videos)
     for i, video in enumerate(videos):
       found, without = face_id.embed_frames(video)
       missing += without
@@ -218,13 +220,14 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
       if refs[other[i]] is None:
         continue
       matched.append(per_video[i])
-      mismatched.append(face_id.similarity(found, refs[other[i]])["cosine"])
+      per_video_other[i] = face_id.similarity(found, refs[other[i]])["cosine"]
+      mismatched.append(per_video_other[i])
       kept.append(found)
     out[name] = dict(paired_gap(np.asarray(matched), np.asarray(mismatched)) if matched else
                      dict(skipped="no video had a detected face"),
                      frames_without_face=missing, frames=int(videos.shape[0] * videos.shape[1]),
                      references_without_face=sum(r is None for r in refs),
-                     per_video_matched=per_video)
+                     per_video_matched=per_video, per_video_mismatched=per_video_other)
     embeds[name] = kept
   return out, embeds
 
