@@ -223,7 +223,8 @@ class Demo:
     cost = dict(seconds=best["seconds"], flops=total, video_seconds=video_seconds,
                 seconds_per_video_second=best["seconds"] / video_seconds,
                 flops_per_video_second=total / video_seconds,
-                network_passes=cfg.model_calls * 3, candidates=candidates,
+                network_passes=cfg.model_calls * (1 if cfg.one_pass else 3),
+                candidates=candidates,
                 seconds_all_candidates=float(sum(r["seconds"] for r in runs)))
     action = self.action(video)
     with open(face_path, "rb") as f:

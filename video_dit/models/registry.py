@@ -300,7 +300,7 @@ def check_shortcut(config, cfg: ModelConfig, sampler: SamplerConfig) -> None:
                        "smallest jump the shortcut model learns.")
   if n & (n - 1) or n > most:
     raise ValueError(f"a shortcut model takes 1, 2, 4, ... up to {most} steps (the step "
-                     f"sizes it was trained on); --num_steps={n} is not one of them.")
+                     f"sizes it was trained on); num_steps={n} is not one of them.")
 
 
 def dummy_inputs(config, batch: int) -> dict[str, Any]:
