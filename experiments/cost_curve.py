@@ -26,6 +26,9 @@ _CACHE = flags.DEFINE_list("cache_thresholds", [], "Step-caching thresholds (32 
 _BEST_OF = flags.DEFINE_list("best_of", [], "method:steps:K points, e.g. shortcut:4:4.")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 64, "Held-out examples per point.")
 _CHUNK = flags.DEFINE_integer("chunk", 32, "Videos sampled per call.")
+_RETIME = flags.DEFINE_integer("retime", 0, "Then time every point again, alternating over "
+                               "this many rounds in one process (0: keep each evaluation's "
+                               "own timing).")
 _PROBE_DIR = flags.DEFINE_string("probe_dir", None, "Folder of the identity/action probes.")
 
 
@@ -49,6 +52,8 @@ def main(argv):
                          shortcut_steps=[int(s) for s in _SHORTCUT_STEPS.value])
   curve = curve_lib.cost_curve(pts, num_videos=_NUM_VIDEOS.value, chunk=_CHUNK.value,
                                probe_dir=_PROBE_DIR.value)
+  if _RETIME.value:
+    curve = curve_lib.retime(curve, _RETIME.value)
   base = curve_lib.baseline(curve)
   print(f"curve: {curve['path']}")
   for r in curve_lib.table(curve):

@@ -30,8 +30,8 @@ _CACHE = flags.DEFINE_float("cache_threshold", None,
                             "Step cache: skip the DiT blocks while the accumulated relative "
                             "change stays under this (0 = off; euler/shortcut only).")
 _FAST = flags.DEFINE_bool("fast", False, "The checkpoint's cheapest good sampler: a shortcut "
-                          "model's 4 steps, a guidance-distilled model's 8 one-pass steps, "
-                          "else 16 Euler steps (explicit sampler flags still apply).")
+                          "model's 4 steps, a guidance-distilled model's 4 one-pass steps, "
+                          "else 4 Euler steps (explicit sampler flags still apply).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 0, "Frames; default the config's.")
 _BATCH_FILE = flags.DEFINE_string("batch_file", None, "JSON lines of face/prompt/seed.")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")

@@ -73,8 +73,8 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
 # --fast: the cheapest setting each kind of checkpoint keeps its quality at (measured on
 # the quickstart model, README "Cost per usable second").
 FAST = dict(shortcut=dict(sampler="shortcut", num_steps=4),
-            one_pass=dict(sampler="euler", num_steps=8),
-            plain=dict(sampler="euler", num_steps=16))
+            one_pass=dict(sampler="euler", num_steps=4),
+            plain=dict(sampler="euler", num_steps=4))
 
 
 def fast_sampler(config) -> dict:

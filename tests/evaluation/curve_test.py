@@ -90,3 +90,18 @@ def test_sample_fast_uses_the_fast_setting_and_flags_override_it(tiny_run, tmp_p
   [w] = sampling.generate(run, requests, str(tmp_path / "b"), face_is_crop=True, fast=True,
                           sampler=dict(num_steps=2))
   assert w["sampler"]["num_steps"] == 2
+
+
+def test_retime_measures_every_point_side_by_side(tiny_run, tmp_path):
+  run = str(tiny_run / "run")
+  pts = curve.points(run, steps=(1, 2), best_of=[("plain", 1, 2)])
+  rows = [dict(curve.row(p, _result(3, 0.1, 100, 0.5, 9.0)), usable_fraction=0.5) for p in pts]
+  c = curve.retime(dict(num_videos=2, points=rows, path=str(tmp_path / "c.json")), rounds=1,
+                   log=lambda *_: None)
+  one, two, best = c["points"]
+  assert all(r["seconds_per_video_second"] != 9.0 for r in c["points"])
+  assert best["best_of"] == 2 and len(best["seconds_per_video_second_rounds"]) == 1
+  assert best["seconds_per_usable_second"] == pytest.approx(best["seconds_per_video_second"] / 0.5)
+  assert two["seconds_per_usable_second"] == pytest.approx(two["seconds_per_video_second"] / 0.5)
+  assert one["seconds_per_usable_second"] == pytest.approx(one["seconds_per_video_second"] / 0.5)
+  assert json.load(open(tmp_path / "c.json"))["retimed"]["rounds"] == 1

@@ -175,3 +175,41 @@ def plot_series(curve: dict, key: str) -> list[dict]:
 
 def _order(method: str) -> int:
   return METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def retime(curve: dict, rounds: int = 3, log=print) -> dict:
+  """Times every point's sampler again, all in this process and alternating over
+  ``rounds`` (the machine is shared: only times measured side by side compare), and
+  replaces the curve's seconds with the median of the rounds: seconds per video-second
+  (x the candidates of a best-of point) and per usable second (/ its usable fraction)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from video_dit import conditions  # pylint: disable=g-import-not-at-top
+  from video_dit.evaluation import cost as cost_lib  # pylint: disable=g-import-not-at-top
+  from video_dit.models import registry  # pylint: disable=g-import-not-at-top
+  setups = []
+  for r in curve["points"]:
+    restored = workdir_lib.load(r["workdir"])
+    config = restored.config
+    config.sample.update(r["sampler"])
+    dit = registry.build_dit(config)
+    one = evaluate.load_examples(config, "test", 2)
+    cond = jax.tree.map(lambda x: x[:1], conditions.split_batch(one)[1])
+    setups.append((r, restored.params, dit, cond, config))
+  times = [[] for _ in setups]
+  for k in range(rounds):
+    for i, (r, params, dit, cond, config) in enumerate(setups):
+      c = cost_lib.sampler_cost(dit.model, params, dit.diffusion, dit.sampler, cond,
+                                (1,) + registry.video_shape(config),
+                                float(config.sample.get("fps", 8.0)), repeats=3,
+                                pixel_frames=config.data.frames)
+      times[i].append(c["seconds_per_video_second"] * r["best_of"])
+    log(f"round {k + 1}/{rounds} timed")
+  for (r, *_), t in zip(setups, times):
+    r["seconds_per_video_second"] = float(np.median(t))
+    r["seconds_per_video_second_rounds"] = t
+    r["seconds_per_usable_second"] = (r["seconds_per_video_second"] / r["usable_fraction"]
+                                      if r["usable_fraction"] else None)
+  curve["retimed"] = dict(rounds=rounds, note="median of alternating rounds in one process")
+  with open(curve["path"], "w", encoding="utf-8") as f:
+    json.dump(curve, f, indent=1)
+  return curve
