@@ -29,15 +29,18 @@ from video_dit import conditions, sampling, video_io
 from video_dit import workdir as workdir_lib
 from video_dit.models import registry
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (EMA parameters).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder; default the config's.")
-_RUNLOCAL = flags.DEFINE_bool("runlocal", False, "The runlocal model with random weights.")
-_THRESHOLDS = flags.DEFINE_list("thresholds", ["0.05", "0.1", "0.2", "0.4"],
-                                "cache_threshold values to compare with 0 (off).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Euler steps; default the config's.")
-_BATCH = flags.DEFINE_integer("batch", 4, "Videos per sampler call.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds.")
+def define_flags():
+  """The command's flags, defined when run as a command only (other tools define
+  --workdir too, and tests import this module beside them)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (EMA parameters).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_string("data_dir", None, "Dataset folder; default the config's.")
+  flags.DEFINE_bool("runlocal", False, "The runlocal model with random weights.")
+  flags.DEFINE_list("thresholds", ["0.05", "0.1", "0.2", "0.4"],
+                    "cache_threshold values to compare with 0 (off).")
+  flags.DEFINE_integer("num_steps", None, "Euler steps; default the config's.")
+  flags.DEFINE_integer("batch", 4, "Videos per sampler call.")
+  flags.DEFINE_integer("repeats", 3, "Timed rounds.")
 
 
 def setup(workdir, step, data_dir, runlocal, batch):
@@ -99,17 +102,17 @@ def compare(config, model, params, cond, thresholds, num_steps=None, repeats=3) 
 
 def main(argv):
   del argv
-  if not _RUNLOCAL.value and not _WORKDIR.value:
+  f = flags.FLAGS
+  if not f.runlocal and not f.workdir:
     raise app.UsageError("give --workdir or --runlocal")
-  config, model, params, cond = setup(_WORKDIR.value, _STEP.value, _DATA_DIR.value,
-                                      _RUNLOCAL.value, _BATCH.value)
-  thresholds = [0.0] + [float(v) for v in _THRESHOLDS.value]
-  print(json.dumps(dict(device=jax.devices()[0].device_kind, batch=_BATCH.value,
-                        workdir=_WORKDIR.value or "runlocal (random weights)")))
-  for row in compare(config, model, params, cond, thresholds, _NUM_STEPS.value,
-                     _REPEATS.value):
+  config, model, params, cond = setup(f.workdir, f.step, f.data_dir, f.runlocal, f.batch)
+  thresholds = [0.0] + [float(v) for v in f.thresholds]
+  print(json.dumps(dict(device=jax.devices()[0].device_kind, batch=f.batch,
+                        workdir=f.workdir or "runlocal (random weights)")))
+  for row in compare(config, model, params, cond, thresholds, f.num_steps, f.repeats):
     print(json.dumps(row))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

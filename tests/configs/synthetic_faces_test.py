@@ -94,5 +94,5 @@ def test_platform_and_task_errors_name_the_fix():
   config = helpers.runlocal_config()
   with config.unlocked():
     config.task = "gan"
-  with pytest.raises(ValueError, match="task='gan' is not one of \\('dit', 'vae'\\)"):
+  with pytest.raises(ValueError, match="task='gan' is not one of \\('dit', 'vae', 'guidance_distill', 'shortcut'\\)"):
     tasks.for_config(config)

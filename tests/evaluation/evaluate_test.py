@@ -132,10 +132,14 @@ def test_evaluate_writes_every_metric(trained):
     assert z["generated"].shape == z["real"].shape == (10, 8, 32, 32, 3)
     assert z["generated"].dtype == np.uint8 and len(z["caption"]) == 10
   assert os.path.isfile(os.path.join(saved["media"], "001.gif"))
-  # Usable: identity over the real clips' 5th percentile and the prompted action.
+  # Usable: identity over the verifier's threshold (the 95th percentile of the real clips'
+  # similarity to another identity's reference) and the prompted action; the strict rule
+  # (the real clips' 5th percentile of matched similarity) beside it.
   u = saved["usable"]
   real_matched = np.asarray(ident["real"]["per_video_matched"])
-  assert u["threshold"] == pytest.approx(np.percentile(real_matched, 5))
+  real_wrong = np.asarray(ident["real"]["per_video_mismatched"])
+  assert u["threshold"] == pytest.approx(np.percentile(real_wrong, 95))
+  assert u["strict"]["threshold"] == pytest.approx(np.percentile(real_matched, 5))
   ok = (np.asarray(g["per_video_matched"]) >= u["threshold"]) & (predicted == action)
   assert u["per_video"] == ok.tolist() and u["fraction"] == pytest.approx(ok.mean())
   assert u["fraction_ci95"] == pytest.approx(usable.wilson_interval(ok.sum(), 10))
