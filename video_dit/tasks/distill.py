@@ -241,9 +241,9 @@ class ShortcutTask(_DistillTask):
                        "teacher it learns them with the steps).")
 
   def loss(self, params, batch, keys, frozen=None):
-    """The first ``bootstrap_frac`` of the examples of the batch learn a jump d = 2^j / M from two
-    of the student's own d/2 jumps (M = 1 / min_step; the smallest jump's halves are
-    d = 0 predictions); the rest learn d = 0 from the teacher."""
+    """The first ``bootstrap_frac`` of the batch learn a jump d = 2^j / M from two of
+    the student's own d/2 jumps (M = 1 / min_step; the smallest jump's halves are d = 0
+    predictions); the rest learn d = 0 from the teacher."""
     x0, cond = conditions.split_batch(batch)
     x0 = x0.astype(jnp.float32)
     b, m = x0.shape[0], 2 ** self.levels
