@@ -154,16 +154,23 @@ def test_batch_files_are_read_whole_first_and_long_prompts_warned(workdir, tmp_p
   assert "24 of its 40 tokens" in caplog.text
 
 
-def test_step_cache_with_the_video_dit_and_dual_guidance():
-  config = helpers.runlocal_config()  # text 4, face 2: three passes per guided call
+def _uncached(config, num_steps):
+  """(model, perturbed params, built, shape, cond, sampler, its video) of ``config``'s
+  runlocal model without the step cache."""
   model, params = helpers.init(config)
   p = helpers.perturb_zeros(params, keep=())
   built = registry.build_dit(config)
   shape = (2,) + built.shape
   cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
-  plain_sampler = dataclasses.replace(built.sampler, num_steps=6)
+  plain_sampler = dataclasses.replace(built.sampler, num_steps=num_steps)
   plain = np.asarray(sampling.make_sampler(model, built.diffusion, plain_sampler, shape)(
       p, cond, jax.random.key(0)))
+  return model, p, built, shape, cond, plain_sampler, plain
+
+
+def test_step_cache_with_the_video_dit_and_dual_guidance():
+  config = helpers.runlocal_config()  # text 4, face 2: three passes per guided call
+  model, p, built, shape, cond, plain_sampler, plain = _uncached(config, 6)
 
   def cached(threshold):
     sampler = dataclasses.replace(plain_sampler, cache_threshold=threshold)
@@ -185,14 +192,7 @@ def test_step_cache_with_reference_tokens():
   # one uses the keys/values make_sampler computed once.
   config = helpers.runlocal_config(**{"identity.mode": "separate+reference",
                                       "identity.gate": "none"})
-  model, params = helpers.init(config)
-  p = helpers.perturb_zeros(params, keep=())
-  built = registry.build_dit(config)
-  shape = (2,) + built.shape
-  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
-  plain_sampler = dataclasses.replace(built.sampler, num_steps=4)
-  plain = np.asarray(sampling.make_sampler(model, built.diffusion, plain_sampler, shape)(
-      p, cond, jax.random.key(0)))
+  model, p, built, shape, cond, plain_sampler, plain = _uncached(config, 4)
   for threshold, calls in ((1e-9, 4), (1e9, 2)):
     video, stats = sampling.make_sampler(
         model, built.diffusion, dataclasses.replace(plain_sampler, cache_threshold=threshold),
