@@ -9,6 +9,8 @@ evaluated are read back), writes W/eval/cost_curve_<examples>.json of the teache
 prints the table and redraws the teacher's report.html with the curve.
 """
 
+import json
+
 from absl import flags
 
 from video_dit import cli, report
@@ -61,7 +63,6 @@ def main(argv):
           f"action {r['action_accuracy']}  FVD {r['fvd']}  usable {r['usable_fraction']}  "
           f"s/usable s {r['seconds_per_usable_second']}  x cheaper {r.get('cheaper')}")
   if base is not None:
-    import json  # pylint: disable=g-import-not-at-top
     with open(base["result"], encoding="utf-8") as f:
       results = json.load(f)
     path = report.write_report(_TEACHER.value, results, curve=curve,

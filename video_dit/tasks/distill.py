@@ -31,7 +31,7 @@ import numpy as np
 
 from video_dit import conditions, sharding
 from video_dit import workdir as workdir_lib
-from video_dit.diffusion import guidance, schedules
+from video_dit.diffusion import DiffusionConfig, guidance, schedules
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 from video_dit.tasks.dit import DiTTask
@@ -72,7 +72,7 @@ class _DistillTask(DiTTask):
                        "--config.distill.teacher=<its workdir>.")
     teacher = workdir_lib.load(d.teacher, d.get("teacher_step") or None, ema=True)
     self.teacher_config, self.teacher_step = teacher.config, teacher.step
-    self.teacher_model, self.teacher_cfg = registry.build(teacher.config)
+    self.teacher_model, self.teacher_cfg = teacher.model, teacher.model.cfg  # built by load
     self._teacher_params = teacher.params
     self._check_teacher(d.teacher)
 
@@ -90,7 +90,7 @@ class _DistillTask(DiTTask):
     if tuple(t_shape) != tuple(self.shape):
       raise ValueError(f"the teacher in {path} sees clips of {tuple(t_shape)}, this config "
                        f"{tuple(self.shape)}; use the teacher's data/latent shape.")
-    t_diff = registry.build_dit(self.teacher_config).diffusion.config
+    t_diff = DiffusionConfig.from_config(self.teacher_config.diffusion)
     if t_diff != self.diffusion.config:
       raise ValueError(f"the teacher in {path} was trained with another diffusion config "
                        f"({t_diff}); use its config.diffusion.")
