@@ -97,7 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
                  weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, grad_accum=1)
   c.ema = dict(decay=0.9999, warmup=True)
   # Condition dropout for guidance; 'stop' or 'skip' the update on a non-finite loss.
-  c.train = dict(log_every=50, text_drop=0.1, id_drop=0.1, both_drop=0.1, nonfinite="stop")
+  c.train = dict(log_every=50, text_drop=0.1, id_drop=0.1, both_drop=0.1, nonfinite="stop",
+                 # Frame conditioning (image-to-video, extension): the share of examples
+                 # with given frames and their highest noise level (diffusion/context.py).
+                 context_rate=0.0, context_noise=0.1)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.ckpt = dict(every_steps=1000, keep=3, init_from="",
                 on_corrupt="stop")  # or "previous": resume from the last step that verifies

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from video_dit import checkpoint, conditions, train, video_io
+from video_dit import checkpoint, conditions, sharding, train, video_io
 from video_dit.data import builders, pipeline, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +105,44 @@ def test_incompatible_checkpoint_names_the_first_mismatch(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"at ema_params/params/block_0/mlp/fc1/bias the "
                                        r"checkpoint has \(256,\) and the model expects \(128,\)"):
     train.train_and_evaluate(wider, str(tmp_path), ONE)
+
+
+def test_init_from_a_model_this_one_extends_grafts_its_parameters(data_dir, tmp_path):
+  plain = str(tmp_path / "plain")
+  train.train_and_evaluate(_config(data_dir, total_steps=3), plain, ONE)
+  extended = _config(data_dir, **{"train.context_rate": 0.5, "ckpt.init_from": plain})
+  task = train.validate(extended)
+  mesh = sharding.make_mesh(extended.mesh, ONE)
+  state, _ = train.init_train_state(extended, task, train.optimizer(extended), mesh)
+  state = train.restore(extended, checkpoint.Checkpointer(str(tmp_path / "framed"), 1), state,
+                        None, task)
+  saved = checkpoint.load_host(os.path.join(plain, "checkpoints"))[1]
+  new = state.params["params"].pop("context_embed")
+  np.testing.assert_array_equal(jax.device_get(new), 0.0)  # joins as a no-op
+  assert checkpoint.digest(jax.device_get(state.params), ordered=True) == checkpoint.digest(
+      saved["params"], ordered=True)
+  wider = _config(data_dir, total_steps=1, **{"model.mlp_ratio": 2.0, "ckpt.init_from": plain})
+  with pytest.raises(ValueError, match="fc1/bias of shape"):
+    train.train_and_evaluate(wider, str(tmp_path / "wider"), ONE)
+
+
+def test_frame_conditioned_training_learns_the_frames_after_given_ones(data_dir, tmp_path):
+  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3, "train.context_rate": 1.0})
+  task = train.validate(config)
+  batch = next(pipeline.make_iterator(config, "test", train=False))
+  x0, cond = conditions.split_batch(batch)
+  given = dict(context=x0, context_mask=np.broadcast_to(np.arange(8) < 4, (8, 8)))
+
+  @jax.jit
+  def eval_loss(params):
+    fn = lambda x, t, c: task.model.apply(params, x, t, **c)
+    return jnp.mean(jnp.stack([task.diffusion.loss(fn, x0, dict(cond, **given),
+                                                   jax.random.key(i))[0] for i in range(8)]))
+
+  _, params0 = helpers.init(config)
+  state = train.train_and_evaluate(config, str(tmp_path), ONE)
+  before, after = float(eval_loss(params0)), float(eval_loss(jax.device_get(state.params)))
+  assert after < 0.9 * before, (before, after)
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_skips(data_dir, tmp_path):

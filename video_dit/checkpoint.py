@@ -116,15 +116,45 @@ def _paths_and_shapes(tree) -> dict[str, tuple]:
   return {path_str(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
 
+class Incompatible(ValueError):
+  """A checkpoint whose tree does not fit the model's."""
+
+
 def check_compatible(saved_tree, target_tree, what: str) -> None:
-  """Raises naming the first path whose presence or shape differs."""
+  """Raises ``Incompatible`` naming the first path whose presence or shape differs."""
   saved, target = _paths_and_shapes(saved_tree), _paths_and_shapes(target_tree)
   for path in sorted(set(saved) | set(target)):
     if saved.get(path) != target.get(path):
-      raise ValueError(
+      raise Incompatible(
           f"{what} does not fit this model: at {path} the checkpoint has "
           f"{saved.get(path, 'nothing')} and the model expects {target.get(path, 'nothing')}; "
           "use a workdir (or ckpt.init_from) made with the same model config.")
+
+
+def graft(params, source, what: str) -> tuple[Any, list[str]]:
+  """``params`` with each leaf that ``source`` (a tree of host arrays) has at the same
+  path taken from it, placed like ``params``' leaf; the leaves only ``params`` has (a
+  new input, zero-initialised: a no-op) keep their values. -> (params, their paths).
+  Raises naming the first ``source`` leaf with no place or another shape."""
+  have = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  used, new = set(), []
+
+  def take(path, leaf):
+    key = path_str(path)
+    if key not in have:
+      new.append(key)
+      return leaf
+    if tuple(np.shape(have[key])) != tuple(leaf.shape):
+      raise Incompatible(f"{what} has {key} of shape {np.shape(have[key])}, this model "
+                         f"{tuple(leaf.shape)}: the architectures differ.")
+    used.add(key)
+    return jax.device_put(np.asarray(have[key], leaf.dtype), leaf.sharding)
+
+  params = jax.tree_util.tree_map_with_path(take, params)
+  if used != set(have):
+    raise Incompatible(f"{what} has parameters with no place in this model "
+                       f"({sorted(set(have) - used)[:4]}): the architectures differ.")
+  return params, new
 
 
 class CorruptCheckpoint(ValueError):

@@ -9,6 +9,8 @@ VideoDiT's call arguments.
   face         (B, S, S, 3)    reference face crop in [-1, 1]
   face_embed   (B, E)          an external face embedding (identity.embed_dim)
   drop_text / drop_id  (B,) bool   set by training (condition dropout) and guidance
+  context / context_mask / context_t   given frames (frame conditioning,
+                                       ``video_dit/diffusion/context.py``)
 
 Caption -> text fields live here for everyone: ``caption_fields(config)`` maps one
 caption for the pipeline (hashed ids, or the dataset's stored MiniLM embeddings), and
@@ -28,7 +30,8 @@ from video_dit.models.text import HashTokenizer
 TEXT_FIELDS = ("text_ids", "text_emb", "text_mask", "text_pooled")
 FACE_FIELDS = ("face", "face_embed")
 DROP_FIELDS = ("drop_text", "drop_id")
-COND_FIELDS = TEXT_FIELDS + FACE_FIELDS + DROP_FIELDS
+CONTEXT_FIELDS = ("context", "context_mask", "context_t")
+COND_FIELDS = TEXT_FIELDS + FACE_FIELDS + DROP_FIELDS + CONTEXT_FIELDS
 
 
 def split_batch(batch: dict) -> tuple[object, dict]:

@@ -240,14 +240,30 @@ def restore(config, ckpt: checkpoint.Checkpointer, state: TrainState, data_iter,
     if init_step is None:
       raise FileNotFoundError(f"ckpt.init_from={config.ckpt.init_from} has no checkpoints")
     directory = workdir_lib.checkpoint_dir(config.ckpt.init_from)
-    loaded, _ = checkpoint.restore(directory, init_step, state)
-    state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
-    print(f"initialised from {directory} step {init_step}", flush=True)
+    try:
+      loaded, _ = checkpoint.restore(directory, init_step, state)
+      state = state.replace(params=loaded.params, ema_params=loaded.ema_params)
+      print(f"initialised from {directory} step {init_step}", flush=True)
+    except checkpoint.Incompatible:  # this model adds inputs (e.g. frame conditioning)
+      state = _graft(state, directory, init_step)
   elif task is not None:
     params = task.warm_start(state.params)
     if params is not state.params:  # the EMA starts as a copy (a step donates both)
       state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
   return state
+
+
+def _graft(state: TrainState, directory: str, step: int) -> TrainState:
+  """``ckpt.init_from`` a model this one extends: its parameters and EMA where they fit,
+  the new ones as initialised (zero-initialised inputs join as a no-op)."""
+  _, saved = checkpoint.load_host(directory, step)
+  what = f"ckpt.init_from {directory} step {step}"
+  params, new = checkpoint.graft(state.params, saved["params"], what)
+  ema, _ = checkpoint.graft(jax.tree.map(jnp.copy, state.ema_params), saved["ema_params"],
+                            what)  # its own buffers: a step donates both
+  print(f"initialised from {directory} step {step}; {len(new)} new "
+        f"parameters keep their initial values: {', '.join(new[:6])}", flush=True)
+  return state.replace(params=params, ema_params=ema)
 
 
 def train_and_evaluate(config, workdir: str, devices=None) -> TrainState:

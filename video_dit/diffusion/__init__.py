@@ -55,16 +55,32 @@ class Diffusion:
     ``model_fn`` also takes the model's cache modes, ``model_fn(x, t, cond, cache=...,
     residual=...)`` (``VideoDiT``). ``return_stats``: (video, {'full_calls': the guided
     model calls that ran in full, for the whole batch}).
+
+    Frame conditioning: with ``cond['context_mask']`` the frames it marks are given,
+    ``cond['context']`` (clean; with ``cond['context_t']`` the model sees them noised
+    to that level, flow only) and come out unchanged.
     """
     cfg = self.config
     sampler.check(cfg.objective)
     k_noise, k_steps = jax.random.split(key)
     x = jax.random.normal(k_noise, shape, jnp.float32) if noise is None else noise
     x = constrain(x.astype(jnp.float32), ("act_batch",) + (None,) * (len(shape) - 1))
+    given = None
+    if isinstance(cond, dict) and cond.get("context_mask") is not None:
+      given = cond["context_mask"].reshape(shape[:2] + (1,) * (len(shape) - 2))
+      clean = cond["context"].astype(jnp.float32)
+      if cond.get("context_t") is not None:
+        if cfg.objective != "flow":
+          raise ValueError("noised context frames (context_t) need a flow model; pass "
+                           "clean ones.")
+        eps = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
+        cond = dict(cond, context=schedules.flow_interpolate(clean, eps, cond["context_t"]))
     if sampler.cache_threshold > 0:
       x, full = self._sample_cached(model_fn, x, cond, sampler)
     else:
       x, full = self._sample(model_fn, x, cond, k_steps, sampler), sampler.model_calls
+    if given is not None:  # the given frames, exactly
+      x = jnp.where(given, clean, x)
     return (x, {"full_calls": jnp.asarray(full, jnp.int32)}) if return_stats else x
 
   def _sample_cached(self, model_fn, x, cond, sampler: SamplerConfig):

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from video_dit.diffusion import context as context_lib
 from video_dit.diffusion import schedules
 
 OBJECTIVES = {"flow": ("velocity", "x0"), "ddpm": ("eps", "x0", "v")}
@@ -79,7 +80,10 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
                    key) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared error to the objective's target at random times.
 
-  ``key`` is one key, or one key per example (B,) for micro-batching.
+  ``key`` is one key, or one key per example (B,) for micro-batching. With frame
+  conditioning ``cond`` holds ``context`` / ``context_mask`` / ``context_t``
+  (``diffusion/context.py``): the given frames enter x_t noised to their own level
+  ``context_t`` (flow only), and the error counts the other frames alone.
 
   Returns (scalar loss, aux) where aux has the per-example model time ``t`` and
   unweighted ``per_example`` errors.
@@ -100,6 +104,8 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
     x_t = schedules.flow_interpolate(x0, eps, t)
     target = eps - x0 if cfg.prediction == "velocity" else x0
     model_t, abar, snr = t, None, schedules.snr("flow", t)
+    if isinstance(cond, dict) and cond.get("context_mask") is not None:
+      x_t, cond = _with_context(x_t, eps, cond)
   else:
     table = jnp.asarray(schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps),
                         jnp.float32)
@@ -114,12 +120,30 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
     pred, var_out = jnp.split(pred, 2, axis=-1)
     aux["vlb"] = cfg.vlb_weight * _vlb(cfg, i, x0, x_t, abar, pred, var_out)
   dims = tuple(range(1, x0.ndim))
-  per_example = jnp.mean(jnp.square(pred - target), axis=dims)
+  if isinstance(cond, dict) and cond.get("context_mask") is not None:  # generated frames
+    keep = context_lib.frame_weights(cond["context_mask"], x0.shape)
+    per_example = (jnp.sum(jnp.square(pred - target) * keep, axis=dims)
+                   / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
+  else:
+    per_example = jnp.mean(jnp.square(pred - target), axis=dims)
   weight = jnp.ones_like(per_example)
   if cfg.weighting == "min_snr":
     weight = jnp.minimum(snr, cfg.min_snr_gamma) / x0_error_scale2(cfg, model_t, abar)
   loss = jnp.mean(weight * per_example) + (jnp.mean(aux["vlb"]) if aux else 0.0)
   return loss, dict(aux, t=model_t, per_example=per_example)
+
+
+def _with_context(x_t, eps, cond):
+  """x_t with the given frames at their level ``context_t``; cond's ``context`` as the
+  model sees it."""
+  context = cond.get("context")
+  if context is None:
+    raise ValueError("cond has context_mask but no context (the given frames' values).")
+  context = context.astype(jnp.float32)
+  if cond.get("context_t") is not None:
+    context = schedules.flow_interpolate(context, eps, cond["context_t"])
+  mask = cond["context_mask"].reshape(cond["context_mask"].shape + (1,) * (x_t.ndim - 2))
+  return jnp.where(mask, context, x_t), dict(cond, context=context)
 
 
 def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out):

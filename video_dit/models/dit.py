@@ -5,6 +5,8 @@
     text ids  --text encoder--> (B, Lt, D) + mask;  null tokens where text is dropped
     face      --identity encoder--> (B, K, D);      null tokens where identity is dropped
     reference face --patchify (as a clean frame at t = -1)--> Lr tokens   (optional)
+    context frames (frame conditioning): given frames replace x's, their tokens get a
+      learned flag and their own adaLN (c at their noise level, usually t = 0)
     N x DiTBlock:  x += gate_msa * SelfAttn(adaLN(x), 3D RoPE)      full spacetime, or
                                   within / across frames in alternating blocks
                                   (model.attention_layout='factorised')
@@ -79,6 +81,7 @@ class ModelConfig:
   # Distilled inputs (``tasks/distill.py``), each a no-op at its neutral value:
   guidance_embed: bool = False     # (text_scale, id_scale): one-pass guidance; (1, 1) neutral
   step_embed: bool = False         # shortcut step size d (0 = the instantaneous velocity)
+  frame_conditioning: bool = False  # given context frames: image-to-video, extension
 
 
 class DiTBlock(nn.Module):
@@ -92,7 +95,8 @@ class DiTBlock(nn.Module):
   def __call__(self, x_bld, c_bd, angles, text_btd, text_mask_bt, id_bkd, ref=None,
                modulated_only=False):
     """-> (x_bld, the reference stream or None); ``modulated_only``: (the attention's
-    adaLN-modulated input, None), the step cache's indicator."""
+    adaLN-modulated input, None), the step cache's indicator. ``c_bd`` as
+    ``_modulation`` takes it (with context frames, a tuple)."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     attn_kw = dict(num_heads=cfg.num_heads, dtype=dt, impl=cfg.attention)
     # adaLN-Zero: zero-init so every gate starts closed and the block is the identity.
@@ -111,25 +115,25 @@ class DiTBlock(nn.Module):
         # Reference tokens: clean (their own adaLN at t=0), attending only to themselves;
         # the last block needs only their keys and values.
         r = ref["tokens"]
-        sr, cr, gr, sm, cm, gm = jnp.split(adaln(nn.silu(ref["c"])), 6, -1)
+        sr, cr, gr, sm, cm, gm = _modulation(adaln, ref["c"], 6)
         h_r = modulate(norm1(r), sr, cr)
         if ref.get("last"):
           ref_kv = attn(h_r, ref["angles"], kv_only=True)
         else:
           o, ref_kv = attn(h_r, ref["angles"], return_kv=True)
-          r = r + gr[:, None] * o
-          ref_out = r + gm[:, None] * mlp(modulate(norm2(r), sm, cm))
+          r = r + gr * o
+          ref_out = r + gm * mlp(modulate(norm2(r), sm, cm))
         self.sow("intermediates", "ref_kv", ref_kv)
 
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
-        adaln(nn.silu(c_bd)), 6, -1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(
+        adaln, c_bd, 6)
     h = modulate(norm1(x_bld), shift_msa, scale_msa)
     if modulated_only:
       return h, None
     if ref_mask is not None:  # (B,) -> every reference key of that example
       ref_mask = jnp.broadcast_to(ref_mask[:, None], ref_kv[0].shape[:2])
     groups = None if self.layout == "full" else (self.layout, self.grid)
-    x_bld = x_bld + gate_msa[:, None] * attn(h, angles, extra_kv=ref_kv, extra_mask_bk=ref_mask,
+    x_bld = x_bld + gate_msa * attn(h, angles, extra_kv=ref_kv, extra_mask_bk=ref_mask,
                                              groups=groups)
     x_bld = constrain(x_bld, _ACT)
 
@@ -151,7 +155,7 @@ class DiTBlock(nn.Module):
       x_bld = x_bld + out
 
     h = modulate(norm2(x_bld), shift_mlp, scale_mlp)
-    x_bld = x_bld + gate_mlp[:, None] * mlp(h)
+    x_bld = x_bld + gate_mlp * mlp(h)
     return constrain(x_bld, _ACT), ref_out
 
 
@@ -172,11 +176,22 @@ class FinalLayer(nn.Module):
   def __call__(self, x_bld, c_bd):
     dt = jnp.dtype(self.cfg.dtype)
     # Zero-init: a fresh model predicts exactly zero.
-    shift, scale = jnp.split(
-        dense(2 * self.cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln")(nn.silu(c_bd)),
-        2, -1)
+    shift, scale = _modulation(
+        dense(2 * self.cfg.width, ("embed", "mlp"), dt, init=zeros, name="adaln"), c_bd, 2)
     h = modulate(layer_norm(dt, affine=False, name="norm")(x_bld), shift, scale)
     return dense(self.out_dim, ("embed", "patch"), dt, init=zeros, name="linear")(h)
+
+
+def _modulation(adaln, c, n: int):
+  """adaLN's n (B, 1, D) modulations of c (B, D); with context frames c is
+  (c (B, D), the context tokens' c (B, D), their mask (B, L)) and each is (B, L, D)."""
+  if isinstance(c, tuple):
+    c_bd, c_ctx_bd, mask_bl = c
+    out = jnp.where(mask_bl[..., None], adaln(nn.silu(c_ctx_bd))[:, None],
+                    adaln(nn.silu(c_bd))[:, None])
+  else:
+    out = adaln(nn.silu(c))[:, None]
+  return jnp.split(out, n, -1)
 
 
 def _masked_mean(x_bld, mask_bl):
@@ -197,7 +212,7 @@ class VideoDiT(nn.Module):
   def _forward(self, x, t, text_ids=None, face=None, face_embed=None, drop_text=None,
                drop_id=None, text_emb=None, text_mask=None, text_pooled=None, ref_kv=None,
                guidance_scale=None, step_size=None, cache=None, residual=None,
-               encoded=None):
+               encoded=None, context=None, context_mask=None, context_t=None):
     """The conditions are named as the input pipeline's batch fields
     (``video_dit.conditions``). Args:
       x: (B, T, H, W, C) noisy video (or latents).
@@ -227,6 +242,11 @@ class VideoDiT(nn.Module):
         'encode': the step-invariant conditions, a dict of text tokens, their mask,
           identity tokens and their share of c, for ``encoded`` (once per sample).
       encoded: 'encode''s dict: 'fill' and 'skip' use it instead of the encoders.
+      context / context_mask / context_t: frame conditioning (``model.frame_conditioning``,
+        ``diffusion.context``): (B, T, H, W, C) given frames, (B, T) bool which frames
+        are given (whole tubelets: a token is context when all its frames are), (B,)
+        their noise level (None = 0, clean). The given frames replace x's; their tokens
+        carry a learned flag and are modulated with c at ``context_t``.
     Returns:
       (B, T, H, W, C_out) float32, C_out = C (x2 with learned sigma).
     """
@@ -241,19 +261,38 @@ class VideoDiT(nn.Module):
     b = x_bthwc.shape[0]
     grid = grid_shape(x_bthwc.shape[1:4], cfg.patch)
     positions = grid_positions(grid)  # (L, 3) in token order
+    ctx_mask_bl = None
+    if context_mask is not None:
+      if not cfg.frame_conditioning:
+        raise ValueError("this model was trained without frame conditioning, so it cannot "
+                         "take given frames (first frame, extension); train one with "
+                         "train.context_rate > 0 (e.g. config arg frame_cond=0.5).")
+      x_bthwc = jnp.where(context_mask[:, :, None, None, None],
+                          context.astype(x_bthwc.dtype), x_bthwc)
+      ctx_mask_bl = jnp.repeat(context_mask.reshape(b, grid[0], cfg.patch[0]).all(-1),
+                               grid[1] * grid[2], axis=1)  # (B, L), tokens time-major
 
     patch_embed = dense(cfg.width, ("patch", "embed"), dt, name="patch_embed")
     x = patch_embed(patchify(x_bthwc, cfg.patch).astype(dt))  # (B, L, D)
+    if cfg.frame_conditioning:  # zero-init: joins a trained model as a no-op
+      flag = self.param("context_embed", logical(zeros, "embed"), (cfg.width,)).astype(dt)
+      if ctx_mask_bl is not None:
+        x = x + ctx_mask_bl[..., None].astype(dt) * flag
     if cfg.sincos:
       x = x + sincos_nd(positions, cfg.width).astype(dt)
     x = constrain(x, _ACT)
     angles = rope_angles(positions, cfg.rope_split, cfg.rope_theta) if cfg.rope else None
 
     t_embed = layers.TimestepEmbedder(cfg.width, dtype=dt, name="t_embed")
-    c = t_embed(t_b)  # (B, D)
+    c = c_t = t_embed(t_b)  # (B, D)
+    with_context = lambda c: c  # context tokens: c with t_embed(context_t) for t's
+    if ctx_mask_bl is not None:
+      t_ctx = jnp.zeros_like(t_b) if context_t is None else context_t.astype(t_b.dtype)
+      c_ctx_t = t_embed(t_ctx)
+      with_context = lambda c: (c, c + (c_ctx_t - c_t), ctx_mask_bl)
     if cache == "indicator":
       return DiTBlock(cfg, True, block_layout(cfg, 0), grid, name="block_0")(
-          x, c, None, None, None, None, modulated_only=True)[0]
+          x, with_context(c), None, None, None, None, modulated_only=True)[0]
     if cache == "encode":  # the conditions' share of c alone
       c = jnp.zeros_like(c)
     if cfg.guidance_embed and guidance_scale is not None and cache != "encode":
@@ -286,6 +325,7 @@ class VideoDiT(nn.Module):
       ident, c = self._identity(b, face, face_embed, drop_id, c)
     if cache == "encode":
       return dict(text=text, text_mask=text_mask_bt, ident=ident, c=c)
+    c = with_context(c)
 
     block = DiTBlock
     step = _ScanStep

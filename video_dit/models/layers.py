@@ -176,9 +176,12 @@ def layer_norm(dtype, affine=True, axis_name="embed", name=None):
                       bias_init=logical(zeros, axis_name), name=name)
 
 
-def modulate(x_bld, shift_bd, scale_bd):
+def modulate(x_bld, shift, scale):
+  """adaLN: shift and scale (B, D), or per token (B, 1 or L, D)."""
+  if shift.ndim == 2:
+    shift, scale = shift[:, None], scale[:, None]
   with jax.named_scope("modulate"):
-    return x_bld * (1 + scale_bd[:, None]) + shift_bd[:, None]
+    return x_bld * (1 + scale) + shift
 
 
 class Mlp(nn.Module):

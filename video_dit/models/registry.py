@@ -221,6 +221,7 @@ def model_config(config) -> ModelConfig:
   if idc.num_tokens < 1:
     raise ValueError(f"identity.num_tokens={idc.num_tokens} must be >= 1.")
 
+  frame_conditioning = check_frame_conditioning(config, patch)
   text = TextEncoderConfig(vocab_size=tx.vocab_size, max_len=tx.max_len, width=tx.width,
                            depth=tx.depth, num_heads=tx.num_heads)
   ident = IdentityEncoderConfig(
@@ -242,7 +243,29 @@ def model_config(config) -> ModelConfig:
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln,
       guidance_embed=bool(m.get("guidance_embed", False)),
-      step_embed=bool(m.get("step_embed", False)))
+      step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning)
+
+
+def check_frame_conditioning(config, patch) -> bool:
+  """Validates ``train.context_rate`` / ``train.context_noise`` (``diffusion/context.py``);
+  -> whether the model takes given frames."""
+  rate = float(config.train.get("context_rate", 0.0))  # older configs lack it
+  noise = float(config.train.get("context_noise", 0.0))
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"train.context_rate={rate} must be in [0, 1] (the share of training "
+                     "examples with given frames; 0 = no frame conditioning).")
+  if not 0.0 <= noise < 1.0:
+    raise ValueError(f"train.context_noise={noise} must be in [0, 1): the highest noise "
+                     "level of a given frame in training (0 = always clean).")
+  if rate > 0:
+    if video_shape(config)[0] // patch[0] < 2:
+      raise ValueError(f"train.context_rate={rate} needs at least two token frames to give "
+                       f"one and generate another; the clip has {video_shape(config)[0]} "
+                       f"frames and model.patch[0]={patch[0]}.")
+    if noise > 0 and config.diffusion.objective != "flow":
+      raise ValueError(f"train.context_noise={noise} noises given frames on a flow's path; "
+                       "with diffusion.objective='ddpm' set it to 0.")
+  return rate > 0
 
 
 def build(config) -> tuple[VideoDiT, ModelConfig]:

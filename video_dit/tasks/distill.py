@@ -27,9 +27,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from video_dit import conditions, sharding
+from video_dit import checkpoint, conditions, sharding
 from video_dit import workdir as workdir_lib
 from video_dit.diffusion import DiffusionConfig, guidance, schedules
 from video_dit.models import flops as flops_lib
@@ -112,24 +111,8 @@ class _DistillTask(DiTTask):
   def warm_start(self, params):
     """The student's parameters: the teacher's, plus the new inputs' (kept as
     initialised, i.e. a no-op)."""
-    teacher = {jax.tree_util.keystr(p): v for p, v in
-               jax.tree_util.tree_leaves_with_path(self._teacher_params)}
-    used = set()
-
-    def take(path, leaf):
-      key = jax.tree_util.keystr(path)
-      if key not in teacher:
-        return leaf
-      if tuple(np.shape(teacher[key])) != tuple(leaf.shape):
-        raise ValueError(f"teacher parameter {key} has shape {np.shape(teacher[key])}, the "
-                         f"student's {leaf.shape}")
-      used.add(key)
-      return jax.device_put(np.asarray(teacher[key], leaf.dtype), leaf.sharding)
-
-    params = jax.tree_util.tree_map_with_path(take, params)
-    if used != set(teacher):
-      raise ValueError(f"teacher parameters {sorted(set(teacher) - used)[:4]} have no place "
-                       "in the student: the architectures differ.")
+    params, _ = checkpoint.graft(params, self._teacher_params,
+                                 f"the teacher {self.config.distill.teacher}")
     print(f"student initialised from the teacher {self.config.distill.teacher} "
           f"step {self.teacher_step}", flush=True)
     return params

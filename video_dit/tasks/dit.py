@@ -9,6 +9,7 @@ import jax.experimental.multihost_utils
 
 from video_dit import conditions, sampling, sharding, video_io, workdir
 from video_dit.data import pipeline
+from video_dit.diffusion import context as context_lib
 from video_dit.models import flops as flops_lib
 from video_dit.models import registry
 from video_dit.tasks.base import Task
@@ -57,10 +58,16 @@ class DiTTask(Task):
     return self._codec
 
   def prepare(self, batch, key):
+    rate = self.config.train.get("context_rate", 0.0)
+    if rate:
+      key, k_context = jax.random.split(key)
     drop_text, drop_id = condition_dropout(key, batch["video"].shape[0], self.config)
     batch = dict(batch, drop_text=drop_text, drop_id=drop_id)
     if self._encode_in_step():  # the linear codec is a matmul: encode inside the step
       batch["video"] = self.codec.encode(batch["video"])
+    if rate:  # frame conditioning: some examples get some of their frames given
+      batch.update(context_lib.draw(k_context, batch["video"], self.cfg.patch[0], rate,
+                                    self.config.train.context_noise))
     return batch
 
   def _encode_in_step(self) -> bool:
