@@ -11,7 +11,11 @@ Presets:
   :quickstart      the same model and recipe, 3000 steps (~11.5 min of training)
                    (``python -m experiments.quickstart``).
   :runlocal        tests and laptops (DiT-mu, 8x32x32 clips, 64 tokens, seconds).
-``steps=N`` overrides a preset's number of training steps.
+``steps=N`` overrides a preset's number of training steps. ``frame_cond=R`` gives a share R
+of the training examples some of their frames (``train.context_rate``): the model then
+also does image-to-video, extension and long videos (``video_dit/diffusion/context.py``),
+e.g. ``quickstart,frame_cond=0.5``; ``--config.ckpt.init_from=runs/quickstart`` starts it
+from a trained text-to-video model.
 ``distill=guidance|shortcut,teacher=W`` makes the config a cheaper student of the trained
 DiT in workdir W (same model arguments as W's): one-pass guidance, or few-step
 (``configs/common.py:distill``), e.g.
@@ -25,7 +29,7 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="S", frames=16, res=64, patch="2x4x4", runlocal=False,
                          identity_bench=False, quickstart=False, steps=0, codec="pixels",
-                         channels=24, whiten=True, distill="", teacher="")
+                         channels=24, whiten=True, distill="", teacher="", frame_cond=0.0)
   if arg.identity_bench + arg.quickstart + arg.runlocal > 1:
     raise ValueError("choose one of the presets identity_bench, quickstart, runlocal")
   config = common.base_config()
@@ -42,6 +46,8 @@ def get_config(arg=None):
     pca_latents(config, arg.channels, arg.whiten)
   elif arg.codec != "pixels":
     raise ValueError(f"codec={arg.codec} is unknown; use pixels or pca")
+  if arg.frame_cond:  # frame conditioning: image-to-video, extension, long videos
+    config.train.context_rate = arg.frame_cond
   if arg.distill:
     common.distill(config, arg.distill, arg.teacher)
     if arg.runlocal:

@@ -7,7 +7,16 @@ r"""Samples videos of a reference face doing what a prompt says, from a training
       [--consent="I am the person in this photo and agree to this video"]
   python -m experiments.sample --workdir=W --batch_file=requests.jsonl --out=samples/
 
-``--batch_file`` is JSON lines of {"face": ..., "prompt": ..., "seed": ..., "name": ...}.
+A frame-conditioned model (trained with ``frame_cond=R``) also takes given frames:
+  --first_frame=IMG        image-to-video: the clip starts from this still (any image;
+                           --face is then optional and adds the identity reference)
+  --extend=VIDEO           continues a video (kept at the start of the output)
+  --num_frames=N           beyond the training length: sliding windows, each given the last
+                           --overlap frames made (default half a clip); the face
+                           conditions every window
+
+``--batch_file`` is JSON lines of {"face": ..., "prompt": ..., "seed": ..., "name": ...}
+(and optionally "first_frame" or "extend").
 Writes per sample .mp4, .gif, .png (reference face + frames) and provenance .json.
 """
 
@@ -32,7 +41,14 @@ _CACHE = flags.DEFINE_float("cache_threshold", None,
 _FAST = flags.DEFINE_bool("fast", False, "The checkpoint's cheapest good sampler: a shortcut "
                           "model's 4 steps, a guidance-distilled model's 4 one-pass steps, "
                           "else 4 Euler steps (explicit sampler flags still apply).")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 0, "Frames; default the config's.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 0, "Frames; default the config's. Beyond "
+                                   "it a frame-conditioned model samples sliding windows.")
+_FIRST_FRAME = flags.DEFINE_string("first_frame", None, "Image-to-video: the first frame "
+                                   "(a frame-conditioned model).")
+_EXTEND = flags.DEFINE_string("extend", None, "A video to continue (a frame-conditioned "
+                              "model).")
+_OVERLAP = flags.DEFINE_integer("overlap", 0, "Frames each sliding window is given of the "
+                                "one before (0 = half a clip).")
 _BATCH_FILE = flags.DEFINE_string("batch_file", None, "JSON lines of face/prompt/seed.")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
 _FACE_IS_CROP = flags.DEFINE_bool("face_is_crop", False,
@@ -48,8 +64,9 @@ def main(argv):
   if _BATCH_FILE.value:
     requests = sampling.read_requests(_BATCH_FILE.value)
   else:
-    if not _FACE.value or _PROMPT.value is None:
-      raise app.UsageError("give --face and --prompt, or --batch_file")
+    if not (_FACE.value or _FIRST_FRAME.value or _EXTEND.value) or _PROMPT.value is None:
+      raise app.UsageError("give --face (or --first_frame / --extend) and --prompt, or "
+                           "--batch_file")
     requests = [dict(face=_FACE.value, prompt=_PROMPT.value, seed=_SEED.value)]
   written = sampling.generate(
       _WORKDIR.value, requests, _OUT.value, step=_STEP.value,
@@ -57,7 +74,8 @@ def main(argv):
                    text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
                    cache_threshold=_CACHE.value),
       num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
-      overwrite=_OVERWRITE.value, consent=_CONSENT.value, fast=_FAST.value)
+      overwrite=_OVERWRITE.value, consent=_CONSENT.value, fast=_FAST.value,
+      first_frame=_FIRST_FRAME.value, extend=_EXTEND.value, overlap=_OVERLAP.value)
   for w in written:
     print(f"{w['prompt']!r} seed {w['seed']} (step {w['step']}): " + " ".join(w["files"]))
 

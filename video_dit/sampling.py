@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from video_dit import conditions, provenance, video_io
+from video_dit import conditions, long_video, provenance, video_io
 from video_dit import metrics as metrics_lib
 from video_dit import workdir as workdir_lib
 from video_dit.data import faces
@@ -150,8 +150,11 @@ def _check_requests(requests: list[dict]) -> list[tuple[int, str]]:
   for i, r in enumerate(requests):
     if not str(r.get("prompt", "")).strip():
       raise ValueError(f"request {i}: the prompt is empty; describe the action to generate")
-    if not r.get("face"):
-      raise ValueError(f"request {i}: no face image given")
+    if r.get("first_frame") and r.get("extend"):
+      raise ValueError(f"request {i}: give a first frame or a video to extend, not both")
+    if not (r.get("face") or r.get("first_frame") or r.get("extend")):
+      raise ValueError(f"request {i}: no face image given (a face, a first frame or a video "
+                       "to extend is needed)")
     seed = r.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not str(seed).isdigit():
       raise ValueError(f"request {i}: seed {seed!r} is not a non-negative whole number")
@@ -186,7 +189,8 @@ def sample_record(workdir: str, restored: workdir_lib.Restored, config_digest: s
 def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | None = None,
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
              face_is_crop: bool = False, overwrite: bool = False,
-             consent: str | None = None, fast: bool = False) -> list[dict]:
+             consent: str | None = None, fast: bool = False, first_frame: str | None = None,
+             extend: str | None = None, overlap: int = 0) -> list[dict]:
   """Samples one video per request ``{face, prompt, seed, name, consent}`` and writes,
   per sample, ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``,
   the provenance also embedded in the three media files (``video_dit.provenance``).
@@ -196,15 +200,24 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   Every request, the sampler settings and the face images are checked before anything
   is sampled or written; existing outputs are an error unless ``overwrite``. ``fast``
   starts from ``fast_sampler``'s settings (``sampler`` still overrides them).
+
+  Given frames (a frame-conditioned model, ``long_video``): ``first_frame`` (an image:
+  image-to-video) or ``extend`` (a video, kept at the start of the output), also per
+  request; the face is then optional. ``num_frames`` beyond the training length, or any
+  given frames, sample sliding windows that are each given ``overlap`` frames (model
+  frames; 0 = half a clip) of the one before.
   """
+  requests = [dict(r, **{k: v for k, v in (("first_frame", first_frame), ("extend", extend))
+                         if v and not r.get(k)}) for r in requests]
   seeds_names = _check_requests(requests)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise FileExistsError(f"--out={out_dir} is a file; give a folder for the samples")
   for i, r in enumerate(requests):
     statement = str(r.get("consent") or consent or "").strip()
-    if not face_is_crop and not statement:
-      raise ValueError(f"request {i}: a photo of a real face needs the consent of the person "
-                       "shown: pass --consent='<who agreed, to what>' (e.g. 'I am the person "
+    photo = (r.get("face") and not face_is_crop) or r.get("first_frame") or r.get("extend")
+    if photo and not statement:
+      raise ValueError(f"request {i}: a photo or video of a real person needs the consent of "
+                       "the person shown: pass --consent='<who agreed, to what>' (e.g. 'I am the person "
                        "in this photo and agree to this video'); it is recorded in the "
                        "provenance of every output")
   for _, name in seeds_names:
@@ -219,21 +232,24 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   if fast:
     overrides = {**fast_sampler(config), **overrides}
   config.sample.update(overrides)
-  if num_frames:
+  frames = long_video.Frames.of(config, requests, num_frames, overlap)
+  if num_frames and not frames.windowed:  # one clip of another length
     config.data.frames = num_frames
   codec = workdir_lib.codec(config)
-  if num_frames and registry.latent_codec(config) == "vae":
+  if num_frames and not frames.windowed and registry.latent_codec(config) == "vae":
     config.latent.shape = codec.latent_shape(registry.pixel_shape(config))
   built = registry.build_dit(config)
   sampler_cfg = built.sampler
   face_size = config.identity.face_size
-  face_crops = [load_face(r["face"], face_size, face_is_crop) for r in requests]
+  face_crops = [load_face(r["face"], face_size, face_is_crop) if r.get("face") else None
+                for r in requests]
+  given = [frames.given(r, codec) for r in requests]  # read (and checked) before sampling
   for r in requests:
     tokens = conditions.prompt_tokens(config, r["prompt"])
     if tokens > config.text.max_len:
       logging.warning("prompt %r: %d of its %d tokens are dropped (text.max_len=%d)",
                       r["prompt"], tokens - config.text.max_len, tokens, config.text.max_len)
-  calls = sampler_cfg.model_calls
+  calls = sampler_cfg.model_calls * max(len(frames.plan(g, built.shape[0])) for g in given)
   bar = {"progress": None, "done": 0}
 
   def tick():
@@ -245,27 +261,37 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   digest = config_hash(config)
   os.makedirs(out_dir, exist_ok=True)
   written = []
-  for r, crop, (seed, name) in zip(requests, face_crops, seeds_names):
-    cond = {**conditions.prompt_fields(config, [r["prompt"]]),
-            "face": video_io.to_unit(crop[None])}
+  for r, crop, ctx, (seed, name) in zip(requests, face_crops, given, seeds_names):
+    cond = conditions.prompt_fields(config, [r["prompt"]])
+    if crop is not None:
+      cond["face"] = video_io.to_unit(crop[None])
     bar.update(progress=metrics_lib.Progress(calls), done=0)
-    video, stats = sample(params, cond, jax.random.key(seed))
-    cached = {}
-    if sampler_cfg.cache_threshold:  # how many of the steps ran the blocks
-      cached = dict(full_model_calls=int(stats["full_calls"]))
+    cached, extra = {}, {}
+    if frames.windowed:
+      video = frames.sample(lambda c, k: sample(params, c, k)[0], cond, jax.random.key(seed),
+                            ctx, built.shape)
+      extra = frames.record(r, ctx, built.shape[0])
+    else:
+      video, stats = sample(params, cond, jax.random.key(seed))
+      if sampler_cfg.cache_threshold:  # how many of the steps ran the blocks
+        cached = dict(full_model_calls=int(stats["full_calls"]))
     if codec is not None:  # a latent-space DiT: decode with its VAE
       video = codec.decode(jax.device_get(video))
     video = video_io.to_uint8(video[0])
     bar["progress"].close()
     prefix = os.path.join(out_dir, name)
     fps = float(config.sample.get("fps", 8.0))  # checkpoints from before sample.fps
-    with open(r["face"], "rb") as f:
-      face_sha = hashlib.sha256(f.read()).hexdigest()
+    face_sha = None
+    if r.get("face"):
+      with open(r["face"], "rb") as f:
+        face_sha = hashlib.sha256(f.read()).hexdigest()
+    else:  # no reference: the strip shows the first frame instead
+      crop = faces.square_resize(video[0], face_size)
     record = sample_record(
         workdir, restored, digest, prompt=r["prompt"], seed=seed, face_sha256=face_sha,
         face_consent=str(r.get("consent") or consent or "").strip() or None,
         sampler=dataclasses.asdict(sampler_cfg), video_shape=list(video.shape), fps=fps,
-        **cached)
+        **cached, **extra)
     if jax.process_index() != 0:  # every process samples (the same video); one writes
       written.append(dict(record, files=[]))
       continue

@@ -1,0 +1,93 @@
+"""Given frames end to end on a tiny frame-conditioned run: image-to-video, extension and
+long videos through ``sampling.generate`` (the sample CLI's engine)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import helpers
+from video_dit import sampling, video_io
+
+SIDE = 32  # runlocal frames are 32x32; the PNG strip is face | 2 px | frame 0 | frame 1 ...
+
+
+@pytest.fixture(scope="module")
+def framed(tmp_path_factory):
+  root = tmp_path_factory.mktemp("framed")
+  helpers.train_tiny_run(root, **{"train.context_rate": 0.5, "sample.num_steps": 2})
+  helpers.save_reference_face(root / "face.png", 48)
+  still = np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)
+  Image.fromarray(still).save(root / "still.png")
+  clip = np.random.default_rng(1).integers(0, 256, (11, SIDE, SIDE, 3), np.uint8)
+  video_io.write_video(str(root / "clip.mp4"), clip)
+  return root
+
+
+def _frames(png: str, n: int) -> np.ndarray:
+  strip = np.asarray(Image.open(png).convert("RGB"))
+  return np.stack([strip[:, SIDE + 2 + i * SIDE:SIDE + 2 + (i + 1) * SIDE] for i in range(n)])
+
+
+def _generate(root, out, **kw):
+  request = dict(prompt="a person nods", seed=0, face=kw.pop("face", str(root / "face.png")))
+  return sampling.generate(str(root / "run"), [request], str(out), face_is_crop=True,
+                           consent="synthetic test data", **kw)
+
+
+def test_image_to_video_starts_from_the_still_with_or_without_a_face(framed, tmp_path):
+  from video_dit.long_video import fit_frame
+  still = fit_frame(np.asarray(Image.open(framed / "still.png")), SIDE, SIDE)
+  for face in (str(framed / "face.png"), None):
+    [w] = _generate(framed, tmp_path / str(bool(face)), first_frame=str(framed / "still.png"),
+                    face=face)
+    frames = _frames(w["files"][1], 8)
+    np.testing.assert_array_equal(frames[0], still)  # one tubelet (2 frames) is the still
+    np.testing.assert_array_equal(frames[1], still)
+    assert not np.array_equal(frames[2], still)
+    assert w["windows"] == 1 and w["given_frames"] == 2 and len(w["first_frame_sha256"]) == 64
+    assert (w["face_sha256"] is None) == (face is None)
+
+
+def test_long_video_is_made_by_sliding_windows(framed, tmp_path):
+  [w] = _generate(framed, tmp_path, num_frames=20)
+  frames, _ = video_io.read_video(w["files"][0])
+  assert frames.shape == (20, SIDE, SIDE, 3) and w["video_shape"][0] == 20
+  assert w["windows"] == 4 and w["overlap_frames"] == 4   # 0-8, then 4 new per window
+  [w6] = _generate(framed, tmp_path / "o6", num_frames=20, overlap=6)
+  assert w6["windows"] == 7 and w6["overlap_frames"] == 6
+
+
+def test_extend_keeps_the_video_and_continues_it(framed, tmp_path):
+  [w] = _generate(framed, tmp_path, extend=str(framed / "clip.mp4"))
+  source, _ = video_io.read_video(str(framed / "clip.mp4"))
+  frames = _frames(w["files"][1], 14)  # 11 frames -> the last 10 (whole tubelets) + 4 new
+  np.testing.assert_array_equal(frames[:10], source[1:])
+  assert w["video_shape"][0] == 14 and w["given_frames"] == 10
+  with open(w["files"][-1]) as f:
+    assert json.load(f)["extend_sha256"] == w["extend_sha256"]
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(num_frames=21), "multiple of 2 frames"),
+    (dict(num_frames=20, overlap=8), "overlap=4|between 1 and 7"),
+    (dict(first_frame="missing.png"), "cannot read the first frame"),
+    (dict(extend="missing.mp4"), "cannot read the video to extend"),
+    (dict(extend="X", first_frame="Y"), "not both"),
+])
+def test_bad_frame_requests_are_one_error_and_write_nothing(framed, tmp_path, kw, words):
+  kw = {k: (str(framed / v) if k in ("extend", "first_frame") and v in ("X", "Y") else v)
+        for k, v in kw.items()}
+  with pytest.raises(ValueError, match=words):
+    _generate(framed, tmp_path / "out", **kw)
+  assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")
+
+
+def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed, tmp_path):
+  request = dict(prompt="a person nods", seed=0, face=str(tiny_run / "face.png"))
+  with pytest.raises(ValueError, match="context_rate"):
+    sampling.generate(str(tiny_run / "run"), [request], str(tmp_path / "out"),
+                      face_is_crop=True, consent="test", first_frame=str(framed / "still.png"))
+  assert not os.path.exists(tmp_path / "out")

@@ -1,0 +1,61 @@
+"""The sliding-window sampler's bookkeeping: every frame made once, from what was made."""
+
+import jax
+import numpy as np
+import pytest
+
+from video_dit import long_video
+from video_dit.long_video import Window
+
+
+def test_plan_makes_each_frame_once_with_the_overlap_given():
+  for total, win, overlap, known in ((32, 8, 4, 0), (30, 8, 2, 0), (20, 8, 6, 2), (8, 8, 2, 0),
+                                     (26, 8, 4, 12), (16, 8, 2, 4)):
+    windows = long_video.plan(total, win, overlap, known, tubelet=2)
+    made = np.zeros(total, int)
+    made[:known] = 1
+    for w in windows:
+      assert 0 <= w.start and w.start + win <= total and w.given < win
+      assert (made[w.start:w.start + w.given] == 1).all()   # the context was made before
+      assert w.given >= min(overlap, w.start + w.given)       # sees at least the overlap
+      made[w.start + w.given:w.start + win] += 1
+    assert (made == 1).all(), (total, win, overlap, known, windows)
+  assert long_video.plan(32, 8, 4)[:3] == [Window(0, 0), Window(4, 4), Window(8, 4)]
+  assert long_video.plan(14, 8, 4)[-1] == Window(6, 6)      # the last ends at the end
+  assert long_video.plan(20, 8, 4, independent=True) == [Window(0, 0), Window(8, 0),
+                                                          Window(16, 0)]
+
+
+@pytest.mark.parametrize("args, words", [((31, 8, 4, 0, 2), "multiple of the model's tubelet"),
+                                         ((32, 8, 8, 0, 2), "between 1 and 7"),
+                                         ((6, 8, 2, 0, 2), "at least one window"),
+                                         ((16, 8, 4, 16, 2), "nothing to make")])
+def test_plan_rejects_what_cannot_work(args, words):
+  with pytest.raises(ValueError, match=words):
+    long_video.plan(*args[:4], tubelet=args[4])
+
+
+def test_sample_passes_the_last_frames_and_writes_only_new_ones():
+  calls = []
+
+  def window(cond, key):  # a fake clip sampler: frame value = window index + 1
+    calls.append(dict(cond=cond, key=key))
+    out = np.full(cond["context"].shape, float(len(calls)), np.float32)
+    return np.where(cond["context_mask"][..., None, None, None], cond["context"], out)
+
+  given = np.full((2, 2, 1, 1, 1), -1.0, np.float32)
+  video = long_video.sample(window, dict(face=np.zeros((2, 3))), jax.random.key(0), 14,
+                            (8, 1, 1, 1), overlap=4, tubelet=2, given=given,
+                            later_cond=dict(face=None))
+  assert video.shape == (2, 14, 1, 1, 1)
+  np.testing.assert_array_equal(video[0, :, 0, 0, 0],
+                                [-1, -1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3])
+  assert calls[0]["cond"]["context_mask"][0].tolist() == [True] * 2 + [False] * 6
+  np.testing.assert_array_equal(calls[1]["cond"]["context"][0, :, 0, 0, 0],
+                                [1, 1, 1, 1, 0, 0, 0, 0])  # window 1: frames 4..11, 4 given
+  assert calls[1]["cond"]["context_mask"][0].tolist() == [True] * 4 + [False] * 4
+  assert calls[0]["cond"]["face"] is not None and calls[1]["cond"]["face"] is None
+  assert jax.random.key_data(calls[0]["key"]).tolist() == jax.random.key_data(
+      jax.random.key(0)).tolist()
+  assert not np.array_equal(jax.random.key_data(calls[1]["key"]),
+                            jax.random.key_data(calls[0]["key"]))
