@@ -4,6 +4,14 @@ r"""Evaluates a training workdir's checkpoint on held-out identities.
       [--metrics=fvd,identity,text,temporal,cost] [--num_steps=K --sampler=heun \
       --text_scale=4 --face_scale=2 --cache_threshold=0.1] [--raw] [--probe_dir=P] [--best_of=N]
 
+  python -m experiments.evaluate --workdir=W --long=8 [--num_videos=32 --overlap=4]
+
+``--long=N`` (a frame-conditioned model, ``video_dit/evaluation/long.py``) instead makes
+videos of 2x, 4x ... N x the training length three ways (extending itself with identity
+in every window, identity off after the first window, independent clips) and measures
+identity over time and the seams, plus image-to-video from each example's first frame;
+it writes W/eval/long<N>x_....json, its plots and GIFs, and W/report_long.html.
+
 Writes W/eval/NAME.json (NAME: step, examples and sampler settings, e.g.
 step_3000_test128_ema_euler32_text4_face2), TensorBoard scalars under W/eval/tensorboard,
 and W/eval/NAME/ (videos.npz, GIFs and PNG strips of the first videos). On the
@@ -35,6 +43,10 @@ _PROBE_DIR = flags.DEFINE_string("probe_dir", None,
                                  "Folder of identity/action probes (default under data_dir).")
 _TRAIN_PROBES = flags.DEFINE_bool("train_probes", True, "Train missing probes on first use.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Videos sampled per call.")
+_LONG = flags.DEFINE_integer("long", 0, "Long-video evaluation up to this many clip lengths "
+                             "(a power of two; 0 = the standard evaluation).")
+_OVERLAP = flags.DEFINE_integer("overlap", 0, "--long: frames each window is given of the one "
+                                "before (0 = half a clip).")
 _BEST_OF = flags.DEFINE_integer("best_of", 1, "Candidates sampled per example; the one most "
                                 "like its reference is kept (a second identity probe picks on "
                                 "synthetic data, dlib on real); the cost counts all of them.")
@@ -42,13 +54,23 @@ _BEST_OF = flags.DEFINE_integer("best_of", 1, "Candidates sampled per example; t
 
 def main(argv):
   cli.setup(argv)
+  sampler = dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
+                 text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
+                 cache_threshold=_CACHE.value)
+  if _LONG.value:
+    from video_dit.evaluation import long, long_report  # pylint: disable=g-import-not-at-top
+    results = long.evaluate_long(
+        _WORKDIR.value, factor=_LONG.value, step=_STEP.value, split=_SPLIT.value,
+        num_videos=_NUM_VIDEOS.value, ema=not _RAW.value, sampler=sampler,
+        overlap=_OVERLAP.value, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value)
+    print(json.dumps({name: v["summary"] for name, v in results["variants"].items()}, indent=1))
+    print(json.dumps(results["image_to_video"], indent=1))
+    print(f"results: {results['path']}\nreport: {long_report.write_page(_WORKDIR.value, results)}")
+    return
   results = evaluate.evaluate(
       _WORKDIR.value, step=_STEP.value, split=_SPLIT.value, num_videos=_NUM_VIDEOS.value,
       ema=not _RAW.value, metrics=tuple(_METRICS.value),
-      sampler=dict(sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value,
-                   text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
-                   cache_threshold=_CACHE.value),
-      probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value, chunk=_CHUNK.value,
+      sampler=sampler, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value, chunk=_CHUNK.value,
       best_of=_BEST_OF.value)
   print(json.dumps({k: v for k, v in results.items()
                     if k in evaluate.METRICS + ("usable", "best_of")}, indent=1))

@@ -76,13 +76,15 @@ def set_leaves(params, name: str, value: float):
   return jax.tree_util.tree_map_with_path(f, params)
 
 
-def train_tiny_run(root, steps: int = 2, **overrides) -> str:
-  """A runlocal run of ``steps`` steps on a 4-identity synthetic dataset under ``root``
-  (one device); returns its workdir, ``root/run``. ``overrides`` as runlocal_config's."""
+def train_tiny_run(root, steps: int = 2, identities: int = 4, **overrides) -> str:
+  """A runlocal run of ``steps`` steps on a synthetic dataset of ``identities`` under
+  ``root`` (one device); returns its workdir, ``root/run``. ``overrides`` as
+  runlocal_config's."""
   from video_dit import train  # pylint: disable=g-import-not-at-top
   from video_dit.data import builders  # pylint: disable=g-import-not-at-top
   data_dir = str(root / "data")
-  spec = synthetic.SyntheticSpec(num_identities=4, clips_per_identity=2, frames=8, height=32,
+  spec = synthetic.SyntheticSpec(num_identities=identities, clips_per_identity=2, frames=8,
+                                 height=32,
                                  width=32, face_size=32)
   builders.SyntheticFaces(data_dir=data_dir, spec=spec).prepare()
   config = runlocal_config(**{"data.data_dir": data_dir, **overrides})

@@ -17,7 +17,8 @@ SIDE = 32  # runlocal frames are 32x32; the PNG strip is face | 2 px | frame 0 |
 @pytest.fixture(scope="module")
 def framed(tmp_path_factory):
   root = tmp_path_factory.mktemp("framed")
-  helpers.train_tiny_run(root, **{"train.context_rate": 0.5, "sample.num_steps": 2})
+  helpers.train_tiny_run(root, identities=10, **{"train.context_rate": 0.5,
+                                                 "sample.num_steps": 2})
   helpers.save_reference_face(root / "face.png", 48)
   still = np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)
   Image.fromarray(still).save(root / "still.png")
@@ -91,3 +92,54 @@ def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed
     sampling.generate(str(tiny_run / "run"), [request], str(tmp_path / "out"),
                       face_is_crop=True, consent="test", first_frame=str(framed / "still.png"))
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
+  from video_dit.evaluation import long, long_report, probes
+  from video_dit.models import registry  # noqa: F401  (the probes read the run's config)
+  from video_dit import workdir as workdir_lib
+  config = workdir_lib.load_config(str(framed / "run"))
+  spec = probes.ProbeSpec.from_config(config)
+  probes.train_probe("identity", spec, steps=150, log=None).save(str(framed / "probes" /
+                                                                     "identity"))
+  probes.train_probe("action", spec, steps=30, batch=16, log=None).save(
+      str(framed / "probes" / "action"))
+  r = long.evaluate_long(str(framed / "run"), factor=4, num_videos=4,
+                         probe_dir=str(framed / "probes"), train_probes=False,
+                         log=lambda *_: None)
+  with open(r["path"]) as f:
+    saved = json.load(f)
+  v = saved["variants"]
+  assert set(v) == {"extend", "identity_off", "independent"}
+  assert v["extend"]["boundaries"] == [8, 12, 16, 20, 24, 28]
+  assert v["independent"]["boundaries"] == [8, 16, 24]
+  for name in v:
+    assert len(v[name]["per_frame"]) == 32 and len(v[name]["frame_change"]) == 31
+    assert set(v[name]["summary"]) == {"2x", "4x"}
+    s = v[name]["summary"]["4x"]
+    assert s["end_over_first"]["ci95"][0] <= s["end_over_first"]["ratio"] <= (
+        s["end_over_first"]["ci95"][1])
+  with np.load(os.path.join(saved["media"], "videos.npz")) as z:
+    a, b, c = z["extend"], z["identity_off"], z["independent"]
+    assert a.shape == (4, 32, SIDE, SIDE, 3)
+    np.testing.assert_array_equal(a[:, :8], b[:, :8])  # one first window, the plain clip
+    np.testing.assert_array_equal(a[:, :8], c[:, :8])
+    assert not np.array_equal(a[:, 8:], c[:, 8:])  # (b differs through the identity gate,
+    #                                                   still closed after 2 steps)
+  i2v = saved["image_to_video"]
+  assert i2v["first_frame_psnr_db"] == long.PSNR_CAP and i2v["n"] == 4  # given: exact
+  for file in ("identity_similarity.png", "frame_change.png", "strip.png", "000.gif",
+               "image_to_video.png"):
+    assert os.path.isfile(os.path.join(saved["media"], file))
+  page = long_report.write_page(str(framed / "run"), saved)
+  with open(page) as f:
+    text = f.read()
+  assert "Longer videos" in text and "identity_similarity.png" in text
+
+
+def test_long_evaluation_refuses_a_plain_model_and_bad_factors(tiny_run):
+  from video_dit.evaluation import long
+  with pytest.raises(ValueError, match="power of two"):
+    long.evaluate_long(str(tiny_run / "run"), factor=3)
+  with pytest.raises(ValueError, match="context_rate"):
+    long.evaluate_long(str(tiny_run / "run"), factor=2)

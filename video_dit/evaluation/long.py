@@ -1,0 +1,255 @@
+"""Long videos and image-to-video: does the person stay the person beyond the training
+length? (``experiments.evaluate --long=N``, a frame-conditioned model.)
+
+Three ways to make a video N clips long from the same held-out examples and seed (the
+first window is the same clip in all three, the plain text-to-video sample):
+
+  extend        (a) sliding windows, each given the last frames made, the reference face
+                    conditioning every window (``long_video``)
+  identity_off  (b) the same, identity dropped after the first window: only the frames
+                    carry the person on
+  independent   (c) independent clips of the same prompt and face, back to back
+
+Per frame: the identity probe's cosine to the reference (and to another identity's
+reference: the gap), and the mean absolute change from the previous frame. Summaries at
+2x, 4x ... Nx the training length (the sampler is causal: the 2x video is the first
+quarter of the 8x one): the end window's similarity over the first window's (with a
+bootstrap CI), the slope (similarity lost per generated second), and the seam ratio
+(frame change across a window boundary over the median change inside windows).
+
+Image-to-video: each example's real first frame as the still: the first frame's PSNR to
+it, and the action probe's accuracy beside text-to-video's on the same examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from video_dit import conditions, long_video, sampling, sharding, video_io
+from video_dit import workdir as workdir_lib
+from video_dit.evaluation import evaluate as eval_lib
+from video_dit.evaluation import probes as probes_lib
+from video_dit.models import registry
+
+VARIANTS = {
+    "extend": "(a) extends itself, identity in every window",
+    "identity_off": "(b) identity off after the first window",
+    "independent": "(c) independent clips concatenated",
+}
+PSNR_CAP = 100.0  # dB: identical frames
+
+
+def window_sampler(config, built, params, n: int):
+  """``(cond, key) -> (n, *clip shape)`` host video: one clip per example, over the mesh
+  (the batch padded to the mesh's data size)."""
+  mesh = sharding.make_mesh(config.mesh)
+  params = sharding.replicate(params, mesh)
+  size = mesh.shape["data"] * mesh.shape["fsdp"]
+  padded = -(-n // size) * size
+  sample = sampling.make_sampler(built.model, built.diffusion, built.sampler,
+                                 (padded,) + built.shape)
+
+  def fn(cond, key):
+    pad = lambda x: np.concatenate([x, np.repeat(x[-1:], padded - n, 0)]) if padded > n else x
+    cond = jax.tree.map(lambda x: pad(np.asarray(x)), cond)
+    with jax.set_mesh(mesh):
+      return sharding.to_host(sample(params, sharding.shard_copies(cond, mesh), key))[:n]
+  return fn
+
+
+def boundaries(windows, per_frame: int, total: int) -> np.ndarray:
+  """Pixel frame indices where a window's first new frame follows the frame before it
+  (made by another window): the transitions a seam would show in."""
+  firsts = [(w.start + w.given) * per_frame for w in windows[1:]]
+  return np.asarray([f for f in firsts if 0 < f < total], np.int64)
+
+
+def psnr(a_uint8, b_uint8) -> np.ndarray:
+  """Per-image PSNR in dB (``PSNR_CAP`` for identical images)."""
+  err = np.mean(np.square(a_uint8.astype(np.float64) - b_uint8.astype(np.float64)),
+                axis=tuple(range(1, a_uint8.ndim)))
+  with np.errstate(divide="ignore"):
+    return np.minimum(10 * np.log10(255.0 ** 2 / err), PSNR_CAP)
+
+
+def _ci(values) -> list[float]:
+  v = np.asarray(values, np.float64)
+  half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+  return [float(v.mean() - half), float(v.mean() + half)]
+
+
+def _bootstrap_ratio(num, den, seed: int = 0, rounds: int = 2000) -> dict:
+  """mean(num) / mean(den) over videos, with a percentile bootstrap 95% CI."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  idx = np.random.default_rng(seed).integers(0, len(num), (rounds, len(num)))
+  draws = num[idx].mean(1) / den[idx].mean(1)
+  return dict(ratio=float(num.mean() / den.mean()),
+              ci95=[float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))])
+
+
+def summarise(matched, mismatched, change, cuts, window: int, fps: float,
+              factors) -> dict:
+  """Per factor f (a prefix of f clips): first and end window similarity, their ratio,
+  the gap at the end, the slope over the whole prefix and the seam ratio.
+
+  Args:
+    matched / mismatched: (n, T) per-frame cosine to the own / another's reference.
+    change: (n, T - 1) mean |frame t+1 - frame t| in [0, 1].
+    cuts: pixel frames where a new window's first frame begins (``boundaries``).
+  """
+  out = {}
+  for f in factors:
+    length = f * window
+    m, mm = matched[:, :length], mismatched[:, :length]
+    first, end = m[:, :window].mean(1), m[:, length - window:length].mean(1)
+    seconds = np.arange(length) / fps
+    slopes = np.polyfit(seconds, m.T, 1)[0]  # per video
+    inside = np.ones(length - 1, bool)
+    cut = cuts[cuts < length]
+    inside[cut - 1] = False
+    at_cut = change[:, cut - 1].mean() if len(cut) else float("nan")
+    median_inside = float(np.median(change[:, :length - 1][:, inside]))
+    end_gap = end - mm[:, length - window:length].mean(1)
+    out[f"{f}x"] = dict(
+        frames=length, first_window=float(first.mean()), end_window=float(end.mean()),
+        end_over_first=_bootstrap_ratio(end, first), end_gap=float(end_gap.mean()),
+        end_gap_ci95=_ci(end_gap), slope_per_second=float(slopes.mean()),
+        slope_ci95=_ci(slopes), seam_ratio=float(at_cut / median_inside) if len(cut) else None,
+        change_at_boundaries=float(at_cut) if len(cut) else None,
+        median_change_inside=median_inside)
+  return out
+
+
+def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
+                  split: str = "test", num_videos: int = 32, ema: bool = True,
+                  sampler: dict | None = None, overlap: int = 0,
+                  probe_dir: str | None = None, train_probes: bool = True,
+                  log=print) -> dict:
+  """The three long-video variants and image-to-video on the split's first examples;
+  writes ``W/eval/long{factor}x_<settings>.json`` and its media folder."""
+  if factor < 2 or factor & (factor - 1):
+    raise ValueError(f"--long={factor} must be a power of two >= 2 (videos of 2x, 4x ... "
+                     "that many clips)")
+  restored = workdir_lib.load(workdir, step, ema)
+  config, params, step = restored.config, restored.params, restored.step
+  config.sample.update({k: v for k, v in (sampler or {}).items() if v is not None})
+  if config.data.dataset != "synthetic_faces":
+    raise ValueError("--long measures identity with the synthetic identity probe: evaluate "
+                     "a model of the synthetic_faces dataset")
+  built = registry.build_dit(config)
+  long_video.check_model(built.cfg, "--long")
+  frames = long_video.Frames.of(config, [], factor * config.data.frames, overlap)
+  per_frame, window = frames.per_frame, built.shape[0]
+  total = factor * window
+  batch = eval_lib.load_examples(config, split, num_videos)
+  n = len(batch["video"])
+  real, faces = video_io.to_uint8(batch["video"]), video_io.to_uint8(batch["face"])
+  identities, actions = eval_lib.identity_ids(batch), np.asarray(batch["action"])
+  _, cond = conditions.split_batch(batch)
+  off = {k: v for k, v in cond.items() if k not in conditions.FACE_FIELDS}
+  fn = window_sampler(config, built, params, n)
+  codec = workdir_lib.codec(config)
+  decode = lambda v: video_io.to_uint8(codec.decode(v) if codec is not None else v)
+  key = jax.random.key(config.seed)
+  log(f"long videos: {n} '{split}' examples, {factor} x {window * per_frame} frames, "
+      f"overlap {frames.overlap * per_frame}")
+  videos, plans = {}, {}
+  for name, kw in (("extend", {}), ("identity_off", dict(later_cond=off)),
+                   ("independent", dict(independent=True))):
+    progress = lambda i, w, name=name: log(f"  {name}: window {i + 1} ready")
+    videos[name] = decode(long_video.sample(fn, cond, key, total, built.shape, frames.overlap,
+                                            frames.tubelet, on_window=progress, **kw))
+    plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
+                                  independent=bool(kw.get("independent")))
+
+  probe = probes_lib.load_or_train(config, "identity", probe_dir and os.path.join(
+      probe_dir, "identity"), train=train_probes, log=log)
+  ref = probe.embed_images(faces)
+  other = eval_lib.mismatched_index(identities)
+  fps = float(config.sample.get("fps", 8.0))
+  factors = [2 ** k for k in range(1, int(np.log2(factor)) + 1)]
+  results = dict(step=step, workdir=os.path.abspath(workdir), split=split, num_videos=n,
+                 factor=factor, clip_frames=window * per_frame,
+                 overlap_frames=frames.overlap * per_frame, fps=fps,
+                 sampler=dict(name=built.sampler.name, num_steps=built.sampler.num_steps,
+                              text_scale=built.sampler.text_scale,
+                              id_scale=built.sampler.id_scale),
+                 identity_probe=dict(probe.scores), variants={})
+  if not probe.verified:
+    results["warning"] = (f"the identity probe reaches ROC AUC {probe.scores['roc_auc']:.3f} "
+                          f"on held-out identities, below {probes_lib.MIN_AUC}: its "
+                          "similarities are a weak ruler (train it on more identities)")
+    log(results["warning"])
+  for name, video in videos.items():
+    emb = probe.embed_frames(video)
+    matched = np.einsum("nte,ne->nt", emb, ref)
+    mismatched = np.einsum("nte,ne->nt", emb, ref[other])
+    change = np.abs(np.diff(video.astype(np.float64) / 255.0, axis=1)).mean((2, 3, 4))
+    cuts = boundaries(plans[name], per_frame, total * per_frame)
+    results["variants"][name] = dict(
+        label=VARIANTS[name], per_frame=matched.mean(0).tolist(),
+        per_frame_ci95=(1.96 * matched.std(0, ddof=1) / np.sqrt(n)).tolist(),
+        per_frame_gap=(matched - mismatched).mean(0).tolist(),
+        frame_change=change.mean(0).tolist(), boundaries=cuts.tolist(),
+        summary=summarise(matched, mismatched, change, cuts, window * per_frame, fps,
+                          factors))
+  results["real_median_frame_change"] = float(np.median(
+      np.abs(np.diff(real.astype(np.float64) / 255.0, axis=1)).mean((2, 3, 4))))
+  results["image_to_video"] = image_to_video(config, frames, fn, cond, key, real, actions,
+                                             videos["extend"][:, :window * per_frame],
+                                             codec, decode, probe_dir, train_probes, log)
+  results["name"] = (f"long{factor}x_step_{step}_{split}{n}_{built.sampler.name}"
+                     f"{built.sampler.num_steps}_overlap{frames.overlap * per_frame}")
+  if jax.process_index() == 0:
+    write(workdir, results, videos, faces)
+  return results
+
+
+def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, codec, decode,
+                   probe_dir, train_probes, log) -> dict:
+  """Each example's first real frame as the still (held over the first tubelet), the
+  example's prompt and face; the same noise as the text-to-video clip."""
+  stills = real[:, 0]
+  tubelet_frames = frames.per_frame * frames.tubelet
+  x = video_io.to_unit(np.repeat(stills[:, None], tubelet_frames, axis=1))
+  given = np.asarray(codec.encode(x) if codec is not None else x, np.float32)
+  shape = registry.video_shape(config)
+  video = decode(long_video.sample(fn, cond, key, shape[0], shape, frames.overlap,
+                                   frames.tubelet, given))
+  first = psnr(video[:, 0], stills)
+  after = psnr(video[:, tubelet_frames], stills)
+  action = probes_lib.load_or_train(config, "action", probe_dir and os.path.join(
+      probe_dir, "action"), train=train_probes, log=log)
+  hit = lambda v: (action.action_logits(v).argmax(-1) == actions).astype(np.float64)
+  i2v, t2v = hit(video), hit(text_to_video)
+  log(f"image-to-video: first frame PSNR {first.mean():.1f} dB, action {i2v.mean():.1%} "
+      f"(text-to-video {t2v.mean():.1%})")
+  return dict(first_frame_psnr_db=float(first.mean()), first_frame_psnr_min_db=float(first.min()),
+              first_generated_frame_psnr_db=float(after.mean()),
+              given_frames=int(tubelet_frames),
+              action_accuracy=float(i2v.mean()), action_ci95=_ci(i2v),
+              text_to_video_action_accuracy=float(t2v.mean()), text_to_video_action_ci95=_ci(t2v),
+              action_difference_ci95=_ci(i2v - t2v), n=int(len(i2v)), videos=video)
+
+
+def write(workdir: str, results: dict, videos: dict, faces) -> None:
+  """``W/eval/NAME.json``, ``W/eval/NAME/`` (videos.npz, the plots, GIFs of the first
+  examples with the three variants side by side)."""
+  from video_dit.evaluation import long_report  # pylint: disable=g-import-not-at-top
+  i2v = results["image_to_video"].pop("videos")
+  media = os.path.join(workdir, "eval", results["name"])
+  os.makedirs(media, exist_ok=True)
+  tmp = os.path.join(media, f"videos.tmp{os.getpid()}.npz")
+  np.savez_compressed(tmp, faces=faces, image_to_video=i2v, **videos)
+  os.replace(tmp, os.path.join(media, "videos.npz"))
+  long_report.draw(results, videos, faces, i2v, media)
+  results["media"] = os.path.abspath(media)
+  results["path"] = os.path.abspath(os.path.join(workdir, "eval", results["name"] + ".json"))
+  tmp = f"{results['path']}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, results["path"])
