@@ -96,7 +96,6 @@ def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed
 
 def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
   from video_dit.evaluation import long, long_report, probes
-  from video_dit.models import registry  # noqa: F401  (the probes read the run's config)
   from video_dit import workdir as workdir_lib
   config = workdir_lib.load_config(str(framed / "run"))
   spec = probes.ProbeSpec.from_config(config)
