@@ -23,7 +23,7 @@ import json
 
 from absl import flags
 
-from video_dit import cli
+from video_dit import cli, report
 from video_dit.evaluation import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.")
@@ -58,14 +58,15 @@ def main(argv):
                  text_scale=_TEXT_SCALE.value, face_scale=_FACE_SCALE.value,
                  cache_threshold=_CACHE.value)
   if _LONG.value:
-    from video_dit.evaluation import long, long_report  # pylint: disable=g-import-not-at-top
+    from video_dit.evaluation import long  # pylint: disable=g-import-not-at-top
     results = long.evaluate_long(
         _WORKDIR.value, factor=_LONG.value, step=_STEP.value, split=_SPLIT.value,
         num_videos=_NUM_VIDEOS.value, ema=not _RAW.value, sampler=sampler,
         overlap=_OVERLAP.value, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value)
     print(json.dumps({name: v["summary"] for name, v in results["variants"].items()}, indent=1))
     print(json.dumps(results["image_to_video"], indent=1))
-    print(f"results: {results['path']}\nreport: {long_report.write_page(_WORKDIR.value, results)}")
+    page = report.write_long_report(_WORKDIR.value, results)
+    print(f"results: {results['path']}\nreport: {page}")
     return
   results = evaluate.evaluate(
       _WORKDIR.value, step=_STEP.value, split=_SPLIT.value, num_videos=_NUM_VIDEOS.value,

@@ -70,7 +70,9 @@ def plan(total: int, window: int, overlap: int, known: int = 0, tubelet: int = 1
 
 def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: tuple,
            overlap: int, tubelet: int, given=None, later_cond: dict | None = None,
-           independent: bool = False, on_window: Callable | None = None) -> np.ndarray:
+           independent: bool = False, on_window: Callable | None = None,
+           value_range: tuple[float, float] | None = None,
+           context_noise: float = 0.0) -> np.ndarray:
   """A (B, total, H, W, C) float32 video in model space, window by window.
 
   Args:
@@ -83,6 +85,11 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
       without the face: identity off once the first window is made).
     independent: clips back to back, nothing given, no context fields.
     on_window: called with (index, Window) after each window.
+    value_range: new frames are clipped to it before later windows see them (pixels:
+      (-1, 1), what the decoded video keeps anyway; out-of-range values fed back would
+      compound window after window).
+    context_noise: the given frames' noise level (``context_t``; training draws up to
+      ``train.context_noise``): the model then trusts them a little less.
   Window 0 uses ``key`` (so with nothing given it is the plain clip of that seed);
   window i > 0 uses ``fold_in(key, i)``.
   """
@@ -99,9 +106,13 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
     c = dict(cond if i == 0 or later_cond is None else later_cond)
     if not independent:  # (a model without frame conditioning runs the independent clips)
       c.update(context=frames, context_mask=context_lib.prefix_mask(b, win, w.given))
+      if context_noise:
+        c["context_t"] = np.full((b,), context_noise, np.float32)
     out = np.asarray(jax.device_get(sample_window(c, key if i == 0 else
                                                   jax.random.fold_in(key, i))))
     end = min(w.start + win, total)
+    if value_range is not None:
+      out = np.clip(out, *value_range)
     video[:, w.start + w.given:end] = out[:, w.given:end - w.start]
     if on_window is not None:
       on_window(i, w)
@@ -189,6 +200,7 @@ class Frames:
   overlap: int = 0
   per_frame: int = 1   # pixel frames per model frame
   tubelet: int = 1
+  value_range: tuple[float, float] | None = None  # pixels: (-1, 1)
 
   @classmethod
   def of(cls, config, requests: list[dict], num_frames: int, overlap: int) -> "Frames":
@@ -211,7 +223,9 @@ class Frames:
                          "makes and is given whole tubelets).")
     overlap = overlap // per_frame or max(tubelet, window // 2 // tubelet * tubelet)
     plan(max(num_frames // per_frame, window), window, overlap, 0, tubelet)  # checks overlap
-    return cls(True, config, num_frames // per_frame, overlap, per_frame, tubelet)
+    pixels = registry.latent_source(config) == "pixels"
+    return cls(True, config, num_frames // per_frame, overlap, per_frame, tubelet,
+               (-1.0, 1.0) if pixels else None)
 
   def given(self, request: dict, codec) -> np.ndarray | None:
     """The request's given frames in model space (None without)."""
@@ -239,7 +253,7 @@ class Frames:
 
   def sample(self, sample_window: Callable, cond: dict, key, given, window_shape) -> np.ndarray:
     return sample(sample_window, cond, key, self.frames(given, window_shape[0]), window_shape,
-                  self.overlap, self.tubelet, given)
+                  self.overlap, self.tubelet, given, value_range=self.value_range)
 
   def record(self, request: dict, given, window: int) -> dict:
     """The provenance of a windowed video: what was given and the windows."""

@@ -273,7 +273,8 @@ def write_report(workdir: str, results: dict, *, num_samples: int = 12, scale: i
   if grid:
     _save_gif(grid_video(videos, grid), os.path.join(out_dir, "grid.gif"), fps, 1)
 
-  plots_html = identity_plots(results, sweep, out_dir) + curve_html(curve, out_dir)
+  plots_html = (identity_plots(results, sweep, out_dir) + curve_html(curve, out_dir)
+                + long_html(workdir))
   metric_html = "".join(f"<tr><td>{html.escape(a)}</td><td><b>{b}</b></td>"
                         f"<td class=small>{html.escape(c)}</td></tr>"
                         for a, b, c in metric_rows(results))
@@ -315,6 +316,31 @@ the prompt, and a real clip of the same identity doing the prompted action.</p>
     f.write(body)
   os.replace(tmp, path)
   return path
+
+
+def write_long_report(workdir: str, results: dict) -> str:
+  """``W/report_long.html``: a long-video evaluation's section as a page of its own."""
+  from video_dit.evaluation import long_report  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "report_long.html")
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>video_dit: long videos"
+            f"</title><style>{_STYLE}</style></head><body><h1>video_dit: step {results['step']}"
+            f"</h1>{long_report.section(results, 'eval/' + results['name'])}</body></html>")
+  os.replace(tmp, path)
+  return path
+
+
+def long_html(workdir: str) -> str:
+  """The newest long-video evaluation's section (``evaluation/long.py``), if any."""
+  import glob  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(workdir, "eval", "long*x_*.json")), key=os.path.getmtime)
+  if not paths:
+    return ""
+  from video_dit.evaluation import long_report  # pylint: disable=g-import-not-at-top
+  with open(paths[-1], encoding="utf-8") as f:
+    results = json.load(f)
+  return long_report.section(results, f"eval/{results['name']}")
 
 
 def curve_html(curve: dict | None, out_dir: str) -> str:

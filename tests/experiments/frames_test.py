@@ -95,7 +95,8 @@ def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed
 
 
 def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
-  from video_dit.evaluation import long, long_report, probes
+  from video_dit import report
+  from video_dit.evaluation import long, probes
   from video_dit import workdir as workdir_lib
   config = workdir_lib.load_config(str(framed / "run"))
   spec = probes.ProbeSpec.from_config(config)
@@ -130,7 +131,7 @@ def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
   for file in ("identity_similarity.png", "frame_change.png", "strip.png", "000.gif",
                "image_to_video.png"):
     assert os.path.isfile(os.path.join(saved["media"], file))
-  page = long_report.write_page(str(framed / "run"), saved)
+  page = report.write_long_report(str(framed / "run"), saved)
   with open(page) as f:
     text = f.read()
   assert "Longer videos" in text and "identity_similarity.png" in text

@@ -92,9 +92,13 @@ def _bootstrap_ratio(num, den, seed: int = 0, rounds: int = 2000) -> dict:
 
 
 def summarise(matched, mismatched, change, cuts, window: int, fps: float,
-              factors) -> dict:
+              factors, tubelet_frames: int = 1) -> dict:
   """Per factor f (a prefix of f clips): first and end window similarity, their ratio,
-  the gap at the end, the slope over the whole prefix and the seam ratio.
+  the gap at the end, the slope over the whole prefix and the seam ratios: the change
+  across window boundaries over the median change of every transition inside windows
+  (``seam_ratio``), and over the median change inside windows from one tubelet to the
+  next (``seam_ratio_tubelet``: like for like, a boundary is always between tubelets, and
+  a DiT's frames change more there than within a tubelet).
 
   Args:
     matched / mismatched: (n, T) per-frame cosine to the own / another's reference.
@@ -113,14 +117,18 @@ def summarise(matched, mismatched, change, cuts, window: int, fps: float,
     inside[cut - 1] = False
     at_cut = change[:, cut - 1].mean() if len(cut) else float("nan")
     median_inside = float(np.median(change[:, :length - 1][:, inside]))
+    between = inside & (np.arange(1, length) % tubelet_frames == 0)
+    median_between = float(np.median(change[:, :length - 1][:, between])) if between.any() \
+        else float("nan")
     end_gap = end - mm[:, length - window:length].mean(1)
     out[f"{f}x"] = dict(
         frames=length, first_window=float(first.mean()), end_window=float(end.mean()),
         end_over_first=_bootstrap_ratio(end, first), end_gap=float(end_gap.mean()),
         end_gap_ci95=_ci(end_gap), slope_per_second=float(slopes.mean()),
         slope_ci95=_ci(slopes), seam_ratio=float(at_cut / median_inside) if len(cut) else None,
+        seam_ratio_tubelet=float(at_cut / median_between) if len(cut) else None,
         change_at_boundaries=float(at_cut) if len(cut) else None,
-        median_change_inside=median_inside)
+        median_change_inside=median_inside, median_change_between_tubelets=median_between)
   return out
 
 
@@ -162,7 +170,8 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                    ("independent", dict(independent=True))):
     progress = lambda i, w, name=name: log(f"  {name}: window {i + 1} ready")
     videos[name] = decode(long_video.sample(fn, cond, key, total, built.shape, frames.overlap,
-                                            frames.tubelet, on_window=progress, **kw))
+                                            frames.tubelet, on_window=progress,
+                                            value_range=frames.value_range, **kw))
     plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
                                   independent=bool(kw.get("independent")))
 
@@ -196,7 +205,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
         per_frame_gap=(matched - mismatched).mean(0).tolist(),
         frame_change=change.mean(0).tolist(), boundaries=cuts.tolist(),
         summary=summarise(matched, mismatched, change, cuts, window * per_frame, fps,
-                          factors))
+                          factors, per_frame * frames.tubelet))
   results["real_median_frame_change"] = float(np.median(
       np.abs(np.diff(real.astype(np.float64) / 255.0, axis=1)).mean((2, 3, 4))))
   results["image_to_video"] = image_to_video(config, frames, fn, cond, key, real, actions,

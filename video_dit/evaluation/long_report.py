@@ -63,38 +63,27 @@ def section(results: dict, rel: str) -> str:
           f"<tr><td>{html.escape(v['label'])}</td><td>{f}</td><td>{_fmt(s['first_window'])}</td>"
           f"<td>{_fmt(s['end_window'])}</td><td>{r['ratio']:.1%} [{r['ci95'][0]:.1%}, "
           f"{r['ci95'][1]:.1%}]</td><td>{_fmt(s['end_gap'])}</td>"
-          f"<td>{s['slope_per_second']:+.4f}</td><td>{_fmt(s['seam_ratio'], '.2f')}</td></tr>")
+          f"<td>{s['slope_per_second']:+.4f}</td><td>{_fmt(s['seam_ratio'], '.2f')}</td>"
+          f"<td>{_fmt(s.get('seam_ratio_tubelet'), '.2f')}</td></tr>")
   i2v = results["image_to_video"]
   imgs = "".join(f"<img src='{rel}/{file}'>" for _, file, _ in CURVES)
-  gifs = "".join(f"<img class=px src='{rel}/{i:03d}.gif'>" for i in range(4)
-                 if os.path.exists(os.path.join(results["media"], f"{i:03d}.gif")))
+  gifs = "".join(f"<img class=px src='{rel}/{i:03d}.gif'>"
+                 for i in range(min(4, results["num_videos"])))
   return f"""<h2>Longer videos and image-to-video</h2>
 <p class=small>{results['num_videos']} held-out examples, videos of up to {results['factor']}x
 the {results['clip_frames']}-frame training clip; windows given the last
 {results['overlap_frames']} frames. Similarity: the identity probe's cosine of each frame to
 the reference face; end/first: the last clip-length window over the first (bootstrap 95% CI);
 slope: similarity per generated second; seam: frame change across a window boundary over the
-median change inside windows.</p>{imgs}
+median change inside windows (of all transitions; and of those from one tubelet to the next,
+like for like).</p>{imgs}
 <p>{gifs}<br><span class=small>Reference | (a) extends itself with identity | (b) identity off
 after the first window | (c) independent clips.</span></p>
 <table><tr><th>variant</th><th>length</th><th>first window</th><th>end window</th>
-<th>end / first</th><th>end gap</th><th>slope /s</th><th>seam</th></tr>{''.join(rows)}</table>
+<th>end / first</th><th>end gap</th><th>slope /s</th><th>seam</th>
+<th>seam vs tubelet steps</th></tr>{''.join(rows)}</table>
 <p>Image-to-video (each example's first real frame given): first frame PSNR
 {i2v['first_frame_psnr_db']:.1f} dB (min {i2v['first_frame_psnr_min_db']:.1f}); action read
 {i2v['action_accuracy']:.1%} vs {i2v['text_to_video_action_accuracy']:.1%} in text-to-video
 (difference 95% CI [{i2v['action_difference_ci95'][0]:+.1%},
 {i2v['action_difference_ci95'][1]:+.1%}]).<br><img src='{rel}/image_to_video.png'></p>"""
-
-
-def write_page(workdir: str, results: dict) -> str:
-  """``W/report_long.html``: the section as a page of its own."""
-  from video_dit.report import _STYLE  # pylint: disable=g-import-not-at-top
-  rel = os.path.relpath(results["media"], workdir)
-  path = os.path.join(workdir, "report_long.html")
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>video_dit: long videos"
-            f"</title><style>{_STYLE}</style></head><body><h1>video_dit: step {results['step']}"
-            f"</h1>{section(results, rel)}</body></html>")
-  os.replace(tmp, path)
-  return path
