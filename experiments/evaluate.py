@@ -47,6 +47,9 @@ _LONG = flags.DEFINE_integer("long", 0, "Long-video evaluation up to this many c
                              "(a power of two; 0 = the standard evaluation).")
 _OVERLAP = flags.DEFINE_integer("overlap", 0, "--long: frames each window is given of the one "
                                 "before (0 = half a clip).")
+_WINDOW_NOISE = flags.DEFINE_enum("window_noise", "fresh", ["fresh", "reuse"],
+                                  "--long: each window's starting noise: its own, or the "
+                                  "first window's at the same positions (noise rescheduling).")
 _BEST_OF = flags.DEFINE_integer("best_of", 1, "Candidates sampled per example; the one most "
                                 "like its reference is kept (a second identity probe picks on "
                                 "synthetic data, dlib on real); the cost counts all of them.")
@@ -62,7 +65,8 @@ def main(argv):
     results = long.evaluate_long(
         _WORKDIR.value, factor=_LONG.value, step=_STEP.value, split=_SPLIT.value,
         num_videos=_NUM_VIDEOS.value, ema=not _RAW.value, sampler=sampler,
-        overlap=_OVERLAP.value, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value)
+        overlap=_OVERLAP.value, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value,
+        window_noise=_WINDOW_NOISE.value)
     print(json.dumps({name: v["summary"] for name, v in results["variants"].items()}, indent=1))
     print(json.dumps(results["image_to_video"], indent=1))
     page = report.write_long_report(_WORKDIR.value, results)

@@ -59,3 +59,19 @@ def test_sample_passes_the_last_frames_and_writes_only_new_ones():
       jax.random.key(0)).tolist()
   assert not np.array_equal(jax.random.key_data(calls[1]["key"]),
                             jax.random.key_data(calls[0]["key"]))
+
+
+def test_reused_noise_is_the_same_start_for_every_window():
+  seen = []
+
+  def window(cond, key, noise=None):
+    seen.append(noise)
+    return np.zeros(cond["context"].shape, np.float32)
+
+  long_video.sample(window, dict(face=np.zeros((2, 3))), jax.random.key(0), 16, (8, 1, 1, 1),
+                    overlap=4, tubelet=2, noise="reuse")
+  assert len(seen) == 3 and seen[0].shape == (2, 8, 1, 1, 1)
+  assert all(np.array_equal(s, seen[0]) for s in seen) and np.std(seen[0]) > 0.3
+  with pytest.raises(ValueError, match="fresh"):
+    long_video.sample(window, dict(face=np.zeros((2, 3))), jax.random.key(0), 16,
+                      (8, 1, 1, 1), overlap=4, tubelet=2, noise="other")

@@ -72,7 +72,7 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
            overlap: int, tubelet: int, given=None, later_cond: dict | None = None,
            independent: bool = False, on_window: Callable | None = None,
            value_range: tuple[float, float] | None = None,
-           context_noise: float = 0.0) -> np.ndarray:
+           context_noise: float = 0.0, noise: str = "fresh") -> np.ndarray:
   """A (B, total, H, W, C) float32 video in model space, window by window.
 
   Args:
@@ -90,6 +90,10 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
       compound window after window).
     context_noise: the given frames' noise level (``context_t``; training draws up to
       ``train.context_noise``): the model then trusts them a little less.
+    noise: 'fresh' (each window draws its own starting noise) or 'reuse' (every window
+      starts from the same noise at the same positions, after FreeNoise's noise
+      rescheduling: the new frames start where the frames they follow started);
+      ``sample_window`` then takes it as a third argument.
   Window 0 uses ``key`` (so with nothing given it is the plain clip of that seed);
   window i > 0 uses ``fold_in(key, i)``.
   """
@@ -99,6 +103,12 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
   if known:
     video[:, :known] = np.asarray(given, np.float32)
   windows = plan(total, win, overlap, known, tubelet, independent)
+  if noise not in ("fresh", "reuse"):
+    raise ValueError(f"noise={noise!r}: use 'fresh' or 'reuse'")
+  start = None
+  if noise == "reuse":
+    start = np.asarray(jax.random.normal(jax.random.fold_in(key, 1 << 20),
+                                         (b,) + tuple(window_shape), np.float32))
   for i, w in enumerate(windows):
     frames = np.zeros((b,) + tuple(window_shape), np.float32)
     have = min(w.start + win, video.shape[1]) - w.start
@@ -108,8 +118,9 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
       c.update(context=frames, context_mask=context_lib.prefix_mask(b, win, w.given))
       if context_noise:
         c["context_t"] = np.full((b,), context_noise, np.float32)
-    out = np.asarray(jax.device_get(sample_window(c, key if i == 0 else
-                                                  jax.random.fold_in(key, i))))
+    k = key if i == 0 else jax.random.fold_in(key, i)
+    out = np.asarray(jax.device_get(sample_window(c, k) if start is None else
+                                    sample_window(c, k, start)))
     end = min(w.start + win, total)
     if value_range is not None:
       out = np.clip(out, *value_range)

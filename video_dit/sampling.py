@@ -45,10 +45,11 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   scales traced (one program serves every scale; always 3 passes per guided call).
   ``return_stats``: ``(video, {'full_calls': ...})``, the guided model calls that ran in
   full (fewer than ``sampler.model_calls`` with the step cache, ``cache_threshold``).
+  ``noise``: an optional last argument, the starting noise (default: drawn from the key).
   """
   sampler.check(diffusion.config.objective)
 
-  def sample(params, cond, key, text_scale=None, id_scale=None):
+  def sample(params, cond, key, text_scale=None, id_scale=None, noise=None):
     run_sampler = sampler
     if scales_as_args:
       run_sampler = dataclasses.replace(sampler, text_scale=text_scale, id_scale=id_scale)
@@ -63,11 +64,12 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
       if on_model_call is not None and cache_mode.get("cache") != "indicator":
         jax.debug.callback(lambda _: on_model_call(), t[:1])  # every step, full or not
       return out
-    return diffusion.sample(model_fn, shape, cond, key, run_sampler, return_stats=return_stats)
+    return diffusion.sample(model_fn, shape, cond, key, run_sampler, noise=noise,
+                            return_stats=return_stats)
 
   if scales_as_args:
     return jax.jit(sample)
-  return jax.jit(lambda params, cond, key: sample(params, cond, key))
+  return jax.jit(lambda params, cond, key, noise=None: sample(params, cond, key, noise=noise))
 
 
 # --fast: the cheapest setting each kind of checkpoint keeps its quality at (measured on

@@ -53,11 +53,14 @@ def window_sampler(config, built, params, n: int):
   sample = sampling.make_sampler(built.model, built.diffusion, built.sampler,
                                  (padded,) + built.shape)
 
-  def fn(cond, key):
+  def fn(cond, key, noise=None):
     pad = lambda x: np.concatenate([x, np.repeat(x[-1:], padded - n, 0)]) if padded > n else x
     cond = jax.tree.map(lambda x: pad(np.asarray(x)), cond)
     with jax.set_mesh(mesh):
-      return sharding.to_host(sample(params, sharding.shard_copies(cond, mesh), key))[:n]
+      if noise is not None:
+        noise = sharding.shard_copies(pad(np.asarray(noise)), mesh)
+      return sharding.to_host(sample(params, sharding.shard_copies(cond, mesh), key,
+                                     noise))[:n]
   return fn
 
 
@@ -136,9 +139,12 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                   split: str = "test", num_videos: int = 32, ema: bool = True,
                   sampler: dict | None = None, overlap: int = 0,
                   probe_dir: str | None = None, train_probes: bool = True,
-                  log=print) -> dict:
+                  window_noise: str = "fresh", log=print) -> dict:
   """The three long-video variants and image-to-video on the split's first examples;
-  writes ``W/eval/long{factor}x_<settings>.json`` and its media folder."""
+  writes ``W/eval/long{factor}x_<settings>.json`` and its media folder. ``window_noise``:
+  ``long_video.sample``'s ``noise`` ('fresh' or 'reuse')."""
+  if window_noise not in ("fresh", "reuse"):
+    raise ValueError(f"--window_noise={window_noise} is not 'fresh' or 'reuse'")
   if factor < 2 or factor & (factor - 1):
     raise ValueError(f"--long={factor} must be a power of two >= 2 (videos of 2x, 4x ... "
                      "that many clips)")
@@ -171,7 +177,8 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
     progress = lambda i, w, name=name: log(f"  {name}: window {i + 1} ready")
     videos[name] = decode(long_video.sample(fn, cond, key, total, built.shape, frames.overlap,
                                             frames.tubelet, on_window=progress,
-                                            value_range=frames.value_range, **kw))
+                                            value_range=frames.value_range,
+                                            noise=window_noise, **kw))
     plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
                                   independent=bool(kw.get("independent")))
 
@@ -182,7 +189,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
   fps = float(config.sample.get("fps", 8.0))
   factors = [2 ** k for k in range(1, int(np.log2(factor)) + 1)]
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split, num_videos=n,
-                 factor=factor, clip_frames=window * per_frame,
+                 factor=factor, clip_frames=window * per_frame, window_noise=window_noise,
                  overlap_frames=frames.overlap * per_frame, fps=fps,
                  sampler=dict(name=built.sampler.name, num_steps=built.sampler.num_steps,
                               text_scale=built.sampler.text_scale,
@@ -212,7 +219,8 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                                              videos["extend"][:, :window * per_frame],
                                              codec, decode, probe_dir, train_probes, log)
   results["name"] = (f"long{factor}x_step_{step}_{split}{n}_{built.sampler.name}"
-                     f"{built.sampler.num_steps}_overlap{frames.overlap * per_frame}")
+                     f"{built.sampler.num_steps}_overlap{frames.overlap * per_frame}"
+                     + ("_reuse" if window_noise == "reuse" else ""))
   if jax.process_index() == 0:
     write(workdir, results, videos, faces)
   return results
