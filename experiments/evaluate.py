@@ -22,6 +22,7 @@ synthetic dataset the identity and action probes are trained on first use
 import json
 
 from absl import flags
+import jax
 
 from video_dit import cli, report
 from video_dit.evaluation import evaluate
@@ -67,10 +68,12 @@ def main(argv):
         num_videos=_NUM_VIDEOS.value, ema=not _RAW.value, sampler=sampler,
         overlap=_OVERLAP.value, probe_dir=_PROBE_DIR.value, train_probes=_TRAIN_PROBES.value,
         window_noise=_WINDOW_NOISE.value)
-    print(json.dumps({name: v["summary"] for name, v in results["variants"].items()}, indent=1))
-    print(json.dumps(results["image_to_video"], indent=1))
-    page = report.write_long_report(_WORKDIR.value, results)
-    print(f"results: {results['path']}\nreport: {page}")
+    if jax.process_index() == 0:  # the one that wrote
+      print(json.dumps({name: v["summary"] for name, v in results["variants"].items()},
+                       indent=1))
+      print(json.dumps(results["image_to_video"], indent=1))
+      page = report.write_long_report(_WORKDIR.value, results)
+      print(f"results: {results['path']}\nreport: {page}")
     return
   results = evaluate.evaluate(
       _WORKDIR.value, step=_STEP.value, split=_SPLIT.value, num_videos=_NUM_VIDEOS.value,

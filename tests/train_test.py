@@ -121,6 +121,12 @@ def test_init_from_a_model_this_one_extends_grafts_its_parameters(data_dir, tmp_
   np.testing.assert_array_equal(jax.device_get(new), 0.0)  # joins as a no-op
   assert checkpoint.digest(jax.device_get(state.params), ordered=True) == checkpoint.digest(
       saved["params"], ordered=True)
+  pooled = _config(data_dir, **{"identity.pooled_to_adaln": True, "ckpt.init_from": plain})
+  task = train.validate(pooled)
+  state, _ = train.init_train_state(pooled, task, train.optimizer(pooled), mesh)
+  with pytest.raises(ValueError, match="id_pool.*non-zero"):  # a new input that is no no-op
+    train.restore(pooled, checkpoint.Checkpointer(str(tmp_path / "pooled"), 1), state, None,
+                  task)
   wider = _config(data_dir, total_steps=1, **{"model.mlp_ratio": 2.0, "ckpt.init_from": plain})
   with pytest.raises(ValueError, match="fc1/bias of shape"):
     train.train_and_evaluate(wider, str(tmp_path / "wider"), ONE)

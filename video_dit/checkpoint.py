@@ -131,17 +131,22 @@ def check_compatible(saved_tree, target_tree, what: str) -> None:
           "use a workdir (or ckpt.init_from) made with the same model config.")
 
 
-def graft(params, source, what: str) -> tuple[Any, list[str]]:
+def graft(params, source, what: str, new_zero: bool = False) -> tuple[Any, list[str]]:
   """``params`` with each leaf that ``source`` (a tree of host arrays) has at the same
   path taken from it, placed like ``params``' leaf; the leaves only ``params`` has (a
-  new input, zero-initialised: a no-op) keep their values. -> (params, their paths).
-  Raises naming the first ``source`` leaf with no place or another shape."""
+  new input) keep their values. -> (params, their paths). Raises naming the first
+  ``source`` leaf with no place or another shape, and with ``new_zero`` a new leaf that
+  is not all zeros (only a zero-initialised input joins a trained model as a no-op)."""
   have = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
   used, new = set(), []
 
   def take(path, leaf):
     key = path_str(path)
     if key not in have:
+      if new_zero and np.any(np.asarray(jax.device_get(leaf))):
+        raise Incompatible(f"{what} has no {key}, and this model initialises it to non-zero "
+                           "values: the architectures differ (only zero-initialised new "
+                           "inputs, e.g. frame conditioning's flag, can join a trained model).")
       new.append(key)
       return leaf
     if tuple(np.shape(have[key])) != tuple(leaf.shape):

@@ -41,7 +41,8 @@ def plan(total: int, window: int, overlap: int, known: int = 0, tubelet: int = 1
 
   Each window after the first starts ``overlap`` frames before the first frame it
   makes (the last one ends at ``total``, so it may be given more); the first is given
-  the ``known`` frames there already are (at most ``overlap`` of them, the last ones).
+  the last of the ``known`` frames there already are (``overlap`` of them, or more when
+  the window must end at ``total``).
   ``independent``: back-to-back clips with nothing given (the baseline without frame
   conditioning); the last is cut at ``total``.
   """
@@ -94,10 +95,11 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
       starts from the same noise at the same positions, after FreeNoise's noise
       rescheduling: the new frames start where the frames they follow started);
       ``sample_window`` then takes it as a third argument.
-  Window 0 uses ``key`` (so with nothing given it is the plain clip of that seed);
-  window i > 0 uses ``fold_in(key, i)``.
+  Window 0 uses ``key`` (so with nothing given and fresh noise it is the plain clip of
+  that seed); window i > 0 uses ``fold_in(key, i)``.
   """
-  b, win = len(jax.tree.leaves(cond)[0]), window_shape[0]
+  win = window_shape[0]
+  b = given.shape[0] if given is not None else len(jax.tree.leaves(cond)[0])
   known = 0 if given is None else given.shape[1]
   video = np.zeros((b, max(total, known)) + tuple(window_shape[1:]), np.float32)
   if known:
@@ -156,13 +158,19 @@ def read_still(path: str) -> np.ndarray:
                      "image: png, jpg ...)") from e
 
 
-def read_clip(path: str) -> np.ndarray:
-  """A video file (mp4, gif, anything ffmpeg reads) as (T, H, W, 3) uint8."""
+def read_clip(path: str, fps: float, max_side: int = 0) -> np.ndarray:
+  """A video file (mp4, gif, anything ffmpeg reads) as (T, H, W, 3) uint8 at ``fps``
+  (frames picked at the nearest source time: the model's motion per frame)."""
   try:
-    return video_io.read_video(path)[0]
+    frames, source_fps = video_io.read_video(path, max_side=max_side)
   except Exception as e:  # pylint: disable=broad-except  (PyAV raises its own errors)
     raise ValueError(f"cannot read the video to extend {path}: {e} (--extend takes a video "
                      "file: mp4, gif ...)") from e
+  if abs(source_fps - fps) > 1e-3 * fps:
+    count = max(1, int(np.floor(len(frames) * fps / source_fps + 1e-6)))
+    frames = frames[np.minimum(np.round(np.arange(count) * source_fps / fps).astype(int),
+                               len(frames) - 1)]
+  return frames
 
 
 def frame_units(config) -> tuple[int, int]:
@@ -243,7 +251,10 @@ class Frames:
     if request.get("first_frame"):
       return given_frames(self.config, codec, still=read_still(request["first_frame"]))
     if request.get("extend"):
-      return given_frames(self.config, codec, clip=read_clip(request["extend"]))
+      _, height, width, _ = registry.pixel_shape(self.config)
+      clip = read_clip(request["extend"], float(self.config.sample.get("fps", 8.0)),
+                       max_side=4 * max(height, width))
+      return given_frames(self.config, codec, clip=clip)
     return None
 
   def frames(self, given, window: int) -> int:

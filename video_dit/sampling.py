@@ -206,8 +206,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   Given frames (a frame-conditioned model, ``long_video``): ``first_frame`` (an image:
   image-to-video) or ``extend`` (a video, kept at the start of the output), also per
   request; the face is then optional. ``num_frames`` beyond the training length, or any
-  given frames, sample sliding windows that are each given ``overlap`` frames (model
-  frames; 0 = half a clip) of the one before.
+  given frames, sample sliding windows that are each given ``overlap`` frames (0 = half a
+  clip) of the one before.
   """
   requests = [dict(r, **{k: v for k, v in (("first_frame", first_frame), ("extend", extend))
                          if v and not r.get(k)}) for r in requests]

@@ -258,9 +258,9 @@ def _graft(state: TrainState, directory: str, step: int) -> TrainState:
   the new ones as initialised (zero-initialised inputs join as a no-op)."""
   _, saved = checkpoint.load_host(directory, step)
   what = f"ckpt.init_from {directory} step {step}"
-  params, new = checkpoint.graft(state.params, saved["params"], what)
+  params, new = checkpoint.graft(state.params, saved["params"], what, new_zero=True)
   ema, _ = checkpoint.graft(jax.tree.map(jnp.copy, state.ema_params), saved["ema_params"],
-                            what)  # its own buffers: a step donates both
+                            what, new_zero=True)  # its own buffers: a step donates both
   print(f"initialised from {directory} step {step}; {len(new)} new "
         f"parameters keep their initial values: {', '.join(new[:6])}", flush=True)
   return state.replace(params=params, ema_params=ema)

@@ -144,3 +144,37 @@ def test_draw_gives_whole_tubelets_and_never_every_frame():
   assert still.any()  # some examples get the first frame held over the first tubelet
   kept = ~np.all(out["context"][:, 1] == out["context"][:, 0], axis=(1, 2, 3))
   np.testing.assert_array_equal(out["context"][kept], np.asarray(x0)[kept])
+
+
+def test_the_step_cache_indicator_ignores_the_given_frames(setup):
+  _, _, model, params, inputs = setup
+  ctx = _context(inputs, 4)
+  ind = np.asarray(model.apply(params, **inputs, **ctx, cache="indicator"))
+  plain = np.asarray(model.apply(params, **inputs, cache="indicator"))
+  tokens = ind.shape[1] // 2  # 8 frames, tubelet 2: the first half of the tokens is given
+  np.testing.assert_array_equal(ind[:, :tokens], 0.0)
+  assert np.abs(ind[:, tokens:]).mean() > 0 and np.abs(plain[:, :tokens]).mean() > 0
+
+
+def test_the_learned_variance_bound_ignores_the_given_frames():
+  config = helpers.runlocal_config(**{"train.context_rate": 0.5, "train.context_noise": 0.0,
+                                      "diffusion.objective": "ddpm",
+                                      "diffusion.prediction": "eps",
+                                      "diffusion.learn_sigma": True, "sample.sampler": "ddim"})
+  built = registry.build_dit(config)
+  x0 = jnp.asarray(np.random.default_rng(0).standard_normal((2,) + built.shape), jnp.float32)
+  mask = context_lib.prefix_mask(2, x0.shape[1], 4)
+  cond = dict(context=x0, context_mask=mask)
+
+  def model_fn(var_on_given):
+    def fn(x, t, c):
+      var = jnp.zeros_like(x).at[:, :4].set(var_on_given)
+      return jnp.concatenate([jnp.zeros_like(x), var], axis=-1)
+    return fn
+
+  key = jax.random.key(0)
+  _, a = built.diffusion.loss(model_fn(0.0), x0, cond, key)
+  _, b = built.diffusion.loss(model_fn(1.0), x0, cond, key)
+  np.testing.assert_allclose(a["vlb"], b["vlb"], rtol=1e-6)
+  _, c = built.diffusion.loss(model_fn(1.0), x0, {}, key)  # without the mask they count
+  assert not np.allclose(a["vlb"], c["vlb"])

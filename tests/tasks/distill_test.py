@@ -148,6 +148,7 @@ def test_one_shortcut_step_jumps_from_noise_to_data(teacher):
     ({"model.width": 64, "model.num_heads": 2}, "another architecture"),
     ({"distill.text_scales": (3.0, 1.0)}, "0 <= lo <= hi"),
     ({"model.guidance_embed": False}, "model.guidance_embed=True"),
+    ({"train.context_rate": 0.5}, "distils text-to-video only"),
 ])
 def test_bad_distillation_configs_name_the_fix(teacher, overrides, msg):
   config = student_config(teacher, **overrides)

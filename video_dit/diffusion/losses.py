@@ -115,13 +115,15 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
     target = schedules.ddpm_target(x0, eps, abar, cfg.prediction)
     model_t, snr = i.astype(jnp.float32) / cfg.num_timesteps, schedules.snr("ddpm", abar)
   pred = model_fn(x_t, model_t, cond).astype(jnp.float32)
+  keep = None
+  if isinstance(cond, dict) and cond.get("context_mask") is not None:  # generated frames
+    keep = context_lib.frame_weights(cond["context_mask"], x0.shape)
   aux = {}
   if cfg.learn_sigma:
     pred, var_out = jnp.split(pred, 2, axis=-1)
-    aux["vlb"] = cfg.vlb_weight * _vlb(cfg, i, x0, x_t, abar, pred, var_out)
+    aux["vlb"] = cfg.vlb_weight * _vlb(cfg, i, x0, x_t, abar, pred, var_out, keep)
   dims = tuple(range(1, x0.ndim))
-  if isinstance(cond, dict) and cond.get("context_mask") is not None:  # generated frames
-    keep = context_lib.frame_weights(cond["context_mask"], x0.shape)
+  if keep is not None:
     per_example = (jnp.sum(jnp.square(pred - target) * keep, axis=dims)
                    / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
   else:
@@ -146,7 +148,7 @@ def _with_context(x_t, eps, cond):
   return jnp.where(mask, context, x_t), dict(cond, context=context)
 
 
-def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out):
+def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out, keep=None):
   """Per-example KL(q(x_prev | x_t, x0) || p(x_prev | x_t)) in bits per dimension.
 
   The mean comes from the stopped prediction, so this term trains only the
@@ -163,5 +165,8 @@ def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out):
   frac = (var_out + 1.0) / 2.0
   log_var_p = frac * b(jnp.log(tables["beta"])) + (1.0 - frac) * b(tables["log_var"])
   kl = schedules.gaussian_kl(mean_q, b(tables["log_var"]), mean_p, log_var_p)
-  return jnp.mean(kl, axis=tuple(range(1, x0.ndim))) / jnp.log(2.0) * (
+  dims = tuple(range(1, x0.ndim))
+  mean = (jnp.mean(kl, axis=dims) if keep is None else  # the generated frames only
+          jnp.sum(kl * keep, axis=dims) / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
+  return mean / jnp.log(2.0) * (
       cfg.num_timesteps / 1000.0)

@@ -23,6 +23,7 @@ it, and the action probe's accuracy beside text-to-video's on the same examples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -169,6 +170,11 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
   codec = workdir_lib.codec(config)
   decode = lambda v: video_io.to_uint8(codec.decode(v) if codec is not None else v)
   key = jax.random.key(config.seed)
+  probe_path = lambda kind: probe_dir and os.path.join(probe_dir, kind)
+  probe = probes_lib.load_or_train(config, "identity", probe_path("identity"),
+                                   train=train_probes, log=log)
+  action = probes_lib.load_or_train(config, "action", probe_path("action"),
+                                    train=train_probes, log=log)  # both before sampling
   log(f"long videos: {n} '{split}' examples, {factor} x {window * per_frame} frames, "
       f"overlap {frames.overlap * per_frame}")
   videos, plans = {}, {}
@@ -178,12 +184,11 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
     videos[name] = decode(long_video.sample(fn, cond, key, total, built.shape, frames.overlap,
                                             frames.tubelet, on_window=progress,
                                             value_range=frames.value_range,
-                                            noise=window_noise, **kw))
+                                            noise="fresh" if name == "independent"
+                                            else window_noise, **kw))
     plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
                                   independent=bool(kw.get("independent")))
 
-  probe = probes_lib.load_or_train(config, "identity", probe_dir and os.path.join(
-      probe_dir, "identity"), train=train_probes, log=log)
   ref = probe.embed_images(faces)
   other = eval_lib.mismatched_index(identities)
   fps = float(config.sample.get("fps", 8.0))
@@ -191,9 +196,8 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split, num_videos=n,
                  factor=factor, clip_frames=window * per_frame, window_noise=window_noise,
                  overlap_frames=frames.overlap * per_frame, fps=fps,
-                 sampler=dict(name=built.sampler.name, num_steps=built.sampler.num_steps,
-                              text_scale=built.sampler.text_scale,
-                              id_scale=built.sampler.id_scale),
+                 params=("ema" if ema else "raw"), params_digest=restored.digest,
+                 sampler=dataclasses.asdict(built.sampler),
                  identity_probe=dict(probe.scores), variants={})
   if not probe.verified:
     results["warning"] = (f"the identity probe reaches ROC AUC {probe.scores['roc_auc']:.3f} "
@@ -217,17 +221,18 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
       np.abs(np.diff(real.astype(np.float64) / 255.0, axis=1)).mean((2, 3, 4))))
   results["image_to_video"] = image_to_video(config, frames, fn, cond, key, real, actions,
                                              videos["extend"][:, :window * per_frame],
-                                             codec, decode, probe_dir, train_probes, log)
-  results["name"] = (f"long{factor}x_step_{step}_{split}{n}_{built.sampler.name}"
-                     f"{built.sampler.num_steps}_overlap{frames.overlap * per_frame}"
+                                             codec, decode, action, log)
+  results["name"] = (f"long{factor}x_" + eval_lib.run_name(step, built.sampler, split, n, ema)
+                     + f"_overlap{frames.overlap * per_frame}"
                      + ("_reuse" if window_noise == "reuse" else ""))
+  i2v = results["image_to_video"].pop("videos")
   if jax.process_index() == 0:
-    write(workdir, results, videos, faces)
+    write(workdir, results, videos, faces, i2v)
   return results
 
 
 def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, codec, decode,
-                   probe_dir, train_probes, log) -> dict:
+                   action, log) -> dict:
   """Each example's first real frame as the still (held over the first tubelet), the
   example's prompt and face; the same noise as the text-to-video clip."""
   stills = real[:, 0]
@@ -239,8 +244,6 @@ def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, 
                                    frames.tubelet, given))
   first = psnr(video[:, 0], stills)
   after = psnr(video[:, tubelet_frames], stills)
-  action = probes_lib.load_or_train(config, "action", probe_dir and os.path.join(
-      probe_dir, "action"), train=train_probes, log=log)
   hit = lambda v: (action.action_logits(v).argmax(-1) == actions).astype(np.float64)
   i2v, t2v = hit(video), hit(text_to_video)
   log(f"image-to-video: first frame PSNR {first.mean():.1f} dB, action {i2v.mean():.1%} "
@@ -253,20 +256,19 @@ def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, 
               action_difference_ci95=_ci(i2v - t2v), n=int(len(i2v)), videos=video)
 
 
-def write(workdir: str, results: dict, videos: dict, faces) -> None:
-  """``W/eval/NAME.json``, ``W/eval/NAME/`` (videos.npz, the plots, GIFs of the first
+def write(workdir: str, results: dict, videos: dict, faces, i2v) -> None:
+  """``W/eval/NAME.json``, then ``W/eval/NAME/`` (videos.npz, the plots, GIFs of the first
   examples with the three variants side by side)."""
   from video_dit.evaluation import long_report  # pylint: disable=g-import-not-at-top
-  i2v = results["image_to_video"].pop("videos")
   media = os.path.join(workdir, "eval", results["name"])
   os.makedirs(media, exist_ok=True)
   tmp = os.path.join(media, f"videos.tmp{os.getpid()}.npz")
   np.savez_compressed(tmp, faces=faces, image_to_video=i2v, **videos)
   os.replace(tmp, os.path.join(media, "videos.npz"))
-  long_report.draw(results, videos, faces, i2v, media)
   results["media"] = os.path.abspath(media)
   results["path"] = os.path.abspath(os.path.join(workdir, "eval", results["name"] + ".json"))
   tmp = f"{results['path']}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=2)
   os.replace(tmp, results["path"])
+  long_report.draw(results, videos, faces, i2v, media)

@@ -29,6 +29,7 @@ def draw(results: dict, videos: dict, faces, i2v, media: str, examples: int = 4,
     plots.xy_plot(series, os.path.join(media, file), f"{title} over time", "seconds",
                   title.split(" (")[0], size=(640, 320))
   t, h, w = next(iter(videos.values())).shape[1:4]
+  faces = np.stack([np.asarray(Image.fromarray(f).resize((h, h), Image.BICUBIC)) for f in faces])
   gap = np.full((h, 4, 3), 255, np.uint8)
   rows = [np.concatenate([faces[0], gap] + list(v[0][::2]), axis=1) for v in videos.values()]
   strip = np.concatenate([np.concatenate([r, np.full((2, r.shape[1], 3), 255, np.uint8)])

@@ -290,9 +290,10 @@ class VideoDiT(nn.Module):
       t_ctx = jnp.zeros_like(t_b) if context_t is None else context_t.astype(t_b.dtype)
       c_ctx_t = t_embed(t_ctx)
       with_context = lambda c: (c, c + (c_ctx_t - c_t), ctx_mask_bl)
-    if cache == "indicator":
-      return DiTBlock(cfg, True, block_layout(cfg, 0), grid, name="block_0")(
+    if cache == "indicator":  # given frames do not change: out of the measured change
+      h = DiTBlock(cfg, True, block_layout(cfg, 0), grid, name="block_0")(
           x, with_context(c), None, None, None, None, modulated_only=True)[0]
+      return h if ctx_mask_bl is None else h * (~ctx_mask_bl)[..., None].astype(h.dtype)
     if cache == "encode":  # the conditions' share of c alone
       c = jnp.zeros_like(c)
     if cfg.guidance_embed and guidance_scale is not None and cache != "encode":

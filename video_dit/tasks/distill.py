@@ -64,6 +64,9 @@ class _DistillTask(DiTTask):
                        ("step_embed", self.needs_step_embed)):
       if need and not getattr(self.cfg, flag):
         raise ValueError(f"task={name!r} trains a student with model.{flag}=True; set it.")
+    if config.train.get("context_rate", 0.0):
+      raise ValueError(f"task={name!r} distils text-to-video only; set "
+                       "train.context_rate=0 (frame conditioning is not distilled yet).")
     self.text_scales = _range("text_scales", d.text_scales)
     self.id_scales = _range("id_scales", d.id_scales)
     if not d.teacher:
