@@ -147,15 +147,8 @@ def fit_frame(image_hwc: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def read_still(path: str) -> np.ndarray:
   """An image file as (H, W, 3) uint8; unreadable or oversized files are one error."""
-  try:
-    with open(path, "rb") as f:
-      return video_io.decode_image(f.read())
-  except Image.DecompressionBombError as e:
-    raise ValueError(f"the first frame {path} is too large to decode safely ({e}); use a "
-                     "smaller image") from e
-  except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read the first frame {path}: {e} (--first_frame takes an "
-                     "image: png, jpg ...)") from e
+  return video_io.read_image(path, "the first frame",
+                             " (--first_frame takes an image: png, jpg ...)")
 
 
 def read_clip(path: str, fps: float, max_side: int = 0) -> np.ndarray:
@@ -180,22 +173,27 @@ def frame_units(config) -> tuple[int, int]:
   return pixel // model, int(config.model.patch[0])
 
 
+def still_frames(config, codec, stills_nhwc: np.ndarray) -> np.ndarray:
+  """(N, n, H, W, C) model-space frames: each still (at the clip's frame size) held over
+  one tubelet, the image-to-video start."""
+  per_frame, tubelet = frame_units(config)
+  x = video_io.to_unit(np.repeat(np.asarray(stills_nhwc)[:, None], per_frame * tubelet, 1))
+  return np.asarray(codec.encode(x) if codec is not None else x, np.float32)
+
+
 def given_frames(config, codec, still: np.ndarray | None = None,
                  clip: np.ndarray | None = None) -> np.ndarray:
-  """(1, n, H, W, C) model-space frames from a still (held over one tubelet: the
-  image-to-video start) or a clip (its frames; leading frames beyond whole tubelets are
-  dropped), at the model's frame size."""
+  """(1, n, H, W, C) model-space frames from a still (``still_frames``) or a clip (its
+  frames; leading frames beyond whole tubelets are dropped), at the model's frame size."""
   _, height, width, _ = registry.pixel_shape(config)
+  if still is not None:
+    return still_frames(config, codec, fit_frame(still, height, width)[None])
   per_frame, tubelet = frame_units(config)
   unit = per_frame * tubelet
-  if still is not None:
-    pixels = np.repeat(fit_frame(still, height, width)[None], unit, axis=0)
-  else:
-    if len(clip) < unit:
-      raise ValueError(f"the video to extend has {len(clip)} frames; it needs at least "
-                       f"{unit} (one tubelet of the model)")
-    clip = clip[len(clip) % unit:]
-    pixels = np.stack([fit_frame(f, height, width) for f in clip])
+  if len(clip) < unit:
+    raise ValueError(f"the video to extend has {len(clip)} frames; it needs at least "
+                     f"{unit} (one tubelet of the model)")
+  pixels = np.stack([fit_frame(f, height, width) for f in clip[len(clip) % unit:]])
   x = video_io.to_unit(pixels)[None]
   return np.asarray(codec.encode(x) if codec is not None else x, np.float32)
 

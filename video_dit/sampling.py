@@ -20,7 +20,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from video_dit import conditions, long_video, provenance, video_io
 from video_dit import metrics as metrics_lib
@@ -103,14 +102,7 @@ def load_face(path: str, size: int, is_crop: bool = False) -> np.ndarray:
   ``min_face_side(size)`` pixels, an unreadable image and one over PIL's
   decompression-bomb limit are errors that say so.
   """
-  try:
-    with open(path, "rb") as f:
-      image = video_io.decode_image(f.read())
-  except Image.DecompressionBombError as e:
-    raise ValueError(f"the face image {path} is too large to decode safely ({e}); use a "
-                     "smaller photo") from e
-  except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read the face image {path}: {e}") from e
+  image = video_io.read_image(path, "the face image")
   least = min_face_side(size)
   if is_crop:
     h, w = image.shape[:2]
@@ -219,9 +211,9 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     photo = (r.get("face") and not face_is_crop) or r.get("first_frame") or r.get("extend")
     if photo and not statement:
       raise ValueError(f"request {i}: a photo or video of a real person needs the consent of "
-                       "the person shown: pass --consent='<who agreed, to what>' (e.g. 'I am the person "
-                       "in this photo and agree to this video'); it is recorded in the "
-                       "provenance of every output")
+                       "the person shown: pass --consent='<who agreed, to what>' (e.g. 'I am "
+                       "the person in this photo and agree to this video'); it is recorded in "
+                       "the provenance of every output")
   for _, name in seeds_names:
     for ext in (".mp4", ".gif", ".png", ".json"):
       path = os.path.join(out_dir, name + ext)

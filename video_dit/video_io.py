@@ -43,6 +43,19 @@ def decode_image(data: bytes) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def read_image(path: str, what: str, hint: str = "") -> np.ndarray:
+  """An image file as (H, W, 3) uint8; an unreadable file and one over PIL's
+  decompression-bomb limit are one error naming ``what`` it is (and ``hint``)."""
+  try:
+    with open(path, "rb") as f:
+      return decode_image(f.read())
+  except Image.DecompressionBombError as e:
+    raise ValueError(f"{what} {path} is too large to decode safely ({e}); use a smaller "
+                     "image") from e
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {what} {path}: {e}{hint}") from e
+
+
 def decode_frames(encoded: Sequence[bytes], indices: Sequence[int] | None = None) -> np.ndarray:
   """Decodes the frames at ``indices`` (all by default) -> (T, H, W, 3) uint8."""
   indices = range(len(encoded)) if indices is None else indices

@@ -30,7 +30,7 @@ import os
 import jax
 import numpy as np
 
-from video_dit import conditions, long_video, sampling, sharding, video_io
+from video_dit import conditions, long_video, pca_codec, sampling, sharding, video_io
 from video_dit import workdir as workdir_lib
 from video_dit.evaluation import evaluate as eval_lib
 from video_dit.evaluation import probes as probes_lib
@@ -74,10 +74,8 @@ def boundaries(windows, per_frame: int, total: int) -> np.ndarray:
 
 def psnr(a_uint8, b_uint8) -> np.ndarray:
   """Per-image PSNR in dB (``PSNR_CAP`` for identical images)."""
-  err = np.mean(np.square(a_uint8.astype(np.float64) - b_uint8.astype(np.float64)),
-                axis=tuple(range(1, a_uint8.ndim)))
-  with np.errstate(divide="ignore"):
-    return np.minimum(10 * np.log10(255.0 ** 2 / err), PSNR_CAP)
+  return np.minimum(pca_codec.psnr(video_io.to_unit(a_uint8), video_io.to_unit(b_uint8)),
+                    PSNR_CAP)
 
 
 def _ci(values) -> list[float]:
@@ -237,8 +235,7 @@ def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, 
   example's prompt and face; the same noise as the text-to-video clip."""
   stills = real[:, 0]
   tubelet_frames = frames.per_frame * frames.tubelet
-  x = video_io.to_unit(np.repeat(stills[:, None], tubelet_frames, axis=1))
-  given = np.asarray(codec.encode(x) if codec is not None else x, np.float32)
+  given = long_video.still_frames(config, codec, stills)
   shape = registry.video_shape(config)
   video = decode(long_video.sample(fn, cond, key, shape[0], shape, frames.overlap,
                                    frames.tubelet, given))
