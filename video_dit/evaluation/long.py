@@ -219,7 +219,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
       np.abs(np.diff(real.astype(np.float64) / 255.0, axis=1)).mean((2, 3, 4))))
   results["image_to_video"] = image_to_video(config, frames, fn, cond, key, real, actions,
                                              videos["extend"][:, :window * per_frame],
-                                             codec, decode, action, log)
+                                             codec, decode, action, log, window_noise)
   results["name"] = (f"long{factor}x_" + eval_lib.run_name(step, built.sampler, split, n, ema)
                      + f"_overlap{frames.overlap * per_frame}"
                      + ("_reuse" if window_noise == "reuse" else ""))
@@ -230,7 +230,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
 
 
 def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, codec, decode,
-                   action, log) -> dict:
+                   action, log, window_noise: str = "fresh") -> dict:
   """Each example's first real frame as the still (held over the first tubelet), the
   example's prompt and face; the same noise as the text-to-video clip."""
   stills = real[:, 0]
@@ -238,7 +238,7 @@ def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, 
   given = long_video.still_frames(config, codec, stills)
   shape = registry.video_shape(config)
   video = decode(long_video.sample(fn, cond, key, shape[0], shape, frames.overlap,
-                                   frames.tubelet, given))
+                                   frames.tubelet, given, noise=window_noise))
   first = psnr(video[:, 0], stills)
   after = psnr(video[:, tubelet_frames], stills)
   hit = lambda v: (action.action_logits(v).argmax(-1) == actions).astype(np.float64)
