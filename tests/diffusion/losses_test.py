@@ -93,6 +93,10 @@ def test_same_key_same_loss():
     (dict(weighting="p2"), "diffusion.weighting='p2' is unknown"),
     (dict(shift=0.0), "must be > 0"),
     (dict(objective="flow", learn_sigma=True), "learn_sigma=True needs objective='ddpm'"),
+    (dict(precondition="edm"), "diffusion.precondition='edm' is unknown"),
+    (dict(prediction="velocity", precondition="skip"), "precondition='skip' needs"),
+    (dict(prediction="x0", weighting="skip"), "weighting='skip' needs"),
+    (dict(prediction="x0", precondition="skip", sigma_data=0.0), "sigma_data=0.0 must be > 0"),
 ])
 def test_bad_diffusion_config_raises(kw, msg):
   with pytest.raises(ValueError, match=msg):
@@ -125,3 +129,28 @@ def test_learned_sigma_vlb_is_zero_only_for_the_true_posterior():
         [jnp.full(x.shape, scale), jnp.ones(x.shape)], -1)
     return jnp.mean(Diffusion(cfg).loss(fn, x0, {}, jax.random.key(1))[1]["vlb"])
   assert float(jax.grad(vlb_only)(1.0)) == 0.0
+
+
+def test_skip_weighting_is_the_networks_own_error():
+  """weighting='skip': the x0 error divided by c_out(t)^2, i.e. the plain squared error of
+  the network output F in x0_hat = c_skip x_t + c_out F (EDM's loss weight)."""
+  cfg = DiffusionConfig("flow", "x0", precondition="skip", sigma_data=0.5, weighting="skip")
+  x0 = 0.5 * jax.random.normal(jax.random.key(0), (32, 6, 5))
+  f = 0.3 * jax.random.normal(jax.random.key(1), (32, 6, 5))  # a fixed network output
+
+  def fn(x, t, c):
+    c_skip, c_out = schedules.flow_precondition(t, 0.5)
+    return c_skip[:, None, None] * x + c_out[:, None, None] * f
+
+  loss, aux = Diffusion(cfg).loss(fn, x0, {}, jax.random.key(2))
+  c_skip, c_out = (np.asarray(v) for v in schedules.flow_precondition(aux["t"], 0.5))
+  np.testing.assert_allclose(float(loss), np.mean(np.asarray(aux["per_example"]) / c_out ** 2),
+                             rtol=1e-4)
+  t = np.linspace(0.0, 1.0, 5)
+  c_skip, c_out = (np.asarray(v) for v in schedules.flow_precondition(t, 0.5))
+  np.testing.assert_allclose(c_skip[[0, -1]], [1.0, 0.0])
+  np.testing.assert_allclose(c_out[[0, -1]], [0.0, 0.5])
+  # x0 ~ N(0, 0.5^2): c_skip x_t is the best linear guess of x0 and F's target has unit variance
+  var = (1 - t[1:-1]) ** 2 * 0.25 + t[1:-1] ** 2
+  np.testing.assert_allclose(c_skip[1:-1], (1 - t[1:-1]) * 0.25 / var, rtol=1e-6)
+  np.testing.assert_allclose(0.25 - c_skip[1:-1] ** 2 * var, c_out[1:-1] ** 2, rtol=1e-5)

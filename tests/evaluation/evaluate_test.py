@@ -16,7 +16,7 @@ from tests import helpers
 from video_dit import report, train
 from video_dit.data import builders, synthetic
 from video_dit.diffusion import SamplerConfig
-from video_dit.evaluation import evaluate, probes, sweep, temporal, usable
+from video_dit.evaluation import denoise, evaluate, probes, sweep, temporal, usable
 
 
 def test_paired_gap_and_interval():
@@ -246,6 +246,24 @@ def test_same_seed_same_evaluation(trained, tmp_path):
   a = evaluate.evaluate(run, **kw)["temporal"]
   b = evaluate.evaluate(run, **kw)["temporal"]
   assert a == b
+
+
+def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained):
+  run = str(trained / "run")
+  kw = dict(num_videos=10, log=lambda *_: None)
+  first = evaluate.evaluate(run, metrics=("temporal",), **kw)
+  second = evaluate.evaluate(run, metrics=("denoise",), **kw)
+  assert first["path"] == second["path"]
+  with open(second["path"]) as f:
+    saved = json.load(f)
+  assert saved["temporal"] == first["temporal"]  # kept from the first run
+  curve = saved["denoise"]
+  assert curve["t"] == list(denoise.LEVELS) and len(curve["ratio"]) == len(denoise.LEVELS)
+  assert all(r > 0 for r in curve["ratio"]) and 0.3 < curve["data_std"] < 0.7
+  # Another sampler setting is another evaluation: nothing carried over.
+  other = evaluate.evaluate(run, metrics=("denoise",), sampler=dict(num_steps=1), **kw)
+  with open(other["path"]) as f:
+    assert "temporal" not in json.load(f)
 
 
 def test_unverified_identity_probe_is_skipped_with_reason(trained):

@@ -551,3 +551,39 @@ def test_step_cache_indicator_needs_unscanned_blocks():
   model, _ = registry.build(config)
   with pytest.raises(ValueError, match="scan_layers"):
     model.apply({}, **registry.random_inputs(config, 1), cache="indicator")
+
+
+def test_skip_precondition_keeps_a_lightly_noised_video():
+  """x0 prediction at low noise: without the skip, an untrained (or briefly trained)
+  network must rebuild every pixel through its tokens, and its prediction of a barely
+  noised clip is far worse than the clip itself (the quickstart's saturated, blocky
+  last sampler steps). With ``diffusion.precondition='skip'`` the output is
+  c_skip(t) x_t + c_out(t) F, so a fresh network already returns x_t / (1 - t)."""
+  rng = np.random.default_rng(0)
+  results = {}
+  for precondition in ("none", "skip"):
+    config = helpers.runlocal_config(**{"diffusion.prediction": "x0",
+                                        "diffusion.precondition": precondition,
+                                        "diffusion.sigma_data": 0.5})
+    model, params = helpers.init(config)
+    inputs = registry.random_inputs(config, 2)
+    x0 = np.clip(0.5 * rng.standard_normal(inputs["x"].shape), -1, 1).astype(np.float32)
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    for t in (0.02, 1.0):
+      x_t = (1 - t) * x0 + t * eps
+      out = helpers.apply(model, params, dict(inputs, x=x_t, t=np.full((2,), t, np.float32)))
+      results[precondition, t] = (out, x_t)
+  out, x_t = results["skip", 0.02]
+  np.testing.assert_allclose(out, x_t * 0.98 * 0.25 / (0.98 ** 2 * 0.25 + 0.02 ** 2),
+                             rtol=1e-5, atol=1e-6)
+  assert np.mean((out - x0) ** 2) < 2 * np.mean((x_t - x0) ** 2)
+  out_none, _ = results["none", 0.02]
+  assert np.mean((out_none - x0) ** 2) > 20 * np.mean((x_t - x0) ** 2)
+  np.testing.assert_array_equal(results["skip", 1.0][0], 0.0)  # pure noise: c_skip = 0
+
+
+def test_skip_precondition_needs_flow_x0():
+  config = helpers.runlocal_config(**{"diffusion.prediction": "velocity",
+                                      "diffusion.precondition": "skip"})
+  with pytest.raises(ValueError, match="precondition='skip' needs"):
+    registry.model_config(config)

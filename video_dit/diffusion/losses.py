@@ -12,7 +12,8 @@ from video_dit.diffusion import context as context_lib
 from video_dit.diffusion import schedules
 
 OBJECTIVES = {"flow": ("velocity", "x0"), "ddpm": ("eps", "x0", "v")}
-WEIGHTINGS = ("none", "min_snr")
+WEIGHTINGS = ("none", "min_snr", "skip")
+PRECONDITIONS = ("none", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,12 @@ class DiffusionConfig:
   shift_base_tokens: int = 0       # >0: shift grows as sqrt(tokens / shift_base_tokens)
   schedule: str = "linear"         # ddpm: linear | cosine
   num_timesteps: int = 1000        # ddpm
-  weighting: str = "none"          # none | min_snr (Hang et al. 2023, in x0 space)
+  weighting: str = "none"          # none | min_snr (Hang et al. 2023, in x0 space) |
+                                   # skip (the network's own error: x0's over c_out(t)^2)
+  # 'skip' (flow, x0): the model predicts x0_hat = c_skip(t) x_t + c_out(t) F, so at low
+  # noise it refines x_t instead of rebuilding it (schedules.flow_precondition)
+  precondition: str = "none"
+  sigma_data: float = 0.5          # the data's standard deviation, for 'skip'
   min_snr_gamma: float = 5.0
   learn_sigma: bool = False        # ddpm: the model also outputs its log-variance,
   vlb_weight: float = 1.0          # trained by the variational bound (x num_timesteps/1000)
@@ -46,6 +52,17 @@ class DiffusionConfig:
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f"diffusion.weighting='{self.weighting}' is unknown; use one of "
                        f"{WEIGHTINGS}.")
+    if self.precondition not in PRECONDITIONS:
+      raise ValueError(f"diffusion.precondition='{self.precondition}' is unknown; use one "
+                       f"of {PRECONDITIONS}.")
+    if self.precondition == "skip" and (self.objective, self.prediction) != ("flow", "x0"):
+      raise ValueError("diffusion.precondition='skip' needs objective='flow' with "
+                       f"prediction='x0' (got '{self.objective}', '{self.prediction}').")
+    if self.weighting == "skip" and self.precondition != "skip":
+      raise ValueError("diffusion.weighting='skip' needs diffusion.precondition='skip'.")
+    if self.precondition == "skip" and not self.sigma_data > 0:
+      raise ValueError(f"diffusion.sigma_data={self.sigma_data} must be > 0 (the data's "
+                       "standard deviation, e.g. 0.5 for pixels in [-1, 1]).")
     if self.shift <= 0 or self.t_std <= 0:
       raise ValueError(f"diffusion.shift={self.shift} and diffusion.t_std={self.t_std} "
                        "must be > 0.")
@@ -131,6 +148,8 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
   weight = jnp.ones_like(per_example)
   if cfg.weighting == "min_snr":
     weight = jnp.minimum(snr, cfg.min_snr_gamma) / x0_error_scale2(cfg, model_t, abar)
+  elif cfg.weighting == "skip":
+    weight = 1.0 / jnp.square(schedules.flow_precondition(model_t, cfg.sigma_data)[1])
   loss = jnp.mean(weight * per_example) + (jnp.mean(aux["vlb"]) if aux else 0.0)
   return loss, dict(aux, t=model_t, per_example=per_example)
 

@@ -50,6 +50,21 @@ def flow_interpolate(x0, eps, t):
   return (1.0 - t) * x0 + t * eps
 
 
+def flow_precondition(t, sigma_data: float):
+  """(c_skip, c_out) of a preconditioned flow x0 prediction (Karras et al. 2022, EDM, in
+  flow time): x0_hat = c_skip x_t + c_out F(x_t, t).
+
+  For data of standard deviation ``sigma_data``, c_skip x_t is the best linear guess of
+  x0 from x_t and c_out the standard deviation of what is left, so the network's target
+  F* = (x0 - c_skip x_t) / c_out has unit variance at every t. At t -> 0 the prediction
+  is x_t itself (the network only refines it); at t = 1 it is c_out F = sigma_data F.
+  """
+  t = jnp.asarray(t, jnp.float32)
+  s2 = sigma_data ** 2
+  var = (1.0 - t) ** 2 * s2 + t ** 2  # Var(x_t)
+  return (1.0 - t) * s2 / var, t * sigma_data * jax.lax.rsqrt(var)
+
+
 def flow_x0_from(pred, x_t, t, prediction: str):
   """(x0, eps) implied by a flow model's ``pred`` ('velocity' or 'x0')."""
   t = _bcast(t, x_t)

@@ -16,6 +16,8 @@
   data), beside chance and the probe's accuracy on the real clips.
 * ``temporal``: embedding variance, frame change and drift (generated and real).
 * ``cost``: FLOPs and seconds per sample and per generated video-second.
+* ``denoise``: the one-step x0 error on the real clips per noise level, against the best
+  linear denoiser's (``denoise.py``): above 1x the network is worse than that there.
 * ``usable`` (with ``identity``): the fraction of usable samples and the cost per usable
   video-second; ``best_of=N`` keeps the best of N candidates by identity (``usable.py``).
 
@@ -35,6 +37,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from video_dit import conditions, sampling, sharding, video_io
@@ -42,12 +45,13 @@ from video_dit import metrics as metrics_lib
 from video_dit import workdir as workdir_lib
 from video_dit.data import builders, pipeline, synthetic
 from video_dit.evaluation import cost as cost_lib
+from video_dit.evaluation import denoise
 from video_dit.evaluation import probes as probes_lib
 from video_dit.evaluation import temporal
 from video_dit.evaluation import usable as usable_lib
 from video_dit.models import registry
 
-METRICS = ("fvd", "identity", "text", "temporal", "cost")
+METRICS = ("fvd", "identity", "text", "temporal", "cost", "denoise")
 
 
 def paired_gap(matched: np.ndarray, mismatched: np.ndarray) -> dict:
@@ -357,6 +361,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name))
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", lambda: usable_lib.count_candidates(cost_fn(), best_of))
+  run("denoise", lambda: denoise_fn(config, model, params, diffusion, batch))
   block = usable_lib.usable_block(results, config.data.dataset == "synthetic_faces", actions)
   if block is not None:
     results["usable"] = block
@@ -369,9 +374,21 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   return results
 
 
+def denoise_fn(config, model, params, diffusion, batch) -> dict:
+  """The one-step denoising curve on the real clips (``evaluation/denoise.py``), in the
+  model's space (a latent DiT's clips go through its codec)."""
+  x0, cond = conditions.split_batch(batch)
+  codec = workdir_lib.codec(config)
+  if codec is not None:
+    x0 = np.asarray(codec.encode(jnp.asarray(x0, jnp.float32)))
+  return denoise.denoise_curve(model, params, diffusion, x0, cond, seed=config.seed)
+
+
 def _summary(value: dict) -> str:
   if "skipped" in value:
     return "skipped: " + value["skipped"]
+  if "ratio" in value:  # the denoising curve: error / the linear denoiser's, per level
+    return denoise.summary(value)
   flat = scalars(value)
   return ", ".join(f"{k}={v:.4g}" for k, v in list(flat.items())[:6])
 
@@ -386,6 +403,21 @@ def scalars(tree: dict, prefix: str = "") -> dict[str, float]:
     elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
       out[name] = float(v)
   return out
+
+
+def _keep_earlier_metrics(results: dict) -> None:
+  """A re-run of the same evaluation (same parameters, sampler, examples) that computed
+  fewer metrics keeps the earlier run's other metrics instead of dropping them."""
+  try:
+    with open(results["path"]) as f:
+      earlier = json.load(f)
+  except (OSError, ValueError):
+    return
+  same = ("params_digest", "sampler", "num_videos", "split", "best_of")
+  if all(earlier.get(k) == results.get(k) for k in same):
+    for name in METRICS + ("usable",):
+      if name in earlier and name not in results:
+        results[name] = earlier[name]
 
 
 def _write(workdir, step, results, gen, real, faces, captions, identities, actions, num_gifs,
@@ -404,6 +436,7 @@ def _write(workdir, step, results, gen, real, faces, captions, identities, actio
     video_io.write_sample(prefix, gen[i], faces[i], fps)
   results["media"] = os.path.abspath(media)
   results["path"] = os.path.abspath(os.path.join(out_dir, results["name"] + ".json"))
+  _keep_earlier_metrics(results)
   tmp = f"{results['path']}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=2)

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from video_dit.diffusion import schedules
 from video_dit.models import attention, layers
 from video_dit.models.identity import IdentityEncoder, IdentityEncoderConfig
 from video_dit.models.layers import dense, layer_norm, logical, modulate, zeros
@@ -82,6 +83,9 @@ class ModelConfig:
   guidance_embed: bool = False     # (text_scale, id_scale): one-pass guidance; (1, 1) neutral
   step_embed: bool = False         # shortcut step size d (0 = the instantaneous velocity)
   frame_conditioning: bool = False  # given context frames: image-to-video, extension
+  # > 0: a flow x0 prediction preconditioned with the data's standard deviation
+  # (diffusion.precondition='skip'): out = c_skip(t) x_t + c_out(t) F
+  skip_sigma_data: float = 0.0
 
 
 class DiTBlock(nn.Module):
@@ -352,6 +356,10 @@ class VideoDiT(nn.Module):
     out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
     out = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
     out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
+    if cfg.skip_sigma_data:
+      c_skip, c_out = schedules.flow_precondition(t_b, cfg.skip_sigma_data)
+      b5 = lambda v: v.reshape((b,) + (1,) * 4)
+      out = b5(c_skip) * x_bthwc.astype(jnp.float32) + b5(c_out) * out
     return (out, x - x_in) if cache == "fill" else out
 
   def _reference(self, face_bhwc, frame_hw, patch_embed):

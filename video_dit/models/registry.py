@@ -16,7 +16,7 @@ import numpy as np
 
 from video_dit.models.dit import REMAT_POLICIES, ModelConfig, VideoDiT
 from video_dit.models.identity import IdentityEncoderConfig
-from video_dit.diffusion import Diffusion, SamplerConfig
+from video_dit.diffusion import Diffusion, DiffusionConfig, SamplerConfig
 from video_dit.models import attention, flops, layers
 from video_dit.models.layers import MATMUL_DTYPES
 from video_dit.models.patching import grid_shape
@@ -222,6 +222,9 @@ def model_config(config) -> ModelConfig:
     raise ValueError(f"identity.num_tokens={idc.num_tokens} must be >= 1.")
 
   frame_conditioning = check_frame_conditioning(config, patch)
+  skip_sigma_data = 0.0
+  if config.diffusion.get("precondition", "none") != "none":  # older configs lack it
+    skip_sigma_data = DiffusionConfig.from_config(config.diffusion).sigma_data  # validates
   text = TextEncoderConfig(vocab_size=tx.vocab_size, max_len=tx.max_len, width=tx.width,
                            depth=tx.depth, num_heads=tx.num_heads)
   ident = IdentityEncoderConfig(
@@ -243,7 +246,8 @@ def model_config(config) -> ModelConfig:
       identity_gate=idc.gate, identity_scale=idc.scale, identity_every=idc.every,
       identity_pooled_to_adaln=idc.pooled_to_adaln,
       guidance_embed=bool(m.get("guidance_embed", False)),
-      step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning)
+      step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning,
+      skip_sigma_data=skip_sigma_data)
 
 
 def check_frame_conditioning(config, patch) -> bool:
