@@ -1,6 +1,5 @@
 """The denoising curve against closed forms."""
 
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
