@@ -75,6 +75,8 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
     timed("train", lambda: train.train_and_evaluate(config, workdir))
   step = workdir_lib.latest_step(workdir)
 
+  # The config's sampler, also for a checkpoint trained when its default was another.
+  sampler = config.sample.to_dict()
   eval_path = evaluate.result_path(workdir, config, step, num_videos)
   results = None
   if os.path.exists(eval_path):
@@ -89,7 +91,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
          "(the identity and action probes train once, ~2 min, and are kept with the data)")
     results = timed("evaluate", lambda: evaluate.evaluate(
         workdir, step=step, num_videos=num_videos, metrics=tuple(metrics),
-        chunk=32, num_gifs=0, log=_log))
+        sampler=sampler, chunk=32, num_gifs=0, log=_log))
   else:
     _log(f"3/5 evaluation of step {step} found: {eval_path}")
 
@@ -106,7 +108,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
            f"{list(face_scales)}, {per_point} held-out examples each")
       trade_off = timed("sweep", lambda: sweep_lib.guidance_sweep(
           workdir, text_scales, face_scales, step=step, num_videos=per_point, chunk=per_point,
-          log=_log))
+          sampler=sampler, log=_log))
 
   _log("5/5 report")
   path = timed("report", lambda: report.write_report(

@@ -33,11 +33,11 @@ class _Sources(html.parser.HTMLParser):
     self.cells.append(data.strip())
 
 
-def _quickstart(workdir, data_dir, steps):
+def _quickstart(workdir, data_dir, steps, sampler_steps=2):
   cmd = [sys.executable, "-m", "experiments.quickstart",
          f"--config=configs/synthetic_faces.py:runlocal,steps={steps}",
          f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
-         "--config.data.clips_per_identity=2", "--config.sample.num_steps=2",
+         "--config.data.clips_per_identity=2", f"--config.sample.num_steps={sampler_steps}",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
          "--metrics=identity,text,temporal,cost", "--sweep_text=1,4", "--sweep_face=2",
          "--sweep_videos=4"]
@@ -124,6 +124,11 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   assert "already at step 6" in log and "evaluation of step 6 found" in log
   assert "guidance sweep of step 6 found" in log
   assert _phases(workdir)["train"] == resumed["train"]  # no training was timed
+  # The given config's sampler decides, not the one saved with the checkpoint.
+  log, _ = _quickstart(workdir, data_dir, steps=6, sampler_steps=1)
+  assert "already at step 6" in log and "3/5 sampling" in log
+  with open(os.path.join(workdir, "eval", "step_6_test12_ema_euler1_text4_face2.json")) as f:
+    assert json.load(f)["sampler"]["num_steps"] == 1
 
 
 def test_pick_examples_spreads_identities_and_actions():

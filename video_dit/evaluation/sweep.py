@@ -34,8 +34,10 @@ def check(text_scales, face_scales, num_videos: int) -> None:
 
 def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None = None,
                    num_videos: int = 32, split: str = "test", chunk: int = 8,
-                   probe_dir: str | None = None, log=print) -> dict:
-  """Evaluates identity and action at every (text, face) scale pair; returns (and writes)
+                   probe_dir: str | None = None, sampler: dict | None = None,
+                   log=print) -> dict:
+  """Evaluates identity and action at every (text, face) scale pair (``sampler``: the other
+  sampler settings, default the checkpoint's); returns (and writes)
   ``dict(step, points=[dict(text_scale, face_scale, gap, gap_ci95, choice_accuracy,
   action_accuracy, action_ci95, chance)], path)``."""
   check(text_scales, face_scales, num_videos)
@@ -45,7 +47,8 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
     for fs in face_scales:
       r = evaluate.evaluate(workdir, step=step, split=split, num_videos=num_videos,
                             metrics=("identity", "text"), num_gifs=0, chunk=chunk,
-                            sampler=dict(text_scale=ts, face_scale=fs), probe_dir=probe_dir,
+                            sampler=dict(sampler or {}, text_scale=ts, face_scale=fs),
+                            probe_dir=probe_dir,
                             log=lambda *_: None)
       result_step = r["step"]
       g, text = r["identity"].get("generated", {}), r["text"]
