@@ -98,7 +98,8 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
   trade_off = None
   if sweep and {"identity", "text"} <= set(metrics):
     text_scales, face_scales, per_point = sweep
-    sweep_file = sweep_lib.sweep_path(workdir, step, "test", per_point)
+    sweep_file = sweep_lib.sweep_path(workdir, step, "test", per_point, sampler["sampler"],
+                                      sampler["num_steps"])
     if os.path.exists(sweep_file):
       with open(sweep_file, encoding="utf-8") as f:
         trade_off = json.load(f)

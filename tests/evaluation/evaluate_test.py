@@ -220,6 +220,13 @@ def test_guidance_sweep_and_report_plots(trained, tmp_path):
   assert [(p["text_scale"], p["face_scale"]) for p in out["points"]] == [(1, 2), (4, 2)]
   with open(out["path"]) as f:
     assert json.load(f)["points"] == json.loads(json.dumps(out["points"]))
+  assert out["path"].endswith("guidance_step_2_test4_euler2.json")
+  # Other sampler settings: every point is sampled with them, into another file.
+  one = sweep.guidance_sweep(run, [4.0], [2.0], num_videos=4, chunk=4, sampler=dict(num_steps=1),
+                             probe_dir=str(trained / "probes"), log=lambda *_: None)
+  assert one["path"].endswith("guidance_step_2_test4_euler1.json") and one["sampler"] == dict(
+      name="euler", num_steps=1)
+  assert os.path.exists(os.path.join(run, "eval", "step_2_test4_ema_euler1_text4_face2.json"))
   # Each point is an ordinary evaluation, kept under its own settings' name.
   for ts in (1, 4):
     with open(os.path.join(run, "eval", f"step_2_test4_ema_euler2_text{ts}_face2.json")) as f:

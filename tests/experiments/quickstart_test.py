@@ -104,7 +104,7 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     assert metric in text, text
   with open(os.path.join(workdir, "eval", "step_4_test12_ema_euler2_text4_face2.json")) as f:
     results = json.load(f)
-  with open(os.path.join(workdir, "eval", "guidance_step_4_test4.json")) as f:
+  with open(os.path.join(workdir, "eval", "guidance_step_4_test4_euler2.json")) as f:
     assert [(p["text_scale"], p["face_scale"]) for p in json.load(f)["points"]] == [(1, 2), (4, 2)]
   assert results["num_videos"] == 12 and results["step"] == 4
   steps, loss = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
@@ -126,7 +126,7 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   assert _phases(workdir)["train"] == resumed["train"]  # no training was timed
   # The given config's sampler decides, not the one saved with the checkpoint.
   log, _ = _quickstart(workdir, data_dir, steps=6, sampler_steps=1)
-  assert "already at step 6" in log and "3/5 sampling" in log
+  assert "already at step 6" in log and "3/5 sampling" in log and "4/5 guidance sweep:" in log
   with open(os.path.join(workdir, "eval", "step_6_test12_ema_euler1_text4_face2.json")) as f:
     assert json.load(f)["sampler"]["num_steps"] == 1
 

@@ -1,6 +1,7 @@
 """The identity-vs-prompt trade-off: identity gap and action accuracy over a grid of
 text and identity guidance scales (one ``evaluate`` per grid point, same examples and
-seed), written to ``W/eval/guidance_step_N_<examples>.json`` and drawn by the report.
+seed), written to ``W/eval/guidance_step_N_<examples>_<sampler><steps>.json`` and drawn
+by the report.
 
 Stronger identity guidance pulls samples toward the reference face and can pull them
 away from the prompt; this curve is what a user picks their scales from.
@@ -50,7 +51,7 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
                             sampler=dict(sampler or {}, text_scale=ts, face_scale=fs),
                             probe_dir=probe_dir,
                             log=lambda *_: None)
-      result_step = r["step"]
+      result_step, used = r["step"], r["sampler"]
       g, text = r["identity"].get("generated", {}), r["text"]
       if "gap" not in g or "accuracy" not in text:
         raise ValueError("the sweep needs the identity and action probes (synthetic data): "
@@ -62,8 +63,10 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
                          chance=text["chance"], n=text["n"]))
       log(f"text scale {ts:g}, face scale {fs:g}: identity gap {g['gap']:.3f}, "
           f"action accuracy {text['accuracy']:.1%}")
-  out = dict(step=result_step, split=split, num_videos=num_videos, points=points)
-  out["path"] = sweep_path(workdir, result_step, split, num_videos)
+  out = dict(step=result_step, split=split, num_videos=num_videos, points=points,
+             sampler=dict(name=used["name"], num_steps=used["num_steps"]))
+  out["path"] = sweep_path(workdir, result_step, split, num_videos, used["name"],
+                           used["num_steps"])
   tmp = f"{out['path']}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=1)
@@ -71,5 +74,8 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
   return out
 
 
-def sweep_path(workdir: str, step: int, split: str = "test", num_videos: int = 32) -> str:
-  return os.path.join(workdir, "eval", f"guidance_step_{step}_{split}{num_videos}.json")
+def sweep_path(workdir: str, step: int, split: str, num_videos: int, sampler: str,
+               num_steps: int) -> str:
+  """The sweep's json: a sweep of other examples or another sampler is another file."""
+  return os.path.join(workdir, "eval",
+                      f"guidance_step_{step}_{split}{num_videos}_{sampler}{num_steps}.json")
