@@ -26,6 +26,7 @@ from video_dit import workdir as workdir_lib
 from video_dit.data import pipeline
 from video_dit.evaluation import evaluate
 from video_dit.evaluation import sweep as sweep_lib
+from video_dit.models import registry
 
 
 def _log(msg: str) -> None:
@@ -83,14 +84,17 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
     with open(eval_path, encoding="utf-8") as f:
       results = json.load(f)
     if (results.get("num_videos") != num_videos or
-        not set(metrics) <= set(results) or
         not os.path.exists(os.path.join(results.get("media", ""), "videos.npz"))):
       results = None
-  if results is None:
-    _log(f"3/5 sampling {num_videos} held-out examples and evaluating step {step} "
-         "(the identity and action probes train once, ~2 min, and are kept with the data)")
+  # An evaluation that lacks some metrics (e.g. one added since) computes only those;
+  # evaluate keeps the others.
+  missing = [m for m in metrics if results is None or m not in results]
+  if missing:
+    _log(f"3/5 sampling {num_videos} held-out examples and evaluating step {step}: "
+         f"{', '.join(missing)} (the identity and action probes train once, ~2 min, and are "
+         "kept with the data)")
     results = timed("evaluate", lambda: evaluate.evaluate(
-        workdir, step=step, num_videos=num_videos, metrics=tuple(metrics),
+        workdir, step=step, num_videos=num_videos, metrics=tuple(missing),
         sampler=sampler, chunk=32, num_gifs=0, log=_log))
   else:
     _log(f"3/5 evaluation of step {step} found: {eval_path}")
@@ -98,8 +102,8 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
   trade_off = None
   if sweep and {"identity", "text"} <= set(metrics):
     text_scales, face_scales, per_point = sweep
-    sweep_file = sweep_lib.sweep_path(workdir, step, "test", per_point, sampler["sampler"],
-                                      sampler["num_steps"])
+    sweep_file = sweep_lib.sweep_path(workdir, step, "test", per_point,
+                                      registry.build_dit(config).sampler)
     if os.path.exists(sweep_file):
       with open(sweep_file, encoding="utf-8") as f:
         trade_off = json.load(f)

@@ -138,14 +138,18 @@ def test_skip_weighting_is_the_networks_own_error():
   x0 = 0.5 * jax.random.normal(jax.random.key(0), (32, 6, 5))
   f = 0.3 * jax.random.normal(jax.random.key(1), (32, 6, 5))  # a fixed network output
 
+  seen = {}
+
   def fn(x, t, c):
+    seen["x_t"] = x
     c_skip, c_out = schedules.flow_precondition(t, 0.5)
     return c_skip[:, None, None] * x + c_out[:, None, None] * f
 
   loss, aux = Diffusion(cfg).loss(fn, x0, {}, jax.random.key(2))
-  c_skip, c_out = (np.asarray(v) for v in schedules.flow_precondition(aux["t"], 0.5))
-  np.testing.assert_allclose(float(loss), np.mean(np.asarray(aux["per_example"]) / c_out ** 2),
-                             rtol=1e-4)
+  c_skip, c_out = (np.asarray(v)[:, None, None]
+                   for v in schedules.flow_precondition(aux["t"], 0.5))
+  target = (np.asarray(x0) - c_skip * np.asarray(seen["x_t"])) / c_out  # F's own target
+  np.testing.assert_allclose(float(loss), np.mean(np.square(np.asarray(f) - target)), rtol=1e-3)
   t = np.linspace(0.0, 1.0, 5)
   c_skip, c_out = (np.asarray(v) for v in schedules.flow_precondition(t, 0.5))
   np.testing.assert_allclose(c_skip[[0, -1]], [1.0, 0.0])

@@ -224,8 +224,8 @@ def test_guidance_sweep_and_report_plots(trained, tmp_path):
   # Other sampler settings: every point is sampled with them, into another file.
   one = sweep.guidance_sweep(run, [4.0], [2.0], num_videos=4, chunk=4, sampler=dict(num_steps=1),
                              probe_dir=str(trained / "probes"), log=lambda *_: None)
-  assert one["path"].endswith("guidance_step_2_test4_euler1.json") and one["sampler"] == dict(
-      name="euler", num_steps=1)
+  assert one["path"].endswith("guidance_step_2_test4_euler1.json")
+  assert one["sampler"]["num_steps"] == 1 and one["sampler"]["name"] == "euler"
   assert os.path.exists(os.path.join(run, "eval", "step_2_test4_ema_euler1_text4_face2.json"))
   # Each point is an ordinary evaluation, kept under its own settings' name.
   for ts in (1, 4):
@@ -257,19 +257,28 @@ def test_same_seed_same_evaluation(trained, tmp_path):
 
 def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained):
   run = str(trained / "run")
-  kw = dict(num_videos=10, log=lambda *_: None)
-  first = evaluate.evaluate(run, metrics=("temporal",), **kw)
-  second = evaluate.evaluate(run, metrics=("denoise",), **kw)
+  kw = dict(num_videos=10, probe_dir=str(trained / "probes"), train_probes=False,
+            log=lambda *_: None)
+  first = evaluate.evaluate(run, metrics=("temporal", "text", "cost"), **kw)
+  assert "usable" not in first  # no identity yet
+  second = evaluate.evaluate(run, metrics=("denoise", "identity"), **kw)
   assert first["path"] == second["path"]
   with open(second["path"]) as f:
     saved = json.load(f)
-  assert saved["temporal"] == first["temporal"]  # kept from the first run
+  assert saved["temporal"] == first["temporal"] and saved["text"] == first["text"]
   curve = saved["denoise"]
   assert curve["t"] == list(denoise.LEVELS) and len(curve["ratio"]) == len(denoise.LEVELS)
   assert all(r > 0 for r in curve["ratio"]) and 0.3 < curve["data_std"] < 0.7
-  # Another sampler setting is another evaluation: nothing carried over.
-  other = evaluate.evaluate(run, metrics=("denoise",), sampler=dict(num_steps=1), **kw)
-  with open(other["path"]) as f:
+  # 'usable' is derived from the merged metrics: identity now, action and cost kept.
+  u = saved["usable"]
+  assert "skipped" not in u and u["action_fraction"] == pytest.approx(first["text"]["accuracy"])
+  assert ("seconds_per_usable_second" in u) and u["n"] == 10
+  # Other parameters (here: a changed digest on file) are another evaluation: nothing kept.
+  saved["params_digest"] = "0" * 16
+  with open(second["path"], "w") as f:
+    json.dump(saved, f)
+  third = evaluate.evaluate(run, metrics=("denoise",), **kw)
+  with open(third["path"]) as f:
     assert "temporal" not in json.load(f)
 
 

@@ -33,7 +33,7 @@ def denoise_curve(model, params, diffusion, x0, cond, levels=LEVELS, seed: int =
   eps = np.asarray(jax.random.normal(jax.random.key(seed), x0.shape, jnp.float32))
 
   @jax.jit
-  def x0_error(x0_c, eps_c, cond_c, t):
+  def x0_error(params, x0_c, eps_c, cond_c, t):
     b = x0_c.shape[0]
     if cfg.objective == "flow":
       x_t, model_t = schedules.flow_interpolate(x0_c, eps_c, t), t
@@ -57,7 +57,7 @@ def denoise_curve(model, params, diffusion, x0, cond, levels=LEVELS, seed: int =
     err = lin = 0.0
     for i in range(0, len(x0), chunk):
       part = jax.tree.map(lambda v: np.asarray(v)[i:i + chunk], cond)
-      e, l = x0_error(x0[i:i + chunk], eps[i:i + chunk], part, jnp.float32(t))
+      e, l = x0_error(params, x0[i:i + chunk], eps[i:i + chunk], part, jnp.float32(t))
       err, lin = err + float(e), lin + float(l)
     mse.append(err / x0.size)
     linear.append(lin / x0.size)

@@ -262,8 +262,18 @@ def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True,
   """The file name of one evaluation: the step, the examples and every sampler setting,
   so evaluations of one step with other settings never overwrite each other, e.g.
   ``step_3000_test128_ema_euler32_text4_face2``."""
-  name = (f"step_{step}_{split}{num_videos}_{'ema' if ema else 'raw'}_{sampler.name}"
-          f"{sampler.num_steps}_text{sampler.text_scale:g}_face{sampler.id_scale:g}")
+  name = f"step_{step}_{split}{num_videos}_{'ema' if ema else 'raw'}_{sampler_tag(sampler)}"
+  if best_of > 1:
+    name += f"_best{best_of}"
+  return name
+
+
+def sampler_tag(sampler, scales: bool = True) -> str:
+  """A SamplerConfig as a name: ``euler32_text4_face2[_shift3][_eta..][_interval..]
+  [_cache0.1]``; ``scales=False`` leaves the guidance scales out."""
+  name = f"{sampler.name}{sampler.num_steps}"
+  if scales:
+    name += f"_text{sampler.text_scale:g}_face{sampler.id_scale:g}"
   if sampler.shift:
     name += f"_shift{sampler.shift:g}"
   if sampler.eta:
@@ -272,8 +282,6 @@ def run_name(step: int, sampler, split: str, num_videos: int, ema: bool = True,
     name += f"_interval{sampler.interval[0]:g}-{sampler.interval[1]:g}"
   if sampler.cache_threshold:
     name += f"_cache{sampler.cache_threshold:g}"
-  if best_of > 1:
-    name += f"_best{best_of}"
   return name
 
 
@@ -362,12 +370,15 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", lambda: usable_lib.count_candidates(cost_fn(), best_of))
   run("denoise", lambda: denoise_fn(config, model, params, diffusion, batch))
+  results["name"] = run_name(step, sampler_cfg, split, len(gen), ema, best_of)
+  # Same checkpoint, sampler, seed and examples: the same videos, so an earlier run's
+  # other metrics still hold; kept before 'usable' is derived from them.
+  _keep_earlier_metrics(results, os.path.join(workdir, "eval", results["name"] + ".json"))
   block = usable_lib.usable_block(results, config.data.dataset == "synthetic_faces", actions)
   if block is not None:
     results["usable"] = block
     log(f"usable: {_summary(block)}")
   results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-  results["name"] = run_name(step, sampler_cfg, split, len(gen), ema, best_of)
   if jax.process_index() == 0:
     _write(workdir, step, results, gen, real, faces, batch["caption"], identities, actions,
            num_gifs, float(config.sample.get("fps", 8.0)))
@@ -405,19 +416,28 @@ def scalars(tree: dict, prefix: str = "") -> dict[str, float]:
   return out
 
 
-def _keep_earlier_metrics(results: dict) -> None:
-  """A re-run of the same evaluation (same parameters, sampler, examples) that computed
-  fewer metrics keeps the earlier run's other metrics instead of dropping them."""
+def _keep_earlier_metrics(results: dict, path: str) -> None:
+  """A re-run of the same evaluation (same parameters, sampler, examples, candidates)
+  that computed fewer metrics keeps the earlier run's other metrics instead of dropping
+  them ('usable' is derived again from the merged ones)."""
   try:
-    with open(results["path"]) as f:
+    with open(path, encoding="utf-8") as f:
       earlier = json.load(f)
   except (OSError, ValueError):
     return
-  same = ("params_digest", "sampler", "num_videos", "split", "best_of")
-  if all(earlier.get(k) == results.get(k) for k in same):
-    for name in METRICS + ("usable",):
+  now = json.loads(json.dumps({k: results.get(k) for k in _SAME}))  # tuples -> lists
+  if all(earlier.get(k) == now[k] for k in _SAME) and _candidates(earlier) == _candidates(
+      results):
+    for name in METRICS:
       if name in earlier and name not in results:
         results[name] = earlier[name]
+
+
+_SAME = ("step", "params_digest", "sampler", "num_videos", "split")
+
+
+def _candidates(results: dict) -> int:
+  return int((results.get("best_of") or {}).get("n", 1))
 
 
 def _write(workdir, step, results, gen, real, faces, captions, identities, actions, num_gifs,
@@ -436,7 +456,6 @@ def _write(workdir, step, results, gen, real, faces, captions, identities, actio
     video_io.write_sample(prefix, gen[i], faces[i], fps)
   results["media"] = os.path.abspath(media)
   results["path"] = os.path.abspath(os.path.join(out_dir, results["name"] + ".json"))
-  _keep_earlier_metrics(results)
   tmp = f"{results['path']}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(results, f, indent=2)

@@ -1,6 +1,6 @@
 """The identity-vs-prompt trade-off: identity gap and action accuracy over a grid of
 text and identity guidance scales (one ``evaluate`` per grid point, same examples and
-seed), written to ``W/eval/guidance_step_N_<examples>_<sampler><steps>.json`` and drawn
+seed), written to ``W/eval/guidance_step_N_<examples>_<sampler settings>.json`` and drawn
 by the report.
 
 Stronger identity guidance pulls samples toward the reference face and can pull them
@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from video_dit.diffusion import SamplerConfig
 from video_dit.evaluation import evaluate
 
 
@@ -64,9 +65,8 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
       log(f"text scale {ts:g}, face scale {fs:g}: identity gap {g['gap']:.3f}, "
           f"action accuracy {text['accuracy']:.1%}")
   out = dict(step=result_step, split=split, num_videos=num_videos, points=points,
-             sampler=dict(name=used["name"], num_steps=used["num_steps"]))
-  out["path"] = sweep_path(workdir, result_step, split, num_videos, used["name"],
-                           used["num_steps"])
+             sampler=used)
+  out["path"] = sweep_path(workdir, result_step, split, num_videos, _sampler(used))
   tmp = f"{out['path']}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=1)
@@ -74,8 +74,15 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
   return out
 
 
-def sweep_path(workdir: str, step: int, split: str, num_videos: int, sampler: str,
-               num_steps: int) -> str:
-  """The sweep's json: a sweep of other examples or another sampler is another file."""
-  return os.path.join(workdir, "eval",
-                      f"guidance_step_{step}_{split}{num_videos}_{sampler}{num_steps}.json")
+def sweep_path(workdir: str, step: int, split: str, num_videos: int, sampler) -> str:
+  """The sweep's json (``sampler``: a SamplerConfig): a sweep of other examples or other
+  sampler settings (the scales aside) is another file."""
+  tag = evaluate.sampler_tag(sampler, scales=False)
+  return os.path.join(workdir, "eval", f"guidance_step_{step}_{split}{num_videos}_{tag}.json")
+
+
+def _sampler(fields: dict):
+  """An evaluation json's 'sampler' block -> SamplerConfig."""
+  fields = dict(fields, interval=None if fields.get("interval") is None
+                else tuple(fields["interval"]))
+  return SamplerConfig(**fields)

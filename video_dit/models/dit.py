@@ -356,7 +356,7 @@ class VideoDiT(nn.Module):
     out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
     out = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
     out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
-    if cfg.skip_sigma_data:
+    if cfg.skip_sigma_data:  # given frames get the generated ones' t: their output is unused
       c_skip, c_out = schedules.flow_precondition(t_b, cfg.skip_sigma_data)
       b5 = lambda v: v.reshape((b,) + (1,) * 4)
       out = b5(c_skip) * x_bthwc.astype(jnp.float32) + b5(c_out) * out
