@@ -24,7 +24,7 @@ import time
 from video_dit import report, train
 from video_dit import workdir as workdir_lib
 from video_dit.data import pipeline
-from video_dit.evaluation import evaluate
+from video_dit.evaluation import evaluate, naming
 from video_dit.evaluation import sweep as sweep_lib
 from video_dit.models import registry
 
@@ -78,7 +78,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
 
   # The config's sampler, also for a checkpoint trained when its default was another.
   sampler = config.sample.to_dict()
-  eval_path = evaluate.result_path(workdir, config, step, num_videos)
+  eval_path = naming.result_path(workdir, config, step, num_videos)
   results = None
   if os.path.exists(eval_path):
     with open(eval_path, encoding="utf-8") as f:

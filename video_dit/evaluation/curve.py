@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from video_dit.evaluation import evaluate
+from video_dit.evaluation import evaluate, naming
 from video_dit import workdir as workdir_lib
 
 METHODS = ("plain", "cache", "one_pass", "shortcut")
@@ -97,7 +97,7 @@ def cost_curve(pts: list[dict], *, num_videos: int = 64, chunk: int = 32,
     config = workdir_lib.load_config(p["workdir"])
     config.sample.update(p["sampler"])
     step = workdir_lib.latest_step(p["workdir"])
-    path = evaluate.result_path(p["workdir"], config, step, num_videos,
+    path = naming.result_path(p["workdir"], config, step, num_videos,
                                 best_of=p["best_of"])
     r = None
     if os.path.exists(path):

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from video_dit.diffusion import SamplerConfig
-from video_dit.evaluation import evaluate
+from video_dit.evaluation import evaluate, naming
 
 
 def _binomial_ci(p: float, n: int) -> list[float]:
@@ -77,7 +77,7 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
 def sweep_path(workdir: str, step: int, split: str, num_videos: int, sampler) -> str:
   """The sweep's json (``sampler``: a SamplerConfig): a sweep of other examples or other
   sampler settings (the scales aside) is another file."""
-  tag = evaluate.sampler_tag(sampler, scales=False)
+  tag = naming.sampler_tag(sampler, scales=False)
   return os.path.join(workdir, "eval", f"guidance_step_{step}_{split}{num_videos}_{tag}.json")
 
 
