@@ -152,10 +152,11 @@ def usable_rows(results: dict) -> list[tuple[str, str, str]]:
     action = ("" if use.get("action_fraction") is None else
               f", action alone {use['action_fraction']:.1%}")
     real = "" if "real_fraction" not in use else f"; real clips {use['real_fraction']:.1%}"
+    rule = ("real clips vs another identity's reference, 5% false accepts" if "strict" in use
+            else "5th percentile of real clips vs their own reference")
     rows.append(("usable samples", f"{use['fraction']:.1%} [95% CI {lo:.1%}, {hi:.1%}]",
-                 f"{use['criterion']}; threshold {use['threshold']:.3f} (5th percentile of "
-                 f"real clips); identity alone {use['identity_fraction']:.1%}{action}{real}; "
-                 f"n={use['n']}"))
+                 f"{use['criterion']}; threshold {use['threshold']:.3f} ({rule}); identity "
+                 f"alone {use['identity_fraction']:.1%}{action}{real}; n={use['n']}"))
     if "seconds_per_usable_second" in use:
       s, t = use["seconds_per_usable_second"], use["tflops_per_usable_second"]
       rows.append(("cost per usable video-second",

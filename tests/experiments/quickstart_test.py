@@ -180,6 +180,9 @@ def test_metric_rows_usable_and_cost_per_usable_second():
   rows = {r[0]: r for r in report.metric_rows(
       {"cost": cost, "usable": usable, "best_of": best})}
   assert rows["usable samples"][1] == "25.0% [95% CI 10.0%, 50.0%]"
+  assert "5th percentile of real clips vs their own reference" in rows["usable samples"][2]
+  verifier = {r[0]: r for r in report.metric_rows({"usable": dict(usable, strict={})})}
+  assert "another identity's reference, 5% false accepts" in verifier["usable samples"][2]
   assert "0.800" in rows["usable samples"][2] and "action alone 40.0%" in rows[
       "usable samples"][2]
   assert rows["cost per usable video-second"][1] == "8 s, 12 GFLOP"
