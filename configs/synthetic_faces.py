@@ -81,8 +81,8 @@ def identity_bench(c, steps: int) -> None:
   c.train.log_every = 50
   # 4 Euler steps: this recipe trains mostly at high noise, and its x0 predictions below
   # t ~ 0.1 are worse than a linear denoiser's (evaluation 'denoise'), so more steps spend
-  # more time where the model is weak: at step 3000, 4 steps beat 32 on FVD, identity and
-  # action (README "What the quickstart shows"), at an eighth of the cost.
+  # more time where the model is weak: at step 3000, 4 steps beat 32 on FVD and action and
+  # match it on identity (README "What the quickstart shows"), at an eighth of the cost.
   c.sample.num_steps = 4
   c.total_steps = steps
   c.ckpt.update(every_steps=1000, keep=2)
