@@ -8,8 +8,7 @@ own mean m and standard deviation s, m + c (x_t - a m) with c = Cov(x0, x_t) / V
 network that learned nothing about faces would reach. A ratio above 1 at a level means
 the network does worse than that: at low noise it is the sign of predictions that
 rebuild a barely noised clip through the tokens instead of keeping it, which a sampler's
-last steps turn into saturated colour and patch-edged mosaics
-(``diffusion.precondition='skip'`` is the remedy).
+steps at that level turn into saturated colour (README "Diffusion": what was tried).
 """
 
 from __future__ import annotations
@@ -36,21 +35,23 @@ def denoise_curve(model, params, diffusion, x0, cond, levels=LEVELS, seed: int =
   def x0_error(params, x0_c, eps_c, cond_c, t):
     b = x0_c.shape[0]
     if cfg.objective == "flow":
-      x_t, model_t = schedules.flow_interpolate(x0_c, eps_c, t), t
+      a, s, model_t = 1.0 - t, t, t  # x_t = a x0 + s eps
       x0_hat = lambda pred: schedules.flow_x0_from(pred, x_t, model_t, cfg.prediction)[0]
     else:
       i = jnp.round(t * (cfg.num_timesteps - 1)).astype(jnp.int32)
       abar = jnp.asarray(schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps))[i]
-      abar = jnp.broadcast_to(abar, (b,))
-      x_t = schedules.ddpm_interpolate(x0_c, eps_c, abar)
-      model_t = i.astype(jnp.float32) / cfg.num_timesteps
-      x0_hat = lambda pred: schedules.ddpm_x0_eps(pred, x_t, abar, cfg.prediction)[0]
-    model_t = jnp.broadcast_to(model_t, (b,))
+      a, s, model_t = jnp.sqrt(abar), jnp.sqrt(1.0 - abar), i / cfg.num_timesteps
+      x0_hat = lambda pred: schedules.ddpm_x0_eps(pred, x_t, jnp.broadcast_to(abar, (b,)),
+                                                  cfg.prediction)[0]
+    x_t = a * x0_c + s * eps_c
+    model_t = jnp.broadcast_to(jnp.asarray(model_t, jnp.float32), (b,))
     pred = model.apply(params, x_t, model_t, **cond_c, drop_text=jnp.zeros((b,), bool),
                        drop_id=jnp.zeros((b,), bool)).astype(jnp.float32)
     if cfg.learn_sigma:
       pred = jnp.split(pred, 2, axis=-1)[0]
-    return jnp.sum(jnp.square(x0_hat(pred) - x0_c)), _linear_error(x0_c, x_t, t, m, s2, cfg)
+    c = a * s2 / (a * a * s2 + s * s)  # the best affine guess: m + c (x_t - a m)
+    return (jnp.sum(jnp.square(x0_hat(pred) - x0_c)),
+            jnp.sum(jnp.square(m + c * (x_t - a * m) - x0_c)))
 
   mse, linear = [], []
   for t in levels:
@@ -64,19 +65,6 @@ def denoise_curve(model, params, diffusion, x0, cond, levels=LEVELS, seed: int =
   return dict(t=list(levels), mse=mse, linear_mse=linear,
               ratio=[m / max(l, 1e-12) for m, l in zip(mse, linear)],
               data_std=float(np.sqrt(s2)))
-
-
-def _linear_error(x0, x_t, t, m, s2, cfg):
-  """Summed error of m + c (x_t - a m), the best affine guess of x0 from x_t = a x0 + s eps
-  for data of mean m and variance s2."""
-  if cfg.objective == "flow":
-    a, s = 1.0 - t, t
-  else:
-    i = jnp.round(t * (cfg.num_timesteps - 1)).astype(jnp.int32)
-    abar = jnp.asarray(schedules.ddpm_alphas_cumprod(cfg.schedule, cfg.num_timesteps))[i]
-    a, s = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-  c = a * s2 / (a * a * s2 + s * s)
-  return jnp.sum(jnp.square(m + c * (x_t - a * m) - x0))
 
 
 def summary(curve: dict) -> str:
