@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
                   every_steps=0, num_videos=4)  # periodic samples while training (0 = off)
   c.data = dict(dataset="synthetic_faces", data_dir="data/synthetic_faces", frames=16,
                 height=64, width=64, stride=1, batch_size=32, num_threads=4, prefetch=8,
+                cache_mb=1024,  # decoded records kept in memory per process (0 = off)
                 # synthetic_faces, built on first use when data_dir has no dataset:
                 num_identities=200, clips_per_identity=8, test_fraction=0.2)
   c.optim = dict(lr=1e-4, schedule="cosine", warmup_steps=1000, final_lr_frac=0.1,

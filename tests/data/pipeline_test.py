@@ -113,3 +113,43 @@ def test_global_batches_are_sharded_over_batch_axes(config):
 def test_bad_batch_for_processes_raises(config):
   with pytest.raises(ValueError, match="batch_size=4 is not divisible by the 3 processes"):
     pipeline.make_dataset(config, process_index=0, process_count=3)
+
+
+class _CountingSource:
+  def __init__(self, source):
+    self.source, self.reads = source, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    self.reads += 1
+    return self.source[index]
+
+
+def test_decoded_cache_gives_the_same_batches_and_reads_each_record_once(config):
+  uncached = config.copy_and_resolve_references()
+  uncached.data.cache_mb = 0
+  source = _CountingSource(builders.data_source(config.data.data_dir, "train"))
+  ds = pipeline.make_dataset(config, source=source)
+  plain = pipeline.make_dataset(uncached)
+  for i in range(9):  # three epochs of 12 clips in batches of 4
+    got, want = ds[i], plain[i]
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  assert source.reads == 12  # decoded once, then served from memory
+
+
+def test_decoded_cache_stays_within_its_budget(config):
+  source = _CountingSource(builders.data_source(config.data.data_dir, "train"))
+  one = pipeline.DecodedCache(source, max_bytes=1 << 30)[0]
+  size = pipeline.DecodedCache.nbytes(one)
+  assert isinstance(one["frames"], np.ndarray) and one["frames"].dtype == np.uint8
+  np.testing.assert_array_equal(one["frames"], video_io.decode_frames(source[0]["frames"]))
+  cache = pipeline.DecodedCache(source, max_bytes=3 * size)
+  source.reads = 0
+  for _ in range(2):
+    for i in range(len(source)):
+      cache[i]
+  assert cache.cached_bytes <= 3 * size and len(cache) == len(source)
+  assert source.reads == 12 + 9  # 3 records kept; the other 9 read on every pass
