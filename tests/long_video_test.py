@@ -75,3 +75,48 @@ def test_reused_noise_is_the_same_start_for_every_window():
   with pytest.raises(ValueError, match="fresh"):
     long_video.sample(window, dict(face=np.zeros((2, 3))), jax.random.key(0), 16,
                       (8, 1, 1, 1), overlap=4, tubelet=2, noise="other")
+
+
+def test_co_denoise_averages_the_windows_over_each_frame():
+  # A fake model: each window's output is its input plus its own frame index (0..3)
+  # times the condition: a frame two windows cover gets the mean of their two outputs.
+  def model_fn(x, t, c):
+    assert x.shape[1] == 4 and t.shape == (x.shape[0],) and c["s"].shape == (x.shape[0],)
+    return x + c["s"][:, None, None] * np.arange(4.0)[None, :, None]
+
+  fn = long_video.co_denoise(model_fn, total=8, window=4, stride=2)
+  x = np.random.default_rng(0).normal(size=(3, 8, 5)).astype(np.float32)
+  s = np.array([1.0, 2.0, -1.0], np.float32)
+  out = np.asarray(fn(x, np.full((3,), 0.5, np.float32), dict(s=s)))
+  # windows start at 0, 2, 4: frame f's own indices are f - start for each covering window
+  local = np.array([0, 1, (2 + 0) / 2, (3 + 1) / 2, (2 + 0) / 2, (3 + 1) / 2, 2, 3])
+  np.testing.assert_allclose(out, x + s[:, None, None] * local[None, :, None], atol=1e-6)
+  assert long_video.window_starts(14, 8, 4) == [0, 4, 6]   # the last ends at the end
+
+
+def test_co_denoised_sampling_of_one_window_is_the_plain_clip():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  from video_dit import sampling  # pylint: disable=g-import-not-at-top
+  from video_dit.models import registry  # pylint: disable=g-import-not-at-top
+  config = helpers.runlocal_config()
+  model, params = helpers.init(config)
+  params = helpers.perturb_zeros(params, keep=())
+  built = registry.build_dit(config)
+  sampler = dataclasses.replace(built.sampler, num_steps=2)
+  cond = {k: v for k, v in registry.random_inputs(config, 2).items() if k not in ("x", "t")}
+  window = built.shape[0]
+  plain = sampling.make_sampler(model, built.diffusion, sampler, (2,) + built.shape)
+  joint = sampling.make_sampler(model, built.diffusion, sampler, (2,) + built.shape,
+                                windows=(window, window // 2))
+  key = jax.random.key(3)
+  np.testing.assert_allclose(np.asarray(joint(params, cond, key)),
+                             np.asarray(plain(params, cond, key)), atol=1e-5)
+  long_shape = (2, 2 * window) + built.shape[1:]
+  video = np.asarray(sampling.make_sampler(model, built.diffusion, sampler, long_shape,
+                                           windows=(window, window // 2))(params, cond, key))
+  assert video.shape == long_shape and np.all(np.isfinite(video))
+  with pytest.raises(ValueError, match="step cache"):
+    sampling.make_sampler(model, built.diffusion,
+                          dataclasses.replace(sampler, cache_threshold=0.1), long_shape,
+                          windows=(window, window // 2))

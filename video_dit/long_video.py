@@ -12,6 +12,12 @@ video is a run of such windows::
 so every frame is generated once and each window sees the end of the one before; the
 reference face conditions every window (unless ``later_cond`` drops it). Frames here
 are the model's (pixels, or latent frames of a codec), in whole tubelets.
+
+``co_denoise`` is the other way, for any model (no frame conditioning needed): the
+whole long video is denoised at once, as overlapping windows every ``stride`` frames
+whose predictions are averaged on the frames they share at every sampler step
+(Gen-L-Video's temporal co-denoising), so neighbouring windows agree on their shared
+frames instead of one continuing the other (``sampling.make_sampler(windows=...)``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -130,6 +137,44 @@ def sample(sample_window: Callable, cond: dict, key, total: int, window_shape: t
     if on_window is not None:
       on_window(i, w)
   return video[:, :total]
+
+
+def window_starts(total: int, window: int, stride: int) -> list[int]:
+  """First frames of windows of ``window`` frames every ``stride`` frames over
+  ``[0, total)``; the last one ends at ``total``."""
+  if total <= window:
+    return [0]
+  return list(range(0, total - window, stride)) + [total - window]
+
+
+def co_denoise(model_fn: Callable, total: int, window: int, stride: int) -> Callable:
+  """``model_fn`` of a clip of ``window`` frames -> the same for a video of ``total``
+  frames: the windows (``window_starts``) go through the model as one batch, with the
+  conditions and timestep of their video, and each frame's prediction is the mean of
+  those of the windows that cover it. x0, noise and velocity predictions are all
+  linear in the clean-video estimate, so the mean is a prediction of the same kind."""
+  window = min(window, total)
+  starts = window_starts(total, window, stride)
+  count = np.zeros(total, np.float32)
+  for s in starts:
+    count[s:s + window] += 1
+
+  def fn(x, t, c, **mode):
+    if mode:
+      raise ValueError("co-denoised windows do not run the step cache's modes")
+    if isinstance(c, dict) and c.get("context_mask") is not None:
+      raise ValueError("co-denoised windows make text-to-video; given frames take the "
+                       "sliding windows (long_video.sample)")
+    b, k = x.shape[0], len(starts)
+    tile = lambda v: (jnp.concatenate([v] * k, 0)
+                      if getattr(v, "ndim", 0) and v.shape[0] == b else v)
+    out = model_fn(jnp.concatenate([x[:, s:s + window] for s in starts], 0), tile(t),
+                   jax.tree.map(tile, c))
+    acc = jnp.zeros((b, total) + out.shape[2:], out.dtype)
+    for i, s in enumerate(starts):
+      acc = acc.at[:, s:s + window].add(out[i * b:(i + 1) * b])
+    return acc / count.reshape((1, total) + (1,) * (out.ndim - 2))
+  return fn
 
 
 # ----------------------------------------------------------------------------- given frames

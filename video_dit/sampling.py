@@ -33,7 +33,8 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
                  shape: tuple[int, ...],
                  on_model_call: Callable[[], None] | None = None,
                  cache_reference: bool = True, scales_as_args: bool = False,
-                 return_stats: bool = False) -> Callable:
+                 return_stats: bool = False,
+                 windows: tuple[int, int] | None = None) -> Callable:
   """Jitted ``(params, cond, key) -> (B, T, H, W, C)`` float32 video in model space.
 
   ``on_model_call`` (e.g. a progress bar's tick) runs on the host after every
@@ -45,15 +46,24 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   ``return_stats``: ``(video, {'full_calls': ...})``, the guided model calls that ran in
   full (fewer than ``sampler.model_calls`` with the step cache, ``cache_threshold``).
   ``noise``: an optional last argument, the starting noise (default: drawn from the key).
+  ``windows``: (window, stride) in model frames: ``shape`` is a video longer than the
+  model's clip, denoised whole as overlapping windows of ``window`` frames every
+  ``stride`` whose predictions are averaged (``long_video.co_denoise``).
   """
   sampler.check(diffusion.config.objective)
+  clip_shape = tuple(shape)
+  if windows is not None:
+    if sampler.cache_threshold > 0:
+      raise ValueError("co-denoised windows (a long video) do not run the step cache; "
+                       "set sample.cache_threshold=0")
+    clip_shape = (shape[0], min(windows[0], shape[1])) + tuple(shape[2:])
 
   def sample(params, cond, key, text_scale=None, id_scale=None, noise=None):
     run_sampler = sampler
     if scales_as_args:
       run_sampler = dataclasses.replace(sampler, text_scale=text_scale, id_scale=id_scale)
     if cache_reference:  # reference tokens' keys/values: once per sample, not per step
-      kv = dit.reference_kv(model, params, jnp.zeros(shape, jnp.float32),
+      kv = dit.reference_kv(model, params, jnp.zeros(clip_shape, jnp.float32),
                             jnp.zeros(shape[:1], jnp.float32), cond)
       if kv is not None:
         cond = dict(cond, ref_kv=kv)
@@ -63,6 +73,8 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
       if on_model_call is not None and cache_mode.get("cache") != "indicator":
         jax.debug.callback(lambda _: on_model_call(), t[:1])  # every step, full or not
       return out
+    if windows is not None:
+      model_fn = long_video.co_denoise(model_fn, shape[1], *windows)
     return diffusion.sample(model_fn, shape, cond, key, run_sampler, noise=noise,
                             return_stats=return_stats)
 

@@ -94,7 +94,7 @@ def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
+def test_long_evaluation_measures_four_variants_and_image_to_video(framed):
   from video_dit import report
   from video_dit.evaluation import long, probes
   from video_dit import workdir as workdir_lib
@@ -110,7 +110,8 @@ def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
   with open(r["path"]) as f:
     saved = json.load(f)
   v = saved["variants"]
-  assert set(v) == {"extend", "identity_off", "independent"}
+  assert set(v) == {"extend", "identity_off", "independent", "joint"}
+  assert v["joint"]["boundaries"] == v["extend"]["boundaries"]
   assert v["extend"]["boundaries"] == [8, 12, 16, 20, 24, 28]
   assert v["independent"]["boundaries"] == [8, 16, 24]
   for name in v:
@@ -126,6 +127,7 @@ def test_long_evaluation_measures_three_variants_and_image_to_video(framed):
     np.testing.assert_array_equal(a[:, :8], c[:, :8])
     assert not np.array_equal(a[:, 8:], c[:, 8:])  # (b differs through the identity gate,
     #                                                   still closed after 2 steps)
+    assert z["joint"].shape == a.shape and not np.array_equal(z["joint"], a)
   i2v = saved["image_to_video"]
   assert i2v["first_frame_psnr_db"] == long.PSNR_CAP and i2v["n"] == 4  # given: exact
   for file in ("identity_similarity.png", "frame_change.png", "strip.png", "000.gif",

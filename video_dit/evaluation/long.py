@@ -9,6 +9,10 @@ first window is the same clip in all three, the plain text-to-video sample):
   identity_off  (b) the same, identity dropped after the first window: only the frames
                     carry the person on
   independent   (c) independent clips of the same prompt and face, back to back
+  joint         (d) the whole video denoised at once as overlapping windows whose
+                    predictions are averaged where they overlap (``long_video.co_denoise``;
+                    no frame conditioning used; not causal, so its 2x prefix is a part of
+                    the Nx video, not a 2x video of its own)
 
 Per frame: the identity probe's cosine to the reference (and to another identity's
 reference: the gap), and the mean absolute change from the previous frame. Summaries at
@@ -40,19 +44,24 @@ VARIANTS = {
     "extend": "(a) extends itself, identity in every window",
     "identity_off": "(b) identity off after the first window",
     "independent": "(c) independent clips concatenated",
+    "joint": "(d) co-denoised overlapping windows, identity in every window",
 }
 PSNR_CAP = 100.0  # dB: identical frames
 
 
-def window_sampler(config, built, params, n: int):
+def window_sampler(config, built, params, n: int, total: int = 0, stride: int = 0):
   """``(cond, key) -> (n, *clip shape)`` host video: one clip per example, over the mesh
-  (the batch padded to the mesh's data size)."""
+  (the batch padded to the mesh's data size). With ``total``: videos of ``total`` frames,
+  co-denoised windows every ``stride`` frames."""
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.replicate(params, mesh)
   size = mesh.shape["data"] * mesh.shape["fsdp"]
   padded = -(-n // size) * size
+  shape, windows = built.shape, None
+  if total:
+    shape, windows = (total,) + tuple(built.shape[1:]), (built.shape[0], stride)
   sample = sampling.make_sampler(built.model, built.diffusion, built.sampler,
-                                 (padded,) + built.shape)
+                                 (padded,) + shape, windows=windows)
 
   def fn(cond, key, noise=None):
     pad = lambda x: np.concatenate([x, np.repeat(x[-1:], padded - n, 0)]) if padded > n else x
@@ -186,6 +195,11 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                                             else window_noise, **kw))
     plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
                                   independent=bool(kw.get("independent")))
+  log("  joint: co-denoising the whole video")
+  joint = window_sampler(config, built, params, n, total, window - frames.overlap)
+  videos["joint"] = decode(np.clip(joint(cond, key), *frames.value_range)
+                           if frames.value_range else joint(cond, key))
+  plans["joint"] = plans["extend"]  # its seams would show where (a)'s windows meet
 
   ref = probe.embed_images(faces)
   other = eval_lib.mismatched_index(identities)
@@ -255,7 +269,7 @@ def image_to_video(config, frames, fn, cond, key, real, actions, text_to_video, 
 
 def write(workdir: str, results: dict, videos: dict, faces, i2v) -> None:
   """``W/eval/NAME.json``, then ``W/eval/NAME/`` (videos.npz, the plots, GIFs of the first
-  examples with the three variants side by side)."""
+  examples with the variants side by side)."""
   from video_dit.evaluation import long_report  # pylint: disable=g-import-not-at-top
   media = os.path.join(workdir, "eval", results["name"])
   os.makedirs(media, exist_ok=True)

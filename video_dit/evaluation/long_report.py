@@ -1,5 +1,5 @@
 """What ``evaluation/long.py`` shows: the curves over time, an image strip and GIFs of the
-three variants, and the report section."""
+four variants, and the report section."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ CURVES = (("per_frame", "identity_similarity.png", "identity similarity to the r
 def draw(results: dict, videos: dict, faces, i2v, media: str, examples: int = 4,
          scale: int = 3) -> None:
   """PNG curves, ``strip.png`` (example 0: a row per variant, every second frame) and
-  ``NNN.gif`` (face | the three variants side by side) for the first examples."""
+  ``NNN.gif`` (face | the variants side by side) for the first examples."""
   fps = results["fps"]
   for key, file, title in CURVES:
     series = []
@@ -73,13 +73,14 @@ def section(results: dict, rel: str) -> str:
   return f"""<h2>Longer videos and image-to-video</h2>
 <p class=small>{results['num_videos']} held-out examples, videos of up to {results['factor']}x
 the {results['clip_frames']}-frame training clip; windows given the last
-{results['overlap_frames']} frames. Similarity: the identity probe's cosine of each frame to
+{results['overlap_frames']} frames ((d): windows overlapping by as many frames, denoised
+together). Similarity: the identity probe's cosine of each frame to
 the reference face; end/first: the last clip-length window over the first (bootstrap 95% CI);
 slope: similarity per generated second; seam: frame change across a window boundary over the
 median change inside windows (of all transitions; and of those from one tubelet to the next,
 like for like).</p>{imgs}
 <p>{gifs}<br><span class=small>Reference | (a) extends itself with identity | (b) identity off
-after the first window | (c) independent clips.</span></p>
+after the first window | (c) independent clips | (d) co-denoised overlapping windows.</span></p>
 <table><tr><th>variant</th><th>length</th><th>first window</th><th>end window</th>
 <th>end / first</th><th>end gap</th><th>slope /s</th><th>seam</th>
 <th>seam vs tubelet steps</th></tr>{''.join(rows)}</table>
