@@ -84,12 +84,20 @@ def test_co_denoise_averages_the_windows_over_each_frame():
     assert x.shape[1] == 4 and t.shape == (x.shape[0],) and c["s"].shape == (x.shape[0],)
     return x + c["s"][:, None, None] * np.arange(4.0)[None, :, None]
 
-  fn = long_video.co_denoise(model_fn, total=8, window=4, stride=2)
   x = np.random.default_rng(0).normal(size=(3, 8, 5)).astype(np.float32)
   s = np.array([1.0, 2.0, -1.0], np.float32)
-  out = np.asarray(fn(x, np.full((3,), 0.5, np.float32), dict(s=s)))
+  t = np.full((3,), 0.5, np.float32)
+  out = np.asarray(long_video.co_denoise(model_fn, total=8, window=4, stride=2,
+                                         taper=False)(x, t, dict(s=s)))
   # windows start at 0, 2, 4: frame f's own indices are f - start for each covering window
   local = np.array([0, 1, (2 + 0) / 2, (3 + 1) / 2, (2 + 0) / 2, (3 + 1) / 2, 2, 3])
+  np.testing.assert_allclose(out, x + s[:, None, None] * local[None, :, None], atol=1e-6)
+  # tapered: window weights 0.5, 1.5, 1.5, 0.5; frame 2 mixes index 2 (weight 1.5) of
+  # the first window with index 0 (weight 0.5) of the second
+  out = np.asarray(long_video.co_denoise(model_fn, total=8, window=4, stride=2)(
+      x, t, dict(s=s)))
+  local = np.array([0, 1, (1.5 * 2 + 0.5 * 0) / 2, (0.5 * 3 + 1.5 * 1) / 2,
+                    (1.5 * 2 + 0.5 * 0) / 2, (0.5 * 3 + 1.5 * 1) / 2, 2, 3])
   np.testing.assert_allclose(out, x + s[:, None, None] * local[None, :, None], atol=1e-6)
   assert long_video.window_starts(14, 8, 4) == [0, 4, 6]   # the last ends at the end
 
@@ -120,3 +128,19 @@ def test_co_denoised_sampling_of_one_window_is_the_plain_clip():
     sampling.make_sampler(model, built.diffusion,
                           dataclasses.replace(sampler, cache_threshold=0.1), long_shape,
                           windows=(window, window // 2))
+
+
+def test_seam_ratio_is_one_when_boundaries_change_like_the_rest():
+  # Each video changes by its own amount at every transition (a skewed spread over
+  # videos, as generated videos have): no seam anywhere, so the ratio must be 1, which
+  # a mean at the boundaries over a median inside the windows would not give.
+  from video_dit.evaluation import long  # pylint: disable=g-import-not-at-top
+  per_video = np.random.default_rng(0).lognormal(-4.0, 1.0, size=(40, 1))
+  change = np.repeat(per_video, 31, axis=1)
+  sims = np.full((40, 32), 0.5)
+  cuts = long.boundaries(long_video.plan(32, 8, 4, 0, 2), 1, 32)
+  s = long.summarise(sims, sims - 0.1, change, cuts, 8, 8.0, [4], 2)["4x"]
+  assert abs(s["seam_ratio"] - 1.0) < 1e-9 and abs(s["seam_ratio_tubelet"] - 1.0) < 1e-9
+  change[:, cuts - 1] *= 3.0  # a jump at every boundary
+  s = long.summarise(sims, sims - 0.1, change, cuts, 8, 8.0, [4], 2)["4x"]
+  assert abs(s["seam_ratio"] - 3.0) < 1e-9

@@ -147,17 +147,26 @@ def window_starts(total: int, window: int, stride: int) -> list[int]:
   return list(range(0, total - window, stride)) + [total - window]
 
 
-def co_denoise(model_fn: Callable, total: int, window: int, stride: int) -> Callable:
+def co_denoise(model_fn: Callable, total: int, window: int, stride: int,
+               taper: bool = True) -> Callable:
   """``model_fn`` of a clip of ``window`` frames -> the same for a video of ``total``
   frames: the windows (``window_starts``) go through the model as one batch, with the
-  conditions and timestep of their video, and each frame's prediction is the mean of
-  those of the windows that cover it. x0, noise and velocity predictions are all
-  linear in the clean-video estimate, so the mean is a prediction of the same kind."""
+  conditions and timestep of their video, and each frame's prediction is the weighted
+  mean of those of the windows that cover it. x0, noise and velocity predictions are
+  all linear in the clean-video estimate, so the mean is a prediction of the same kind.
+
+  ``taper``: a window's weight falls linearly towards its ends (i + 1/2 frames from
+  the nearer end), so the mix cross-fades from one window to the next instead of
+  switching where a window ends; else every window weighs 1 (a plain mean).
+  """
   window = min(window, total)
   starts = window_starts(total, window, stride)
+  weight = np.ones(window, np.float32)
+  if taper:
+    weight = np.minimum(np.arange(window), window - 1 - np.arange(window)) + 0.5
   count = np.zeros(total, np.float32)
   for s in starts:
-    count[s:s + window] += 1
+    count[s:s + window] += weight
 
   def fn(x, t, c, **mode):
     if mode:
@@ -171,8 +180,9 @@ def co_denoise(model_fn: Callable, total: int, window: int, stride: int) -> Call
     out = model_fn(jnp.concatenate([x[:, s:s + window] for s in starts], 0), tile(t),
                    jax.tree.map(tile, c))
     acc = jnp.zeros((b, total) + out.shape[2:], out.dtype)
+    w = jnp.asarray(weight).reshape((1, window) + (1,) * (out.ndim - 2))
     for i, s in enumerate(starts):
-      acc = acc.at[:, s:s + window].add(out[i * b:(i + 1) * b])
+      acc = acc.at[:, s:s + window].add(w * out[i * b:(i + 1) * b])
     return acc / count.reshape((1, total) + (1,) * (out.ndim - 2))
   return fn
 

@@ -76,7 +76,7 @@ the {results['clip_frames']}-frame training clip; windows given the last
 {results['overlap_frames']} frames ((d): windows overlapping by as many frames, denoised
 together). Similarity: the identity probe's cosine of each frame to
 the reference face; end/first: the last clip-length window over the first (bootstrap 95% CI);
-slope: similarity per generated second; seam: frame change across a window boundary over the
+slope: similarity per generated second; seam: median frame change across window boundaries over the
 median change inside windows (of all transitions; and of those from one tubelet to the next,
 like for like).</p>{imgs}
 <p>{gifs}<br><span class=small>Reference | (a) extends itself with identity | (b) identity off
