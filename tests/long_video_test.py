@@ -100,6 +100,9 @@ def test_co_denoise_averages_the_windows_over_each_frame():
                     (1.5 * 2 + 0.5 * 0) / 2, (0.5 * 3 + 1.5 * 1) / 2, 2, 3])
   np.testing.assert_allclose(out, x + s[:, None, None] * local[None, :, None], atol=1e-6)
   assert long_video.window_starts(14, 8, 4) == [0, 4, 6]   # the last ends at the end
+  for stride in (0, 5, -1):  # a frame in no window would divide by zero
+    with pytest.raises(ValueError, match="stride between 1 and 4"):
+      long_video.co_denoise(model_fn, total=20, window=4, stride=stride)
 
 
 def test_co_denoised_sampling_of_one_window_is_the_plain_clip():

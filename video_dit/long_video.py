@@ -160,6 +160,9 @@ def co_denoise(model_fn: Callable, total: int, window: int, stride: int,
   switching where a window ends; else every window weighs 1 (a plain mean).
   """
   window = min(window, total)
+  if not 0 < stride <= window:
+    raise ValueError(f"co-denoised windows of {window} frames need a stride between 1 and "
+                     f"{window} frames (got {stride}): every frame must be in a window")
   starts = window_starts(total, window, stride)
   weight = np.ones(window, np.float32)
   if taper:

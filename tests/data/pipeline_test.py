@@ -146,10 +146,17 @@ def test_decoded_cache_stays_within_its_budget(config):
   size = pipeline.DecodedCache.nbytes(one)
   assert isinstance(one["frames"], np.ndarray) and one["frames"].dtype == np.uint8
   np.testing.assert_array_equal(one["frames"], video_io.decode_frames(source[0]["frames"]))
-  cache = pipeline.DecodedCache(source, max_bytes=3 * size)
+  cache = pipeline.DecodedCache(source, max_bytes=3.5 * size)
   source.reads = 0
   for _ in range(2):
     for i in range(len(source)):
       cache[i]
-  assert cache.cached_bytes <= 3 * size and len(cache) == len(source)
+  assert cache.cached_bytes == 3 * size and cache.full and len(cache) == len(source)
   assert source.reads == 12 + 9  # 3 records kept; the other 9 read on every pass
+  later = cache[11]  # full: left encoded, DecodeExample decodes the frames it takes
+  assert not isinstance(later["frames"], np.ndarray) or later["frames"].dtype != np.uint8
+  # a latent cache's stored pixels are never read: only the face is decoded; long
+  # records stay encoded
+  for kw in (dict(frames=False), dict(max_frames=4)):
+    record = pipeline.DecodedCache(source, max_bytes=1 << 30, **kw)[0]
+    assert record["frames"].dtype != np.uint8 and record["face"].dtype == np.uint8

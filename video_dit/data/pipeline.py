@@ -114,21 +114,27 @@ class DecodeExample(grain.transforms.RandomMap):
 
 class DecodedCache:
   """A random-access source whose records are kept with their images decoded (uint8
-  ``frames`` (T, H, W, 3) and ``face``), up to ``max_bytes`` of decoded pixels; records
-  past the budget are read and decoded on every use, as without the cache.
+  ``frames`` (T, H, W, 3) and ``face``), up to ``max_bytes`` of decoded pixels. Once a
+  record does not fit, the cache is full: later records are read as they are and
+  ``DecodeExample`` decodes only the frames it takes, as without the cache.
 
   Decoding PNG frames is most of the pipeline's work, and on a small machine it runs on
   the cores the train step uses: the quickstart's 3200 training clips (88 MB decoded)
   are decoded once instead of once per epoch. Decoded values are those
   ``DecodeExample`` would decode, so batches are unchanged. Shared by the prefetch
-  threads of one process; each process caches the records of its own shard.
+  threads of one pipeline (each ``make_dataset`` call has its own).
+
+  ``frames=False`` (a latent cache, whose stored pixels the DiT never reads) decodes the
+  face only; a record of more than ``max_frames`` frames (a long real clip, of which a
+  training clip takes a few) is left encoded.
   """
 
-  def __init__(self, source, max_bytes: int):
+  def __init__(self, source, max_bytes: int, frames: bool = True, max_frames: int = 0):
     self._source, self._max_bytes = source, int(max_bytes)
+    self._frames, self._max_frames = frames, max_frames
     self._records: dict[int, dict[str, Any]] = {}
     self._lock = threading.Lock()
-    self.cached_bytes = 0
+    self.cached_bytes, self.full = 0, False
 
   def __len__(self) -> int:
     return len(self._source)
@@ -143,17 +149,22 @@ class DecodedCache:
     if record is not None:
       return record
     record = self._source[index]
-    if self.cached_bytes >= self._max_bytes or "frames" not in record:
+    if self.full:
       return record
-    record = dict(record, frames=video_io.decode_frames(record["frames"]))
+    decoded = dict(record)
+    if (self._frames and "frames" in record
+        and (not self._max_frames or len(record["frames"]) <= self._max_frames)):
+      decoded["frames"] = video_io.decode_frames(record["frames"])
     if "face" in record:
-      record["face"] = video_io.decode_image(record["face"])
-    size = self.nbytes(record)
+      decoded["face"] = video_io.decode_image(record["face"])
+    size = self.nbytes(decoded)
     with self._lock:
-      if self.cached_bytes + size <= self._max_bytes and index not in self._records:
-        self._records[index] = record
+      if self.cached_bytes + size > self._max_bytes:
+        self.full = True
+      elif index not in self._records:
+        self._records[index] = decoded
         self.cached_bytes += size
-    return record
+    return decoded
 
 
 def centre_clip(record: dict[str, Any], frames: int, height: int, width: int) -> np.ndarray:
@@ -174,16 +185,17 @@ def make_dataset(config, split: str = "train", *, train: bool = True,
     raise ValueError(f"data.batch_size={batch} is not divisible by the {process_count} "
                      "processes; use a multiple.")
   source = builders.data_source(config.data.data_dir, split) if source is None else source
+  spec = ClipSpec.from_config(config, train)
   if config.data.get("cache_mb", 0) > 0:
-    source = DecodedCache(source, config.data.cache_mb * 2 ** 20)
+    source = DecodedCache(source, config.data.cache_mb * 2 ** 20, frames=not spec.latents,
+                          max_frames=4 * ((spec.frames - 1) * spec.stride + 1))
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) == 0:  # pylint: disable=g-explicit-length-test
     raise ValueError(f"process {process_index} of {process_count} has no records of split "
                      f"'{split}' ({len(source)} in all)")
   if train:
     ds = ds.shuffle(seed=config.seed).repeat(None)
-  ds = ds.random_map(DecodeExample(ClipSpec.from_config(config, train),
-                                   conditions.caption_fields(config)),
+  ds = ds.random_map(DecodeExample(spec, conditions.caption_fields(config)),
                      seed=config.seed)
   return ds.batch(batch // process_count, drop_remainder=train)
 

@@ -151,7 +151,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                   sampler: dict | None = None, overlap: int = 0,
                   probe_dir: str | None = None, train_probes: bool = True,
                   window_noise: str = "fresh", log=print) -> dict:
-  """The three long-video variants and image-to-video on the split's first examples;
+  """The four long-video variants and image-to-video on the split's first examples;
   writes ``W/eval/long{factor}x_<settings>.json`` and its media folder. ``window_noise``:
   ``long_video.sample``'s ``noise`` ('fresh' or 'reuse')."""
   if window_noise not in ("fresh", "reuse"):
