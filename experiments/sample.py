@@ -15,6 +15,11 @@ A frame-conditioned model (trained with ``frame_cond=R``) also takes given frame
                            --overlap frames made (default half a clip); the face
                            conditions every window
 
+Any model, text-to-video beyond the training length:
+  --num_frames=N --windows=joint   co-denoised windows overlapping by --overlap frames
+                           (default half a clip), denoised together and cross-faded: no
+                           seams, and the reference conditions every window
+
 ``--batch_file`` is JSON lines of {"face": ..., "prompt": ..., "seed": ..., "name": ...}
 (and optionally "first_frame" or "extend").
 Writes per sample .mp4, .gif, .png (reference face + frames) and provenance .json.
@@ -49,6 +54,10 @@ _EXTEND = flags.DEFINE_string("extend", None, "A video to continue (a frame-cond
                               "model).")
 _OVERLAP = flags.DEFINE_integer("overlap", 0, "Frames each sliding window is given of the "
                                 "one before (0 = half a clip).")
+_WINDOWS = flags.DEFINE_enum("windows", "sliding", ["sliding", "joint"],
+                             "Beyond the training length: 'sliding' windows each given the "
+                             "last frames made (a frame-conditioned model; others make one "
+                             "longer clip), or 'joint': co-denoised windows (any model).")
 _BATCH_FILE = flags.DEFINE_string("batch_file", None, "JSON lines of face/prompt/seed.")
 _RAW = flags.DEFINE_bool("raw", False, "Use the raw parameters instead of the EMA.")
 _FACE_IS_CROP = flags.DEFINE_bool("face_is_crop", False,
@@ -75,7 +84,8 @@ def main(argv):
                    cache_threshold=_CACHE.value),
       num_frames=_NUM_FRAMES.value, ema=not _RAW.value, face_is_crop=_FACE_IS_CROP.value,
       overwrite=_OVERWRITE.value, consent=_CONSENT.value, fast=_FAST.value,
-      first_frame=_FIRST_FRAME.value, extend=_EXTEND.value, overlap=_OVERLAP.value)
+      first_frame=_FIRST_FRAME.value, extend=_EXTEND.value, overlap=_OVERLAP.value,
+      windows=_WINDOWS.value)
   for w in written:
     print(f"{w['prompt']!r} seed {w['seed']} (step {w['step']}): " + " ".join(w["files"]))
 

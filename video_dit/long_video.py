@@ -276,15 +276,29 @@ class Frames:
   per_frame: int = 1   # pixel frames per model frame
   tubelet: int = 1
   value_range: tuple[float, float] | None = None  # pixels: (-1, 1)
+  joint: bool = False  # co-denoised windows (``co_denoise``) instead of sliding ones
 
   @classmethod
-  def of(cls, config, requests: list[dict], num_frames: int, overlap: int) -> "Frames":
-    """Checks the request's frame settings against the model (before any sampling)."""
+  def of(cls, config, requests: list[dict], num_frames: int, overlap: int,
+         windows: str = "sliding") -> "Frames":
+    """Checks the request's frame settings against the model (before any sampling).
+    ``windows``: 'sliding' (each window given the last frames made: a frame-conditioned
+    model; other models make one longer clip) or 'joint' (co-denoised windows, any model,
+    text-to-video of ``num_frames`` beyond the training length)."""
     cfg = registry.model_config(config)
     framed = any(r.get("first_frame") or r.get("extend") for r in requests)
+    if windows not in ("sliding", "joint"):
+      raise ValueError(f"--windows={windows}: use sliding or joint")
+    joint = windows == "joint"
+    if joint and framed:
+      raise ValueError("--windows=joint makes text-to-video; given frames (--first_frame, "
+                       "--extend) take the sliding windows")
+    if joint and num_frames <= config.data.frames:
+      raise ValueError(f"--windows=joint is for --num_frames beyond the training length "
+                       f"({config.data.frames}); got {num_frames}")
     if framed:
       check_model(cfg, "--first_frame / --extend")
-    if not (framed or (num_frames > config.data.frames and cfg.frame_conditioning)):
+    if not (framed or joint or (num_frames > config.data.frames and cfg.frame_conditioning)):
       if overlap:
         raise ValueError(f"--overlap={overlap} applies to sliding windows: given frames "
                          "(--first_frame, --extend) or --num_frames beyond the training "
@@ -300,7 +314,7 @@ class Frames:
     plan(max(num_frames // per_frame, window), window, overlap, 0, tubelet)  # checks overlap
     pixels = registry.latent_source(config) == "pixels"
     return cls(True, config, num_frames // per_frame, overlap, per_frame, tubelet,
-               (-1.0, 1.0) if pixels else None)
+               (-1.0, 1.0) if pixels else None, joint)
 
   def given(self, request: dict, codec) -> np.ndarray | None:
     """The request's given frames in model space (None without)."""
@@ -326,6 +340,8 @@ class Frames:
   def plan(self, given, window: int) -> list[Window]:
     if not self.windowed:
       return [Window(0, 0)]
+    if self.joint:
+      return [Window(s, 0) for s in window_starts(self.total, window, window - self.overlap)]
     return plan(self.frames(given, window), window, self.overlap,
                 0 if given is None else given.shape[1], self.tubelet)
 
@@ -336,7 +352,8 @@ class Frames:
   def record(self, request: dict, given, window: int) -> dict:
     """The provenance of a windowed video: what was given and the windows."""
     out = dict(overlap_frames=self.overlap * self.per_frame,
-               windows=len(self.plan(given, window)))
+               windows=len(self.plan(given, window)),
+               window_mode="joint" if self.joint else "sliding")
     for key in ("first_frame", "extend"):
       if request.get(key):
         with open(request[key], "rb") as f:

@@ -196,7 +196,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
              sampler: dict | None = None, num_frames: int = 0, ema: bool = True,
              face_is_crop: bool = False, overwrite: bool = False,
              consent: str | None = None, fast: bool = False, first_frame: str | None = None,
-             extend: str | None = None, overlap: int = 0) -> list[dict]:
+             extend: str | None = None, overlap: int = 0,
+             windows: str = "sliding") -> list[dict]:
   """Samples one video per request ``{face, prompt, seed, name, consent}`` and writes,
   per sample, ``.mp4``, ``.gif``, ``.png`` (face + frames) and a provenance ``.json``,
   the provenance also embedded in the three media files (``video_dit.provenance``).
@@ -211,7 +212,9 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   image-to-video) or ``extend`` (a video, kept at the start of the output), also per
   request; the face is then optional. ``num_frames`` beyond the training length, or any
   given frames, sample sliding windows that are each given ``overlap`` frames (0 = half a
-  clip) of the one before.
+  clip) of the one before. ``windows='joint'``: ``num_frames`` beyond the training length
+  as co-denoised windows overlapping by ``overlap`` frames (``long_video.co_denoise``),
+  with any model.
   """
   requests = [dict(r, **{k: v for k, v in (("first_frame", first_frame), ("extend", extend))
                          if v and not r.get(k)}) for r in requests]
@@ -238,7 +241,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
   if fast:
     overrides = {**fast_sampler(config), **overrides}
   config.sample.update(overrides)
-  frames = long_video.Frames.of(config, requests, num_frames, overlap)
+  frames = long_video.Frames.of(config, requests, num_frames, overlap, windows)
   if num_frames and not frames.windowed:  # one clip of another length
     config.data.frames = num_frames
   codec = workdir_lib.codec(config)
@@ -255,15 +258,20 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
     if tokens > config.text.max_len:
       logging.warning("prompt %r: %d of its %d tokens are dropped (text.max_len=%d)",
                       r["prompt"], tokens - config.text.max_len, tokens, config.text.max_len)
-  calls = sampler_cfg.model_calls * max(len(frames.plan(g, built.shape[0])) for g in given)
+  calls = sampler_cfg.model_calls * (1 if frames.joint else max(
+      len(frames.plan(g, built.shape[0])) for g in given))
   bar = {"progress": None, "done": 0}
 
   def tick():
     bar["done"] += 1
     bar["progress"].update(min(bar["done"], calls), "sampler steps")
 
-  sample = make_sampler(built.model, built.diffusion, sampler_cfg, (1,) + built.shape,
-                        on_model_call=tick, return_stats=True)
+  shape, joint = (1,) + built.shape, None
+  if frames.joint:  # the whole video at once, windows denoised together
+    shape = (1, frames.total) + tuple(built.shape[1:])
+    joint = (built.shape[0], built.shape[0] - frames.overlap)
+  sample = make_sampler(built.model, built.diffusion, sampler_cfg, shape,
+                        on_model_call=tick, return_stats=True, windows=joint)
   digest = config_hash(config)
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -273,7 +281,7 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
       cond["face"] = video_io.to_unit(crop[None])
     bar.update(progress=metrics_lib.Progress(calls), done=0)
     cached, extra = {}, {}
-    if frames.windowed:
+    if frames.windowed and not frames.joint:
       video = frames.sample(lambda c, k: sample(params, c, k)[0], cond, jax.random.key(seed),
                             ctx, built.shape)
       extra = frames.record(r, ctx, built.shape[0])
@@ -281,6 +289,8 @@ def generate(workdir: str, requests: list[dict], out_dir: str, *, step: int | No
       video, stats = sample(params, cond, jax.random.key(seed))
       if sampler_cfg.cache_threshold:  # how many of the steps ran the blocks
         cached = dict(full_model_calls=int(stats["full_calls"]))
+      if frames.joint:
+        extra = frames.record(r, None, built.shape[0])
     if codec is not None:  # a latent-space DiT: decode with its VAE
       video = codec.decode(jax.device_get(video))
     video = video_io.to_uint8(video[0])

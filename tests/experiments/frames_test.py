@@ -145,3 +145,28 @@ def test_long_evaluation_refuses_a_plain_model_and_bad_factors(tiny_run):
     long.evaluate_long(str(tiny_run / "run"), factor=3)
   with pytest.raises(ValueError, match="context_rate"):
     long.evaluate_long(str(tiny_run / "run"), factor=2)
+
+
+def test_co_denoised_long_video_with_a_plain_model(tiny_run, tmp_path):
+  request = dict(prompt="a person nods", seed=0, face=str(tiny_run / "face.png"))
+  run = lambda out, **kw: sampling.generate(str(tiny_run / "run"), [request], str(out),
+                                            face_is_crop=True, **kw)
+  [w] = run(tmp_path / "a", num_frames=20, windows="joint")
+  frames, _ = video_io.read_video(w["files"][0])
+  assert frames.shape == (20, SIDE, SIDE, 3) and w["video_shape"][0] == 20
+  assert w["windows"] == 4 and w["overlap_frames"] == 4 and w["window_mode"] == "joint"
+  [again] = run(tmp_path / "b", num_frames=20, windows="joint")  # same seed, same video
+  np.testing.assert_array_equal(video_io.read_video(again["files"][0])[0], frames)
+  for kw, words in ((dict(num_frames=8, windows="joint"), "beyond the training length"),
+                    (dict(num_frames=20, windows="sideways"), "sliding or joint"),
+                    (dict(num_frames=20, windows="joint", overlap=8), "between 1 and 7")):
+    with pytest.raises(ValueError, match=words):
+      run(tmp_path / "bad", **kw)
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_co_denoised_windows_refuse_given_frames(framed, tmp_path):
+  with pytest.raises(ValueError, match="sliding windows"):
+    _generate(framed, tmp_path / "out", first_frame=str(framed / "still.png"), num_frames=20,
+              windows="joint")
+  assert not os.path.exists(tmp_path / "out")
