@@ -7,9 +7,9 @@ r"""Evaluates a training workdir's checkpoint on held-out identities.
   python -m experiments.evaluate --workdir=W --long=8 [--num_videos=32 --overlap=4]
 
 ``--long=N`` (a frame-conditioned model, ``video_dit/evaluation/long.py``) instead makes
-videos of 2x, 4x ... N x the training length four ways (extending itself with identity
+videos of 2x, 4x ... N x the training length five ways (extending itself with identity
 in every window, identity off after the first window, independent clips, co-denoised
-overlapping windows) and measures
+overlapping windows with identity in every window or off after the first) and measures
 identity over time and the seams, plus image-to-video from each example's first frame;
 it writes W/eval/long<N>x_....json, its plots and GIFs, and W/report_long.html.
 

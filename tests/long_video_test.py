@@ -100,6 +100,15 @@ def test_co_denoise_averages_the_windows_over_each_frame():
                     (1.5 * 2 + 0.5 * 0) / 2, (0.5 * 3 + 1.5 * 1) / 2, 2, 3])
   np.testing.assert_allclose(out, x + s[:, None, None] * local[None, :, None], atol=1e-6)
   assert long_video.window_starts(14, 8, 4) == [0, 4, 6]   # the last ends at the end
+  seen = []
+
+  def drops(x, t, c):
+    seen.append(np.asarray(c["drop_id"]))
+    return x
+
+  long_video.co_denoise(drops, total=8, window=4, stride=2, identity_after_first=False)(
+      x, t, dict(s=s, drop_id=np.array([False, True, False])))
+  np.testing.assert_array_equal(seen[-1], [False, True, False] + [True] * 6)  # 3 windows
   for stride in (0, 5, -1):  # a frame in no window would divide by zero
     with pytest.raises(ValueError, match="stride between 1 and 4"):
       long_video.co_denoise(model_fn, total=20, window=4, stride=stride)

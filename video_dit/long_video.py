@@ -148,7 +148,7 @@ def window_starts(total: int, window: int, stride: int) -> list[int]:
 
 
 def co_denoise(model_fn: Callable, total: int, window: int, stride: int,
-               taper: bool = True) -> Callable:
+               taper: bool = True, identity_after_first: bool = True) -> Callable:
   """``model_fn`` of a clip of ``window`` frames -> the same for a video of ``total``
   frames: the windows (``window_starts``) go through the model as one batch, with the
   conditions and timestep of their video, and each frame's prediction is the weighted
@@ -158,6 +158,8 @@ def co_denoise(model_fn: Callable, total: int, window: int, stride: int,
   ``taper``: a window's weight falls linearly towards its ends (i + 1/2 frames from
   the nearer end), so the mix cross-fades from one window to the next instead of
   switching where a window ends; else every window weighs 1 (a plain mean).
+  ``identity_after_first=False``: the windows after the first see the model's null
+  identity (``drop_id``), the ablation of identity conditioning beyond the first clip.
   """
   window = min(window, total)
   if not 0 < stride <= window:
@@ -180,8 +182,12 @@ def co_denoise(model_fn: Callable, total: int, window: int, stride: int,
     b, k = x.shape[0], len(starts)
     tile = lambda v: (jnp.concatenate([v] * k, 0)
                       if getattr(v, "ndim", 0) and v.shape[0] == b else v)
-    out = model_fn(jnp.concatenate([x[:, s:s + window] for s in starts], 0), tile(t),
-                   jax.tree.map(tile, c))
+    c = jax.tree.map(tile, c)
+    if not identity_after_first:
+      later = jnp.arange(k * b) >= b  # every window but the first
+      drop = c.get("drop_id")
+      c = dict(c, drop_id=later if drop is None else jnp.logical_or(drop, later))
+    out = model_fn(jnp.concatenate([x[:, s:s + window] for s in starts], 0), tile(t), c)
     acc = jnp.zeros((b, total) + out.shape[2:], out.dtype)
     w = jnp.asarray(weight).reshape((1, window) + (1,) * (out.ndim - 2))
     for i, s in enumerate(starts):

@@ -110,7 +110,7 @@ def test_long_evaluation_measures_four_variants_and_image_to_video(framed):
   with open(r["path"]) as f:
     saved = json.load(f)
   v = saved["variants"]
-  assert set(v) == {"extend", "identity_off", "independent", "joint"}
+  assert set(v) == {"extend", "identity_off", "independent", "joint", "joint_identity_off"}
   assert v["joint"]["boundaries"] == v["extend"]["boundaries"]
   assert v["extend"]["boundaries"] == [8, 12, 16, 20, 24, 28]
   assert v["independent"]["boundaries"] == [8, 16, 24]

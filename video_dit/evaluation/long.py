@@ -13,6 +13,8 @@ first window is the same clip in all three, the plain text-to-video sample):
                     predictions are averaged where they overlap (``long_video.co_denoise``;
                     no frame conditioning used; not causal, so its 2x prefix is a part of
                     the Nx video, not a 2x video of its own)
+  joint_identity_off (e) the same, the windows after the first given the model's null
+                    identity
 
 Per frame: the identity probe's cosine to the reference (and to another identity's
 reference: the gap), and the mean absolute change from the previous frame. Summaries at
@@ -45,21 +47,24 @@ VARIANTS = {
     "identity_off": "(b) identity off after the first window",
     "independent": "(c) independent clips concatenated",
     "joint": "(d) co-denoised overlapping windows, identity in every window",
+    "joint_identity_off": "(e) co-denoised windows, identity off after the first window",
 }
 PSNR_CAP = 100.0  # dB: identical frames
 
 
-def window_sampler(config, built, params, n: int, total: int = 0, stride: int = 0):
+def window_sampler(config, built, params, n: int, total: int = 0, stride: int = 0,
+                   identity_after_first: bool = True):
   """``(cond, key) -> (n, *clip shape)`` host video: one clip per example, over the mesh
   (the batch padded to the mesh's data size). With ``total``: videos of ``total`` frames,
-  co-denoised windows every ``stride`` frames."""
+  co-denoised windows every ``stride`` frames (``long_video.co_denoise``)."""
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.replicate(params, mesh)
   size = mesh.shape["data"] * mesh.shape["fsdp"]
   padded = -(-n // size) * size
   shape, windows = built.shape, None
   if total:
-    shape, windows = (total,) + tuple(built.shape[1:]), (built.shape[0], stride)
+    shape = (total,) + tuple(built.shape[1:])
+    windows = (built.shape[0], stride, True, identity_after_first)
   sample = sampling.make_sampler(built.model, built.diffusion, built.sampler,
                                  (padded,) + shape, windows=windows)
 
@@ -151,7 +156,7 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                   sampler: dict | None = None, overlap: int = 0,
                   probe_dir: str | None = None, train_probes: bool = True,
                   window_noise: str = "fresh", log=print) -> dict:
-  """The four long-video variants and image-to-video on the split's first examples;
+  """The five long-video variants and image-to-video on the split's first examples;
   writes ``W/eval/long{factor}x_<settings>.json`` and its media folder. ``window_noise``:
   ``long_video.sample``'s ``noise`` ('fresh' or 'reuse')."""
   if window_noise not in ("fresh", "reuse"):
@@ -198,11 +203,12 @@ def evaluate_long(workdir: str, *, factor: int = 8, step: int | None = None,
                                             else window_noise, **kw))
     plans[name] = long_video.plan(total, window, frames.overlap, 0, frames.tubelet,
                                   independent=bool(kw.get("independent")))
-  log("  joint: co-denoising the whole video")
-  joint = window_sampler(config, built, params, n, total, window - frames.overlap)
-  videos["joint"] = decode(np.clip(joint(cond, key), *frames.value_range)
-                           if frames.value_range else joint(cond, key))
-  plans["joint"] = plans["extend"]  # its seams would show where (a)'s windows meet
+  for name, on in (("joint", True), ("joint_identity_off", False)):
+    log(f"  {name}: co-denoising the whole video")
+    joint = window_sampler(config, built, params, n, total, window - frames.overlap, on)
+    video = joint(cond, key)
+    videos[name] = decode(np.clip(video, *frames.value_range) if frames.value_range else video)
+    plans[name] = plans["extend"]  # its seams would show where (a)'s windows meet
 
   ref = probe.embed_images(faces)
   other = eval_lib.mismatched_index(identities)

@@ -1,5 +1,5 @@
 """What ``evaluation/long.py`` shows: the curves over time, an image strip and GIFs of the
-four variants, and the report section."""
+five variants, and the report section."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ slope: similarity per generated second; seam: median frame change across window 
 median change inside windows (of all transitions; and of those from one tubelet to the next,
 like for like).</p>{imgs}
 <p>{gifs}<br><span class=small>Reference | (a) extends itself with identity | (b) identity off
-after the first window | (c) independent clips | (d) co-denoised overlapping windows.</span></p>
+after the first window | (c) independent clips | (d) co-denoised overlapping windows | (e) the
+same, identity off after the first window.</span></p>
 <table><tr><th>variant</th><th>length</th><th>first window</th><th>end window</th>
 <th>end / first</th><th>end gap</th><th>slope /s</th><th>seam</th>
 <th>seam vs tubelet steps</th></tr>{''.join(rows)}</table>
