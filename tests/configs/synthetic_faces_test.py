@@ -79,6 +79,9 @@ def test_identity_bench_and_quickstart_presets():
     assert (c.diffusion.prediction, c.diffusion.t_mean, c.diffusion.shift_base_tokens) == (
         "x0", 1.5, 0)
     assert registry.video_shape(c) == (8, 32, 32, 3) and tuple(c.model.patch) == (2, 8, 8)
+    # identity through its cross-attention and in-context reference tokens (measured
+    # against cross-attention alone in the README)
+    assert c.identity.mode == "separate+reference" and c.sample.num_steps == 4
     registry.build(c)
   assert synthetic_faces.get_config("quickstart,steps=7").total_steps == 7
   with pytest.raises(ValueError, match="choose one of the presets"):
