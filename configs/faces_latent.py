@@ -35,7 +35,9 @@ def get_config(arg=None):
   config.latent = dict(source=arg.source, codec="vae", vae_workdir=arg.vae, shape=shape)
   config.model.update(patch=(1, 2, 2), channels=v.latent_channels)
   config.text.update(encoder="precomputed", precomputed="minilm", max_len=16)
-  config.identity.face_size = 32
+  # Reference tokens are encoded with the DiT's codec, which a VAE does not do yet:
+  # identity through its cross-attention only.
+  config.identity.update(face_size=32, mode="separate")
   config.data.batch_size = 32
   if arg.runlocal:
     common.runlocal(config)
