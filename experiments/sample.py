@@ -53,7 +53,7 @@ _FIRST_FRAME = flags.DEFINE_string("first_frame", None, "Image-to-video: the fir
 _EXTEND = flags.DEFINE_string("extend", None, "A video to continue (a frame-conditioned "
                               "model).")
 _OVERLAP = flags.DEFINE_integer("overlap", 0, "Frames each sliding window is given of the "
-                                "one before (0 = half a clip).")
+                                "one before, or co-denoised windows share (0 = half a clip).")
 _WINDOWS = flags.DEFINE_enum("windows", "sliding", ["sliding", "joint"],
                              "Beyond the training length: 'sliding' windows each given the "
                              "last frames made (a frame-conditioned model; others make one "

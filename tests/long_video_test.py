@@ -156,3 +156,12 @@ def test_seam_ratio_is_one_when_boundaries_change_like_the_rest():
   change[:, cuts - 1] *= 3.0  # a jump at every boundary
   s = long.summarise(sims, sims - 0.1, change, cuts, 8, 8.0, [4], 2)["4x"]
   assert abs(s["seam_ratio"] - 3.0) < 1e-9
+
+
+def test_co_denoised_windows_refuse_a_causal_vae():
+  # Its first latent frame stands for one pixel frame, the others for several: windows
+  # of latent frames would not line up with pixel frames.
+  from configs import faces_latent  # pylint: disable=g-import-not-at-top
+  config = faces_latent.get_config("runlocal")
+  with pytest.raises(ValueError, match="causal VAE"):
+    long_video.Frames.of(config, [], 4 * config.data.frames, 0, "joint")

@@ -299,6 +299,11 @@ class Frames:
     if joint and framed:
       raise ValueError("--windows=joint makes text-to-video; given frames (--first_frame, "
                        "--extend) take the sliding windows")
+    if joint and registry.latent_codec(config) == "vae":
+      raise ValueError("--windows=joint needs a model whose frames map to a fixed number "
+                       "of pixel frames (pixels, or latent.codec='pca'); a causal VAE's "
+                       "first latent frame stands for one pixel frame and the others for "
+                       "several, so its windows would not line up")
     if joint and num_frames <= config.data.frames:
       raise ValueError(f"--windows=joint is for --num_frames beyond the training length "
                        f"({config.data.frames}); got {num_frames}")

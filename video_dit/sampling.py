@@ -46,9 +46,10 @@ def make_sampler(model, diffusion: Diffusion, sampler: SamplerConfig,
   ``return_stats``: ``(video, {'full_calls': ...})``, the guided model calls that ran in
   full (fewer than ``sampler.model_calls`` with the step cache, ``cache_threshold``).
   ``noise``: an optional last argument, the starting noise (default: drawn from the key).
-  ``windows``: (window, stride) in model frames: ``shape`` is a video longer than the
-  model's clip, denoised whole as overlapping windows of ``window`` frames every
-  ``stride`` whose predictions are averaged (``long_video.co_denoise``).
+  ``windows``: ``long_video.co_denoise``'s (window, stride[, taper,
+  identity_after_first]) in model frames: ``shape`` is a video longer than the model's
+  clip, denoised whole as overlapping windows of ``window`` frames every ``stride``
+  whose predictions are averaged.
   """
   sampler.check(diffusion.config.objective)
   clip_shape = tuple(shape)

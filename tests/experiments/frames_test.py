@@ -94,7 +94,7 @@ def test_a_model_without_frame_conditioning_says_how_to_get_one(tiny_run, framed
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_long_evaluation_measures_four_variants_and_image_to_video(framed):
+def test_long_evaluation_measures_five_variants_and_image_to_video(framed):
   from video_dit import report
   from video_dit.evaluation import long, probes
   from video_dit import workdir as workdir_lib
