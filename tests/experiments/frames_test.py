@@ -156,7 +156,9 @@ def test_co_denoised_long_video_with_a_plain_model(tiny_run, tmp_path):
   assert frames.shape == (20, SIDE, SIDE, 3) and w["video_shape"][0] == 20
   assert w["windows"] == 4 and w["overlap_frames"] == 4 and w["window_mode"] == "joint"
   [again] = run(tmp_path / "b", num_frames=20, windows="joint")  # same seed, same video
-  np.testing.assert_array_equal(video_io.read_video(again["files"][0])[0], frames)
+  # (the lossless PNG strips: an mp4 encoder may code the same frames differently)
+  np.testing.assert_array_equal(np.asarray(Image.open(again["files"][1])),
+                                np.asarray(Image.open(w["files"][1])))
   for kw, words in ((dict(num_frames=8, windows="joint"), "beyond the training length"),
                     (dict(num_frames=20, windows="sideways"), "sliding or joint"),
                     (dict(num_frames=20, windows="joint", overlap=8), "between 1 and 7")):
