@@ -155,8 +155,10 @@ def test_decoded_cache_stays_within_its_budget(config):
   assert source.reads == 12 + 9  # 3 records kept; the other 9 read on every pass
   later = cache[11]  # full: left encoded, DecodeExample decodes the frames it takes
   assert not isinstance(later["frames"], np.ndarray) or later["frames"].dtype != np.uint8
-  # a latent cache's stored pixels are never read: only the face is decoded; long
-  # records stay encoded
+  # a latent cache's stored pixels are never read, and long records would hold encoded
+  # bytes the budget does not count: both pass through uncached
   for kw in (dict(frames=False), dict(max_frames=4)):
-    record = pipeline.DecodedCache(source, max_bytes=1 << 30, **kw)[0]
-    assert record["frames"].dtype != np.uint8 and record["face"].dtype == np.uint8
+    cache = pipeline.DecodedCache(source, max_bytes=1 << 30, **kw)
+    record = cache[0]
+    assert record["frames"].dtype != np.uint8 and isinstance(record["face"], bytes)
+    assert cache.cached_bytes == 0

@@ -124,9 +124,9 @@ class DecodedCache:
   ``DecodeExample`` would decode, so batches are unchanged. Shared by the prefetch
   threads of one pipeline (each ``make_dataset`` call has its own).
 
-  ``frames=False`` (a latent cache, whose stored pixels the DiT never reads) decodes the
-  face only; a record of more than ``max_frames`` frames (a long real clip, of which a
-  training clip takes a few) is left encoded.
+  ``frames=False`` (a latent cache, whose stored pixels the DiT never reads) and records
+  of more than ``max_frames`` frames (a long real clip, of which a training clip takes a
+  few) pass through uncached: what the cache holds is what its budget counts.
   """
 
   def __init__(self, source, max_bytes: int, frames: bool = True, max_frames: int = 0):
@@ -149,12 +149,10 @@ class DecodedCache:
     if record is not None:
       return record
     record = self._source[index]
-    if self.full:
+    if (self.full or not self._frames or "frames" not in record
+        or (self._max_frames and len(record["frames"]) > self._max_frames)):
       return record
-    decoded = dict(record)
-    if (self._frames and "frames" in record
-        and (not self._max_frames or len(record["frames"]) <= self._max_frames)):
-      decoded["frames"] = video_io.decode_frames(record["frames"])
+    decoded = dict(record, frames=video_io.decode_frames(record["frames"]))
     if "face" in record:
       decoded["face"] = video_io.decode_image(record["face"])
     size = self.nbytes(decoded)
