@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
       sincos=False, dtype="bfloat16", remat="none", attention="einsum",
       scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
       attention_layout="full",  # or "factorised": Latte-style spatial/temporal blocks
+      head="linear",  # or "overlap": tapered output windows that overlap their neighbours
       matmul_dtype="",    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
       guidance_embed=False, step_embed=False)  # distilled inputs (common.distill)
   c.text = dict(encoder="trainable",  # trainable | precomputed (+ text.precomputed) | none

@@ -587,3 +587,47 @@ def test_skip_precondition_needs_flow_x0():
                                       "diffusion.precondition": "skip"})
   with pytest.raises(ValueError, match="precondition='skip' needs"):
     registry.model_config(config)
+
+
+def test_overlap_head_blends_tapered_windows_with_no_token_borders():
+  grid, patch, c = (2, 3, 4), (2, 4, 4), 3
+  rng = np.random.default_rng(0)
+  # Every token paints one colour per channel: the output is a partition of unity over
+  # those colours, so a constant field is reproduced exactly...
+  tokens = jnp.full((2, 24, 2 * 4 * 4 * 4 * c), 0.7)
+  out = dit.overlap_unpatchify(tokens, grid, patch)
+  assert out.shape == (2, 4, 12, 16, c)
+  np.testing.assert_allclose(out, 0.7, atol=1e-6)
+  # ...and a field of per-token colours changes by at most 1/ph of the colour step per
+  # pixel (a linear blend), never by the whole step at a token border as unpatchify does.
+  colours = rng.uniform(-1, 1, (2, 24, 1, 1, 1, c)).astype(np.float32)
+  tok = jnp.asarray(np.broadcast_to(colours, (2, 24, 2, 8, 8, c)).reshape(2, 24, -1))
+  out = np.asarray(dit.overlap_unpatchify(tok, grid, patch))
+  step = np.abs(np.diff(colours.reshape(2, 2, 3, 4, c), axis=3)).max()
+  assert np.abs(np.diff(out, axis=3)).max() <= step / 4 + 1e-6
+  plain = np.asarray(patching.unpatchify(jnp.asarray(np.broadcast_to(
+      colours, (2, 24, 2, 4, 4, c)).reshape(2, 24, -1)), grid, patch))
+  assert np.abs(np.diff(plain, axis=3)).max() > step / 2  # the plain head's borders
+  # A token reaches half a tubelet beyond its own, and no further.
+  bump = jnp.zeros_like(tokens).at[:, 5].set(1.0)  # token (t=0, i=1, j=1)
+  moved = np.abs(np.asarray(dit.overlap_unpatchify(bump, grid, patch))).sum((0, 1, 4))
+  rows, cols = np.nonzero(moved)
+  assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 9, 2, 9)
+
+
+def test_overlap_head_model_starts_at_zero_and_counts_its_flops():
+  config = helpers.runlocal_config(**{"model.head": "overlap"})
+  cfg = registry.model_config(config)
+  model, params = helpers.init(config)
+  inputs = registry.random_inputs(config, 2)
+  assert np.all(helpers.apply(model, params, inputs) == 0.0)
+  out = helpers.apply(model, helpers.perturb_zeros(params), inputs)
+  assert out.shape == (2,) + registry.video_shape(config) and np.abs(out).max() > 1e-3
+  lowered = jax.jit(lambda p, i: model.apply(p, **i)).lower(params, inputs)
+  assert flops.traced_matmul_flops(lowered) == 2 * flops.forward_flops(
+      cfg, registry.video_shape(config), config.text.max_len)
+  with pytest.raises(ValueError, match="model.head.*one of"):
+    registry.model_config(helpers.runlocal_config(**{"model.head": "conv"}))
+  with pytest.raises(ValueError, match="even tubelet"):
+    registry.model_config(helpers.runlocal_config(**{"model.head": "overlap",
+                                                     "model.patch": (1, 1, 1)}))

@@ -16,6 +16,9 @@
                    x += gate_id * IdCrossAttn(LN(x), identity)        every n-th block
                    x += gate_mlp * MLP(adaLN(x))
     FinalLayer: adaLN + linear to pt*ph*pw*C (x2 with learned sigma) --unpatchify--> video
+      (model.head='overlap': each token paints a 2ph x 2pw window centred on its tubelet,
+       tapered to 0 at its edges; neighbouring windows overlap by half and blend, so
+       there are no borders between tokens)
 
 adaLN-Zero: every modulation, the text cross-attention output and the final
 layer start at zero, so a fresh model outputs exactly zero and a fresh block is
@@ -86,6 +89,7 @@ class ModelConfig:
   # > 0: a flow x0 prediction preconditioned with the data's standard deviation
   # (diffusion.precondition='skip'): out = c_skip(t) x_t + c_out(t) F
   skip_sigma_data: float = 0.0
+  head: str = "linear"             # or "overlap": tapered overlapping output windows
 
 
 class DiTBlock(nn.Module):
@@ -353,9 +357,12 @@ class VideoDiT(nn.Module):
         if ref_tokens is not None:
           refs[i + 1] = dict(refs[i], tokens=ref_tokens, last=i + 2 == cfg.depth)
 
-    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1)
+    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1) * head_windows(cfg)
     out = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
-    out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
+    if cfg.head == "overlap":
+      out = overlap_unpatchify(out.astype(jnp.float32), grid, cfg.patch)
+    else:
+      out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
     if cfg.skip_sigma_data:  # given frames get the generated ones' t: their output is unused
       c_skip, c_out = schedules.flow_precondition(t_b, cfg.skip_sigma_data)
       b5 = lambda v: v.reshape((b,) + (1,) * 4)
@@ -448,6 +455,48 @@ def block_layout(cfg: ModelConfig, i: int) -> str:
   if cfg.attention_layout == "full":
     return "full"
   return "spatial" if i % 2 == 0 else "temporal"
+
+
+def head_windows(cfg: ModelConfig) -> int:
+  """How many tubelets' worth of values the final layer paints per token."""
+  return 4 if cfg.head == "overlap" else 1
+
+
+def _hat(p: int) -> jnp.ndarray:
+  """Triangle weights over 2p pixels, peaking at the centre; shifted by p they sum to 1."""
+  u = jnp.arange(2 * p, dtype=jnp.float32) + 0.5
+  return 1.0 - jnp.abs(u - p) / p
+
+
+def overlap_unpatchify(tokens_bld, grid, patch) -> jnp.ndarray:
+  """(B, L, pt*2ph*2pw*C) -> (B, T, H, W, C): token (i, j) paints the window
+  [i ph - ph/2, i ph + 3ph/2) x [j pw - pw/2, j pw + 3pw/2) of its pt frames, weighted by
+  a separable triangle (the window's centre is the tubelet's). Every pixel is the
+  weighted mean of the (up to) 4 windows that cover it, so the output is continuous
+  across token borders; where the image edge cuts windows the weights are renormalised."""
+  b, length, d = tokens_bld.shape
+  gt, gh, gw = grid
+  pt, ph, pw = patch
+  c = d // (pt * 4 * ph * pw)
+  if length != gt * gh * gw or d != pt * 4 * ph * pw * c or ph % 2 or pw % 2:
+    raise ValueError(f"tokens of shape {tokens_bld.shape} do not fit grid {tuple(grid)} "
+                     f"with tubelet {tuple(patch)} and overlapping windows (even ph, pw)")
+  win = _hat(ph)[:, None] * _hat(pw)[None, :]                          # (2ph, 2pw)
+  x = tokens_bld.reshape(b, gt, gh, gw, pt, 2 * ph, 2 * pw, c) * win[:, :, None]
+  x = x.reshape(b, gt, gh, gw, pt, 2, ph, 2, pw, c)
+  canvas, norm = 0.0, 0.0
+  ones = jnp.ones((gh, ph, gw, pw), jnp.float32)
+  for a in range(2):  # quadrant (a, e) of window (i, j) lands on canvas block (i+a, j+e)
+    for e in range(2):
+      q = x[:, :, :, :, :, a, :, e]                                     # (B,T',H',W',pt,ph,pw,C)
+      q = q.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, gt * pt, gh * ph, gw * pw, c)
+      pad = ((a * ph, (1 - a) * ph), (e * pw, (1 - e) * pw))
+      canvas = canvas + jnp.pad(q, ((0, 0), (0, 0)) + pad + ((0, 0),))
+      w = (ones * win.reshape(2, ph, 2, pw)[a, :, e][None, :, None]).reshape(gh * ph, gw * pw)
+      norm = norm + jnp.pad(w, pad)
+  h0, w0 = ph // 2, pw // 2
+  canvas = canvas[:, :, h0:h0 + gh * ph, w0:w0 + gw * pw]
+  return canvas / norm[h0:h0 + gh * ph, w0:w0 + gw * pw, None]
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

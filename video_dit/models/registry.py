@@ -152,6 +152,11 @@ def model_config(config) -> ModelConfig:
   if len(patch) != 3 or min(patch) < 1:
     raise ValueError(f"model.patch={m.patch} must be three positive tubelet sizes (pt, ph, pw).")
   grid_shape(video_shape(config)[:3], patch)  # raises when not divisible
+  head = m.get("head", "linear")  # older configs lack it
+  _choice("model.head", head, ("linear", "overlap"))
+  if head == "overlap" and (patch[1] % 2 or patch[2] % 2):
+    raise ValueError(f"model.head='overlap' needs even tubelet heights and widths, not "
+                     f"model.patch={patch}; use e.g. (2, 8, 8) or model.head='linear'.")
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
@@ -247,7 +252,7 @@ def model_config(config) -> ModelConfig:
       identity_pooled_to_adaln=idc.pooled_to_adaln,
       guidance_embed=bool(m.get("guidance_embed", False)),
       step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning,
-      skip_sigma_data=skip_sigma_data)
+      skip_sigma_data=skip_sigma_data, head=head)
 
 
 def check_frame_conditioning(config, patch) -> bool:
