@@ -312,24 +312,39 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   writer, progress = MetricWriter(workdir, after=start), Progress(config.total_steps, start)
   samples = task.periodic(mesh, workdir)
   t_last, steps_since = time.perf_counter(), 0
+  # A step's metrics are read after the next step is dispatched, so the host prepares
+  # batch s+1 while the device runs step s (reading them at once made the two take turns).
+  # They are read at once where the loop acts on them: logs, checkpoints, the end.
+  pending, metrics = None, None
+
+  def read(done_metrics):
+    done, m = done_metrics
+    m = jax.device_get(m)
+    if not m["finite"] and config.train.nonfinite == "stop":
+      ckpt.close()
+      raise FloatingPointError(
+          f"loss is {m['loss']} (grad norm {m['grad_norm']}) at step {done}; "
+          f"stopping. The last good checkpoint (step {ckpt.latest_step()}) is kept; lower "
+          "optim.lr or set train.nonfinite='skip'.")
+    return m
+
   with _Preemption() as preempt:
     for step in range(start, config.total_steps):
       batch = sharding.shard_batch(task.host_batch(next(data_iter)), mesh)
       with jax.set_mesh(mesh):
-        state, metrics = train_step(state, batch, frozen)
-      metrics = jax.device_get(metrics)
-      if not metrics["finite"] and config.train.nonfinite == "stop":
-        ckpt.close()
-        raise FloatingPointError(
-            f"loss is {metrics['loss']} (grad norm {metrics['grad_norm']}) at step {step + 1}; "
-            f"stopping. The last good checkpoint (step {ckpt.latest_step()}) is kept; lower "
-            "optim.lr or set train.nonfinite='skip'.")
-      steps_since += 1
+        state, step_metrics = train_step(state, batch, frozen)
       done = step + 1
+      if pending is not None:
+        metrics = read(pending)
+      pending = (done, step_metrics)
+      steps_since += 1
       if step == start:  # rates exclude the first step (compilation)
         jax.block_until_ready(state)
         t_last, steps_since = time.perf_counter(), 0
-      if done % config.train.log_every == 0 or done == config.total_steps:
+      log = done % config.train.log_every == 0 or done == config.total_steps
+      if log or step == start:
+        metrics, pending = read(pending), None
+      if log:
         scalars = dict(loss=metrics["loss"], grad_norm=metrics["grad_norm"], lr=metrics["lr"],
                        skipped=float(not metrics["finite"]))
         if steps_since:
@@ -340,12 +355,13 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
                            tflops_per_s=rate * flops_per_step / 1e12)
         writer.write(done, scalars)
         t_last, steps_since = time.perf_counter(), 0
-      progress.update(done, f"loss {metrics['loss']:.4f}",
-                      force=done % config.train.log_every == 0)
+      progress.update(done, f"loss {metrics['loss']:.4f}", force=log)
       if samples is not None:
         samples.maybe_write(done, state.ema_params)
       if (done % config.ckpt.every_steps == 0 or done == config.total_steps
           or preempt.requested):
+        if pending is not None:  # a non-finite step is never saved
+          metrics, pending = read(pending), None
         t_save = time.perf_counter()
         ckpt.save(done, state, data_iter.get_state(), config_json)
         # The async save blocks the loop only for the device -> host copy.

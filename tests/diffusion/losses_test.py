@@ -86,6 +86,24 @@ def test_same_key_same_loss():
   assert float(a) == float(b) and float(a) != float(c)
 
 
+def test_uniform_share_of_training_times():
+  """t_uniform=0.25 with a logit-normal peaked at high noise: a quarter of the times are
+  uniform, so the low-noise tail that the logit-normal almost never reaches is trained."""
+  x0 = jnp.zeros((4096, 1, 1, 1, 1))
+  fn = lambda x, t, c: x
+
+  def times(**kw):
+    cfg = DiffusionConfig("flow", "x0", t_mean=1.5, **kw)
+    return np.asarray(jax.jit(lambda k: Diffusion(cfg).loss(fn, x0, {}, k))(
+        jax.random.key(0))[1]["t"])
+
+  peaked, mixed = times(), times(t_uniform=0.25)
+  assert (peaked < 0.25).mean() < 0.01
+  np.testing.assert_allclose((mixed < 0.25).mean(), 0.25 * 0.25 + 0.75 * (peaked < 0.25).mean(),
+                             atol=0.015)
+  np.testing.assert_allclose((mixed != peaked).mean(), 0.25, atol=0.02)  # the rest unchanged
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(objective="score"), "diffusion.objective='score' is unknown"),
     (dict(objective="flow", prediction="eps"), "does not fit objective 'flow'"),
@@ -97,6 +115,7 @@ def test_same_key_same_loss():
     (dict(prediction="velocity", precondition="skip"), "precondition='skip' needs"),
     (dict(prediction="x0", weighting="skip"), "weighting='skip' needs"),
     (dict(prediction="x0", precondition="skip", sigma_data=0.0), "sigma_data=0.0 must be > 0"),
+    (dict(t_uniform=1.5), "t_uniform=1.5 must be a share in"),
 ])
 def test_bad_diffusion_config_raises(kw, msg):
   with pytest.raises(ValueError, match=msg):

@@ -25,6 +25,8 @@ class DiffusionConfig:
   t_sampling: str = "logit_normal"
   t_mean: float = 0.0
   t_std: float = 1.0
+  t_uniform: float = 0.0           # share of examples whose t is U(0, 1) instead (flow):
+                                   # keeps the tails trained under a peaked logit-normal
   shift: float = 1.0               # base shift (flow)
   shift_base_tokens: int = 0       # >0: shift grows as sqrt(tokens / shift_base_tokens)
   schedule: str = "linear"         # ddpm: linear | cosine
@@ -63,6 +65,9 @@ class DiffusionConfig:
     if self.precondition == "skip" and not self.sigma_data > 0:
       raise ValueError(f"diffusion.sigma_data={self.sigma_data} must be > 0 (the data's "
                        "standard deviation, e.g. 0.5 for pixels in [-1, 1]).")
+    if not 0.0 <= self.t_uniform <= 1.0:
+      raise ValueError(f"diffusion.t_uniform={self.t_uniform} must be a share in [0, 1] "
+                       "(e.g. 0.2; 0 = logit-normal times only).")
     if self.shift <= 0 or self.t_std <= 0:
       raise ValueError(f"diffusion.shift={self.shift} and diffusion.t_std={self.t_std} "
                        "must be > 0.")
@@ -117,6 +122,10 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
       t = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-5, maxval=1.0))(k_t)
     else:
       t = jax.vmap(lambda k: schedules.logit_normal(k, (), cfg.t_mean, cfg.t_std))(k_t)
+      if cfg.t_uniform:  # the same keys, folded: each example's own draw
+        k_u = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_t)
+        u, pick = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(k_u).T
+        t = jnp.where(pick < cfg.t_uniform, jnp.maximum(u, 1e-5), t)
     t = jnp.clip(schedules.time_shift(t, shift), 1e-5, 1.0)
     x_t = schedules.flow_interpolate(x0, eps, t)
     target = eps - x0 if cfg.prediction == "velocity" else x0
