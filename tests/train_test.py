@@ -167,15 +167,18 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips(data_dir, tmp_path):
 
 def test_lagged_metrics_still_stop_at_the_failing_step_and_never_save_it(data_dir, tmp_path):
   """Metrics are read one step late between logs: a non-finite step is still named, and
-  no checkpoint at or after it is written."""
+  no checkpoint or periodic sample at or after it is written."""
   blowup = {"optim.lr": 1e38, "optim.warmup_steps": 4, "optim.grad_clip": 0.0,
-            "train.log_every": 100, "ckpt.every_steps": 2}
+            "train.log_every": 100, "ckpt.every_steps": 2, "sample.every_steps": 1,
+            "sample.num_videos": 1, "sample.num_steps": 1}
   with pytest.raises(FloatingPointError, match=r"at step \d+; stopping") as err:
     train.train_and_evaluate(_config(data_dir, total_steps=8, **blowup), str(tmp_path), ONE)
   failed = int(re.search(r"at step (\d+)", str(err.value)).group(1))
   assert 2 < failed < 8, failed  # past the first step, so it was read late
   saved = checkpoint.steps(os.path.join(tmp_path, "checkpoints"))
   assert saved and max(saved) < failed, (saved, failed)
+  sampled = [int(d.split("_")[1]) for d in os.listdir(tmp_path / "samples")]
+  assert sampled and max(sampled) < failed, (sampled, failed)
 
 
 def test_bad_training_config_raises_before_compiling(data_dir):

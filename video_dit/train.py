@@ -356,7 +356,9 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
         writer.write(done, scalars)
         t_last, steps_since = time.perf_counter(), 0
       progress.update(done, f"loss {metrics['loss']:.4f}", force=log)
-      if samples is not None:
+      if samples is not None and samples.due(done):
+        if pending is not None:  # never samples from a non-finite step
+          metrics, pending = read(pending), None
         samples.maybe_write(done, state.ema_params)
       if (done % config.ckpt.every_steps == 0 or done == config.total_steps
           or preempt.requested):

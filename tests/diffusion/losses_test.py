@@ -116,6 +116,7 @@ def test_uniform_share_of_training_times():
     (dict(prediction="x0", weighting="skip"), "weighting='skip' needs"),
     (dict(prediction="x0", precondition="skip", sigma_data=0.0), "sigma_data=0.0 must be > 0"),
     (dict(t_uniform=1.5), "t_uniform=1.5 must be a share in"),
+    (dict(objective="ddpm", prediction="eps", t_uniform=0.2), "with objective='ddpm'"),
 ])
 def test_bad_diffusion_config_raises(kw, msg):
   with pytest.raises(ValueError, match=msg):

@@ -68,6 +68,10 @@ class DiffusionConfig:
     if not 0.0 <= self.t_uniform <= 1.0:
       raise ValueError(f"diffusion.t_uniform={self.t_uniform} must be a share in [0, 1] "
                        "(e.g. 0.2; 0 = logit-normal times only).")
+    if self.t_uniform and (self.objective, self.t_sampling) != ("flow", "logit_normal"):
+      raise ValueError(f"diffusion.t_uniform={self.t_uniform} mixes uniform times into a "
+                       "flow's logit-normal ones; with objective='ddpm' or "
+                       "t_sampling='uniform' set it to 0.")
     if self.shift <= 0 or self.t_std <= 0:
       raise ValueError(f"diffusion.shift={self.shift} and diffusion.t_std={self.t_std} "
                        "must be > 0.")
@@ -122,11 +126,11 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
       t = jax.vmap(lambda k: jax.random.uniform(k, (), minval=1e-5, maxval=1.0))(k_t)
     else:
       t = jax.vmap(lambda k: schedules.logit_normal(k, (), cfg.t_mean, cfg.t_std))(k_t)
-      if cfg.t_uniform:  # the same keys, folded: each example's own draw
-        k_u = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_t)
-        u, pick = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(k_u).T
-        t = jnp.where(pick < cfg.t_uniform, jnp.maximum(u, 1e-5), t)
     t = jnp.clip(schedules.time_shift(t, shift), 1e-5, 1.0)
+    if cfg.t_uniform:  # uniform in model time, after the shift; each example's own keys
+      k_u = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_t)
+      u, pick = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(k_u).T
+      t = jnp.where(pick < cfg.t_uniform, jnp.maximum(u, 1e-5), t)
     x_t = schedules.flow_interpolate(x0, eps, t)
     target = eps - x0 if cfg.prediction == "velocity" else x0
     model_t, abar, snr = t, None, schedules.snr("flow", t)

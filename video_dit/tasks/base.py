@@ -61,7 +61,7 @@ class Task:
     return 0.0, 0.0
 
   def periodic(self, mesh, workdir: str):
-    """An object with ``maybe_write(step, ema_params)``, or None."""
+    """An object with ``due(step)`` and ``maybe_write(step, ema_params)``, or None."""
     del mesh, workdir
     return None
 

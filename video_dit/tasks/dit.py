@@ -116,8 +116,11 @@ class PeriodicSampler:
                                         (len(self.faces),) + task.shape)
     self.decode = task.codec.decode if task.codec is not None else None
 
+  def due(self, step: int) -> bool:
+    return step % self.every == 0
+
   def maybe_write(self, step: int, ema_params) -> None:
-    if step % self.every:
+    if not self.due(step):
       return
     with jax.set_mesh(self.mesh):
       videos = sharding.to_host(self.sample(ema_params, self.cond, jax.random.key(self.seed)))
