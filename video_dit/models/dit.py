@@ -16,9 +16,9 @@
                    x += gate_id * IdCrossAttn(LN(x), identity)        every n-th block
                    x += gate_mlp * MLP(adaLN(x))
     FinalLayer: adaLN + linear to pt*ph*pw*C (x2 with learned sigma) --unpatchify--> video
-      (model.head='overlap': each token paints a 2ph x 2pw window centred on its tubelet,
-       tapered to 0 at its edges; neighbouring windows overlap by half and blend, so
-       there are no borders between tokens)
+      (model.head='overlap': each token paints a window model.head_margin pixels beyond
+       its tubelet on each side (default half the tubelet), tapered to 0 at its edges;
+       neighbouring windows blend, so there are no borders between tokens)
 
 adaLN-Zero: every modulation, the text cross-attention output and the final
 layer start at zero, so a fresh model outputs exactly zero and a fresh block is
@@ -90,6 +90,7 @@ class ModelConfig:
   # (diffusion.precondition='skip'): out = c_skip(t) x_t + c_out(t) F
   skip_sigma_data: float = 0.0
   head: str = "linear"             # or "overlap": tapered overlapping output windows
+  head_margin: int = 0             # overlap: pixels beyond the tubelet; 0 = half of it
 
 
 class DiTBlock(nn.Module):
@@ -357,10 +358,9 @@ class VideoDiT(nn.Module):
         if ref_tokens is not None:
           refs[i + 1] = dict(refs[i], tokens=ref_tokens, last=i + 2 == cfg.depth)
 
-    out_dim = patchify_dim(cfg) * (2 if cfg.learn_sigma else 1) * head_windows(cfg)
-    out = FinalLayer(cfg, out_dim, name="final")(x, c)  # (B, L, out_dim)
+    out = FinalLayer(cfg, head_out_dim(cfg), name="final")(x, c)  # (B, L, out_dim)
     if cfg.head == "overlap":
-      out = overlap_unpatchify(out.astype(jnp.float32), grid, cfg.patch)
+      out = overlap_unpatchify(out.astype(jnp.float32), grid, cfg.patch, head_margin(cfg))
     else:
       out = unpatchify(out, grid, cfg.patch).astype(jnp.float32)
     if cfg.skip_sigma_data:  # given frames get the generated ones' t: their output is unused
@@ -457,46 +457,65 @@ def block_layout(cfg: ModelConfig, i: int) -> str:
   return "spatial" if i % 2 == 0 else "temporal"
 
 
-def head_windows(cfg: ModelConfig) -> int:
-  """How many tubelets' worth of values the final layer paints per token."""
-  return 4 if cfg.head == "overlap" else 1
+def head_margin(cfg: ModelConfig) -> tuple[int, int]:
+  """Pixels an output window reaches beyond its tubelet on each side (height, width)."""
+  if cfg.head != "overlap":
+    return 0, 0
+  ph, pw = cfg.patch[1:]
+  return (cfg.head_margin or ph // 2), (cfg.head_margin or pw // 2)
 
 
-def _hat(p: int) -> jnp.ndarray:
-  """Triangle weights over 2p pixels, peaking at the centre; shifted by p they sum to 1."""
-  u = jnp.arange(2 * p, dtype=jnp.float32) + 0.5
-  return 1.0 - jnp.abs(u - p) / p
+def head_out_dim(cfg: ModelConfig) -> int:
+  """Values the final layer writes per token: its (pt, ph + 2m, pw + 2m) window."""
+  (mh, mw), (pt, ph, pw) = head_margin(cfg), cfg.patch
+  return pt * (ph + 2 * mh) * (pw + 2 * mw) * cfg.channels * (2 if cfg.learn_sigma else 1)
 
 
-def overlap_unpatchify(tokens_bld, grid, patch) -> jnp.ndarray:
-  """(B, L, pt*2ph*2pw*C) -> (B, T, H, W, C): token (i, j) paints the window
-  [i ph - ph/2, i ph + 3ph/2) x [j pw - pw/2, j pw + 3pw/2) of its pt frames, weighted by
-  a separable triangle (the window's centre is the tubelet's). Every pixel is the
-  weighted mean of the (up to) 4 windows that cover it, so the output is continuous
-  across token borders; where the image edge cuts windows the weights are renormalised."""
+def _ramp(p: int, m: int) -> jnp.ndarray:
+  """Weights over a window of p + 2m pixels: 1 on the tubelet's inner p - 2m pixels,
+  falling linearly to 0 over the 2m pixels at each edge, where the neighbour's rises: two
+  neighbouring windows' weights sum to 1 (m = p/2: a triangle over 2p pixels)."""
+  u = jnp.arange(p + 2 * m, dtype=jnp.float32) + 0.5
+  return jnp.clip(jnp.minimum(u, p + 2 * m - u) / (2 * m), 0.0, 1.0)
+
+
+def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
+  """(B, L, pt*(ph+2mh)*(pw+2mw)*C) -> (B, T, H, W, C): token (i, j) paints the window
+  [i ph - mh, (i+1) ph + mh) x [j pw - mw, (j+1) pw + mw) of its pt frames (centred on its
+  tubelet), weighted by a separable ramp. Every pixel is the weighted mean of the windows
+  that cover it, so the output is continuous across token borders; where the image edge
+  cuts windows the weights are renormalised. Needs 1 <= m <= p/2 on each axis."""
   b, length, d = tokens_bld.shape
   gt, gh, gw = grid
   pt, ph, pw = patch
-  c = d // (pt * 4 * ph * pw)
-  if length != gt * gh * gw or d != pt * 4 * ph * pw * c or ph % 2 or pw % 2:
+  mh, mw = margin
+  kh, kw = ph + 2 * mh, pw + 2 * mw
+  c = d // (pt * kh * kw)
+  if (length != gt * gh * gw or d != pt * kh * kw * c or not 1 <= mh <= ph // 2
+      or not 1 <= mw <= pw // 2):
     raise ValueError(f"tokens of shape {tokens_bld.shape} do not fit grid {tuple(grid)} "
-                     f"with tubelet {tuple(patch)} and overlapping windows (even ph, pw)")
-  win = _hat(ph)[:, None] * _hat(pw)[None, :]                          # (2ph, 2pw)
-  x = tokens_bld.reshape(b, gt, gh, gw, pt, 2 * ph, 2 * pw, c) * win[:, :, None]
-  x = x.reshape(b, gt, gh, gw, pt, 2, ph, 2, pw, c)
+                     f"with tubelet {tuple(patch)} and margins {tuple(margin)}")
+  win = _ramp(ph, mh)[:, None] * _ramp(pw, mw)[None, :]                # (kh, kw)
+  x = tokens_bld.reshape(b, gt, gh, gw, pt, kh, kw, c) * win[:, :, None]
+  # Rows of a window in three bands: the mh above the tubelet (in block i-1), its ph rows
+  # (block i), the mh below (block i+1); each band is padded to a whole block and the
+  # blocks are laid out on a canvas one block larger on every side.
+  bands_h = [(-1, 0, mh, ph - mh), (0, mh, mh + ph, 0), (1, mh + ph, kh, 0)]
+  bands_w = [(-1, 0, mw, pw - mw), (0, mw, mw + pw, 0), (1, mw + pw, kw, 0)]
   canvas, norm = 0.0, 0.0
-  ones = jnp.ones((gh, ph, gw, pw), jnp.float32)
-  for a in range(2):  # quadrant (a, e) of window (i, j) lands on canvas block (i+a, j+e)
-    for e in range(2):
-      q = x[:, :, :, :, :, a, :, e]                                     # (B,T',H',W',pt,ph,pw,C)
+  for di, r0, r1, rpad in bands_h:
+    for dj, c0, c1, cpad in bands_w:
+      q = x[:, :, :, :, :, r0:r1, c0:c1]
+      w = win[r0:r1, c0:c1]
+      pads = ((rpad, ph - rpad - (r1 - r0)), (cpad, pw - cpad - (c1 - c0)))
+      q = jnp.pad(q, ((0, 0),) * 5 + pads + ((0, 0),))                  # whole blocks
       q = q.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, gt * pt, gh * ph, gw * pw, c)
-      pad = ((a * ph, (1 - a) * ph), (e * pw, (1 - e) * pw))
-      canvas = canvas + jnp.pad(q, ((0, 0), (0, 0)) + pad + ((0, 0),))
-      w = (ones * win.reshape(2, ph, 2, pw)[a, :, e][None, :, None]).reshape(gh * ph, gw * pw)
-      norm = norm + jnp.pad(w, pad)
-  h0, w0 = ph // 2, pw // 2
-  canvas = canvas[:, :, h0:h0 + gh * ph, w0:w0 + gw * pw]
-  return canvas / norm[h0:h0 + gh * ph, w0:w0 + gw * pw, None]
+      w = jnp.tile(jnp.pad(w, pads), (gh, gw))
+      shift = ((ph * (1 + di), ph * (1 - di)), (pw * (1 + dj), pw * (1 - dj)))
+      canvas = canvas + jnp.pad(q, ((0, 0), (0, 0)) + shift + ((0, 0),))
+      norm = norm + jnp.pad(w, shift)
+  crop = lambda v: v[..., ph:ph + gh * ph, pw:pw + gw * pw, :]
+  return crop(canvas) / crop(norm[..., None])
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from video_dit.models.dit import ModelConfig, block_layout, head_windows, patchify_dim
+from video_dit.models.dit import ModelConfig, block_layout, head_out_dim, patchify_dim
 
 
 def _encoder_layer(n, d, r):
@@ -81,7 +81,7 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
       else:
         total += _cross(n, k, d, d)                              # identity cross-attention
     total += 4 * n * d * int(r * d)                              # MLP
-  out = p * (2 if cfg.learn_sigma else 1) * head_windows(cfg)
+  out = head_out_dim(cfg)
   total += 2 * d * 2 * d + 2 * n * d * out                       # final layer
   return int(total)
 

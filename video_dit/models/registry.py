@@ -154,9 +154,12 @@ def model_config(config) -> ModelConfig:
   grid_shape(video_shape(config)[:3], patch)  # raises when not divisible
   head = m.get("head", "linear")  # older configs lack it
   _choice("model.head", head, ("linear", "overlap"))
-  if head == "overlap" and (patch[1] % 2 or patch[2] % 2):
-    raise ValueError(f"model.head='overlap' needs even tubelet heights and widths, not "
-                     f"model.patch={patch}; use e.g. (2, 8, 8) or model.head='linear'.")
+  head_margin = m.get("head_margin", 0)
+  if head == "overlap" and (min(patch[1:]) < 2 or not 0 <= head_margin <= min(patch[1:]) // 2):
+    raise ValueError(f"model.head='overlap' with model.head_margin={head_margin} needs "
+                     f"tubelets at least 2 high and wide and a margin in 0..half of them "
+                     f"(0 = half), not model.patch={patch}; e.g. patch (2, 8, 8) with "
+                     "margin 2, or model.head='linear'.")
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
@@ -252,7 +255,8 @@ def model_config(config) -> ModelConfig:
       identity_pooled_to_adaln=idc.pooled_to_adaln,
       guidance_embed=bool(m.get("guidance_embed", False)),
       step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning,
-      skip_sigma_data=skip_sigma_data, head=head)
+      skip_sigma_data=skip_sigma_data, head=head,
+      head_margin=head_margin)
 
 
 def check_frame_conditioning(config, patch) -> bool:
