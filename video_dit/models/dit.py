@@ -28,6 +28,8 @@ the identity (up to the identity branch, see ``ModelConfig.identity_gate``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,7 @@ class ModelConfig:
   skip_sigma_data: float = 0.0
   head: str = "linear"             # or "overlap": tapered overlapping output windows
   head_margin: int = 0             # overlap: pixels beyond the tubelet; 0 = half of it
+  head_margin_t: int = 0           # overlap: frames beyond the tubelet (0 = none)
 
 
 class DiTBlock(nn.Module):
@@ -457,65 +460,67 @@ def block_layout(cfg: ModelConfig, i: int) -> str:
   return "spatial" if i % 2 == 0 else "temporal"
 
 
-def head_margin(cfg: ModelConfig) -> tuple[int, int]:
-  """Pixels an output window reaches beyond its tubelet on each side (height, width)."""
+def head_margin(cfg: ModelConfig) -> tuple[int, int, int]:
+  """Frames and pixels an output window reaches beyond its tubelet on each side
+  (t, h, w)."""
   if cfg.head != "overlap":
-    return 0, 0
+    return 0, 0, 0
   ph, pw = cfg.patch[1:]
-  return (cfg.head_margin or ph // 2), (cfg.head_margin or pw // 2)
+  return cfg.head_margin_t, (cfg.head_margin or ph // 2), (cfg.head_margin or pw // 2)
 
 
 def head_out_dim(cfg: ModelConfig) -> int:
-  """Values the final layer writes per token: its (pt, ph + 2m, pw + 2m) window."""
-  (mh, mw), (pt, ph, pw) = head_margin(cfg), cfg.patch
-  return pt * (ph + 2 * mh) * (pw + 2 * mw) * cfg.channels * (2 if cfg.learn_sigma else 1)
+  """Values the final layer writes per token: its (pt + 2mt, ph + 2mh, pw + 2mw) window."""
+  window = [p + 2 * m for p, m in zip(cfg.patch, head_margin(cfg))]
+  return window[0] * window[1] * window[2] * cfg.channels * (2 if cfg.learn_sigma else 1)
 
 
 def _ramp(p: int, m: int) -> jnp.ndarray:
   """Weights over a window of p + 2m pixels: 1 on the tubelet's inner p - 2m pixels,
   falling linearly to 0 over the 2m pixels at each edge, where the neighbour's rises: two
-  neighbouring windows' weights sum to 1 (m = p/2: a triangle over 2p pixels)."""
+  neighbouring windows' weights sum to 1 (m = p/2: a triangle over 2p pixels; m = 0: 1)."""
+  if not m:
+    return jnp.ones((p,), jnp.float32)
   u = jnp.arange(p + 2 * m, dtype=jnp.float32) + 0.5
   return jnp.clip(jnp.minimum(u, p + 2 * m - u) / (2 * m), 0.0, 1.0)
 
 
 def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
-  """(B, L, pt*(ph+2mh)*(pw+2mw)*C) -> (B, T, H, W, C): token (i, j) paints the window
-  [i ph - mh, (i+1) ph + mh) x [j pw - mw, (j+1) pw + mw) of its pt frames (centred on its
-  tubelet), weighted by a separable ramp. Every pixel is the weighted mean of the windows
-  that cover it, so the output is continuous across token borders; where the image edge
-  cuts windows the weights are renormalised. Needs 1 <= m <= p/2 on each axis."""
+  """(B, L, (pt+2mt)*(ph+2mh)*(pw+2mw)*C) -> (B, T, H, W, C): token (s, i, j) paints the
+  window [s pt - mt, (s+1) pt + mt) x [i ph - mh, (i+1) ph + mh) x [j pw - mw, ...)
+  (centred on its tubelet), weighted by a separable ramp. Every voxel is the weighted mean
+  of the windows that cover it, so the output is continuous across token borders; where
+  the video's edges cut windows the weights are renormalised. Needs 0 <= m <= p/2 on
+  each axis (0: no overlap on that axis)."""
   b, length, d = tokens_bld.shape
-  gt, gh, gw = grid
-  pt, ph, pw = patch
-  mh, mw = margin
-  kh, kw = ph + 2 * mh, pw + 2 * mw
-  c = d // (pt * kh * kw)
-  if (length != gt * gh * gw or d != pt * kh * kw * c or not 1 <= mh <= ph // 2
-      or not 1 <= mw <= pw // 2):
+  k = [p + 2 * m for p, m in zip(patch, margin)]
+  c = d // (k[0] * k[1] * k[2])
+  if (length != grid[0] * grid[1] * grid[2] or d != k[0] * k[1] * k[2] * c
+      or any(not 0 <= m <= p // 2 for p, m in zip(patch, margin))):
     raise ValueError(f"tokens of shape {tokens_bld.shape} do not fit grid {tuple(grid)} "
                      f"with tubelet {tuple(patch)} and margins {tuple(margin)}")
-  win = _ramp(ph, mh)[:, None] * _ramp(pw, mw)[None, :]                # (kh, kw)
-  x = tokens_bld.reshape(b, gt, gh, gw, pt, kh, kw, c) * win[:, :, None]
-  # Rows of a window in three bands: the mh above the tubelet (in block i-1), its ph rows
-  # (block i), the mh below (block i+1); each band is padded to a whole block and the
-  # blocks are laid out on a canvas one block larger on every side.
-  bands_h = [(-1, 0, mh, ph - mh), (0, mh, mh + ph, 0), (1, mh + ph, kh, 0)]
-  bands_w = [(-1, 0, mw, pw - mw), (0, mw, mw + pw, 0), (1, mw + pw, kw, 0)]
+  win = (_ramp(patch[0], margin[0])[:, None, None] * _ramp(patch[1], margin[1])[None, :, None]
+         * _ramp(patch[2], margin[2])[None, None, :])                      # (kt, kh, kw)
+  x = tokens_bld.reshape(b, *grid, *k, c) * win[..., None]
+  # Along each axis a window has three bands: the m before the tubelet (in block n-1),
+  # its p (block n), the m after (block n+1). Each band is padded to a whole block and
+  # laid out on a canvas one block larger on every side.
+  bands = [[(-1, 0, m, p - m), (0, m, m + p, 0), (1, m + p, m + p + m, 0)] if m else
+           [(0, 0, p, 0)] for p, m in zip(patch, margin)]
   canvas, norm = 0.0, 0.0
-  for di, r0, r1, rpad in bands_h:
-    for dj, c0, c1, cpad in bands_w:
-      q = x[:, :, :, :, :, r0:r1, c0:c1]
-      w = win[r0:r1, c0:c1]
-      pads = ((rpad, ph - rpad - (r1 - r0)), (cpad, pw - cpad - (c1 - c0)))
-      q = jnp.pad(q, ((0, 0),) * 5 + pads + ((0, 0),))                  # whole blocks
-      q = q.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, gt * pt, gh * ph, gw * pw, c)
-      w = jnp.tile(jnp.pad(w, pads), (gh, gw))
-      shift = ((ph * (1 + di), ph * (1 - di)), (pw * (1 + dj), pw * (1 - dj)))
-      canvas = canvas + jnp.pad(q, ((0, 0), (0, 0)) + shift + ((0, 0),))
-      norm = norm + jnp.pad(w, shift)
-  crop = lambda v: v[..., ph:ph + gh * ph, pw:pw + gw * pw, :]
-  return crop(canvas) / crop(norm[..., None])
+  for piece in itertools.product(*bands):
+    sl = tuple(slice(lo, hi) for _, lo, hi, _ in piece)
+    pads = tuple((before, p - before - (hi - lo)) for (_, lo, hi, before), p
+                 in zip(piece, patch))
+    q = jnp.pad(x[(slice(None),) * 4 + sl], ((0, 0),) * 4 + pads + ((0, 0),))  # blocks
+    q = q.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(
+        b, *(g * p for g, p in zip(grid, patch)), c)
+    w = jnp.tile(jnp.pad(win[sl], pads), grid)
+    shift = tuple((p * (1 + n), p * (1 - n)) for (n, *_), p in zip(piece, patch))
+    canvas = canvas + jnp.pad(q, ((0, 0),) + shift + ((0, 0),))
+    norm = norm + jnp.pad(w, shift)
+  crop = tuple(slice(p, p + g * p) for g, p in zip(grid, patch))
+  return canvas[(slice(None),) + crop] / norm[crop][..., None]
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

@@ -160,6 +160,11 @@ def model_config(config) -> ModelConfig:
                      f"tubelets at least 2 high and wide and a margin in 0..half of them "
                      f"(0 = half), not model.patch={patch}; e.g. patch (2, 8, 8) with "
                      "margin 2, or model.head='linear'.")
+  head_margin_t = m.get("head_margin_t", 0)
+  if head_margin_t and (head != "overlap" or not 0 <= head_margin_t <= patch[0] // 2):
+    raise ValueError(f"model.head_margin_t={head_margin_t} needs model.head='overlap' and "
+                     f"at most half the tubelet's {patch[0]} frames (0 = no overlap in "
+                     "time).")
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.remat", m.remat, REMAT_POLICIES)
   matmul_dtype = m.get("matmul_dtype", "")
@@ -256,7 +261,7 @@ def model_config(config) -> ModelConfig:
       guidance_embed=bool(m.get("guidance_embed", False)),
       step_embed=bool(m.get("step_embed", False)), frame_conditioning=frame_conditioning,
       skip_sigma_data=skip_sigma_data, head=head,
-      head_margin=head_margin)
+      head_margin=head_margin, head_margin_t=head_margin_t)
 
 
 def check_frame_conditioning(config, patch) -> bool:
