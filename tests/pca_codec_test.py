@@ -134,3 +134,11 @@ def test_reference_tokens_in_latent_space(tmp_path):
   with pytest.raises(ValueError, match="not with a VAE"):
     registry.model_config(config)
 
+
+
+def test_pixel_tubelet_scales_the_patch_by_the_codec():
+  """What the evaluator's seam metric cuts videos into: the pixels one DiT token covers."""
+  pixels = synthetic_faces.get_config("runlocal")
+  assert registry.pixel_tubelet(pixels) == tuple(pixels.model.patch)
+  latent = synthetic_faces.get_config("runlocal,codec=pca")  # 2x4x4 codec, 1x2x2 patches
+  assert registry.pixel_tubelet(latent) == (2, 8, 8)

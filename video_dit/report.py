@@ -138,6 +138,12 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
     rows.append(("frame change (mean |x_t - x_{t-1}|)",
                  _fmt(g.get("frame_change", float("nan"))),
                  f"real clips {_fmt(r.get('frame_change', float('nan')))}"))
+    for axis, what in (("spatial", "between neighbouring pixels"),
+                       ("temporal", "between frames")):
+      if axis in g.get("seams", {}):
+        rows.append((f"token-grid seams, {axis} (change across token borders / elsewhere, "
+                     f"{what})", _fmt(g["seams"][axis]),
+                     f"real clips {_fmt(r.get('seams', {}).get(axis, float('nan')))}"))
   return rows
 
 

@@ -40,3 +40,22 @@ def test_summary_averages_frames_over_all_clips_and_embeddings_over_those_given(
   assert s["drift"] == pytest.approx(1.0)  # the single-frame clip is left out
   assert s["embedding_variance"] == pytest.approx(temporal.embedding_variance(turning))
   assert set(temporal.summary(clips)) == {"frame_change"}
+
+
+def test_seams_find_the_token_grid_and_not_smooth_video():
+  """A clip painted token by token in flat colours has all its change at token borders;
+  a smooth gradient that moves a little every frame has none there in particular."""
+  rng = np.random.default_rng(0)
+  blocks = rng.uniform(0, 1, (4, 2, 4, 4, 3))  # (N, T', H', W', C) token colours
+  tokenised = np.repeat(np.repeat(np.repeat(blocks, 2, 1), 8, 2), 8, 3)  # tubelet 2x8x8
+  s = temporal.seams(tokenised * 2 - 1, (2, 8, 8))
+  assert s["spatial"] > 100 and s["temporal"] > 100
+  y, x = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+  smooth = np.stack([np.stack([np.sin((x + 0.7 * f) / 6.0) * np.cos(y / 9.0)] * 3, -1)
+                     for f in range(4)])[None]
+  s = temporal.seams(np.clip(smooth, -1, 1), (2, 8, 8))
+  assert abs(s["spatial"] - 1) < 0.2 and abs(s["temporal"] - 1) < 0.2, s
+  # Through summary, with the pixel tubelet; none without one, no temporal when pt=1.
+  summary = temporal.summary(list(tokenised * 2 - 1), tubelet=(2, 8, 8))
+  assert summary["seams"] == pytest.approx(temporal.seams(tokenised * 2 - 1, (2, 8, 8)))
+  assert set(temporal.seams(tokenised, (1, 8, 8))) == {"spatial"}

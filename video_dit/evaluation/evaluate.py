@@ -331,7 +331,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   run("identity", lambda: identity_metrics(config, gen, real, faces, identities, path("identity"),
                                            train_probes, log))
   run("text", lambda: text_metrics(config, gen, real, actions, path("action"), train_probes, log))
-  run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name))
+  tubelet = registry.pixel_tubelet(config)
+  run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name), tubelet)
                            for name, v in (("generated", gen), ("real", real))})
   run("cost", lambda: usable_lib.count_candidates(cost_fn(), best_of))
   run("denoise", lambda: denoise_fn(config, model, params, diffusion, batch))

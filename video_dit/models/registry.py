@@ -92,6 +92,15 @@ def video_shape(config) -> tuple[int, int, int, int]:
   return (config.data.frames, config.data.height, config.data.width, config.model.channels)
 
 
+def pixel_tubelet(config) -> tuple[int, int, int] | None:
+  """The pixels (frames, rows, columns) one DiT token covers: ``model.patch`` scaled by a
+  codec's compression; None where the frames do not map evenly (a causal VAE)."""
+  pixels, video = pixel_shape(config), video_shape(config)
+  if any(p % v for p, v in zip(pixels[:3], video[:3])):
+    return None
+  return tuple(int(p) * (a // b) for p, a, b in zip(config.model.patch, pixels, video))
+
+
 def vae_config(config):
   """Validates ``config.vae`` (+ data) and returns the VAEConfig."""
   from video_dit.models.autoencoder import VAEConfig  # pylint: disable=g-import-not-at-top
