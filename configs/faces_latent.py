@@ -33,7 +33,8 @@ def get_config(arg=None):
   v = vae.vae
   shape = registry.vae_config(vae).latent_shape(registry.pixel_shape(vae))
   config.latent = dict(source=arg.source, codec="vae", vae_workdir=arg.vae, shape=shape)
-  config.model.update(patch=(1, 2, 2), channels=v.latent_channels)
+  # Latent patches of 1x2x2: the pixel recipe's 2-pixel output margin does not fit them.
+  config.model.update(patch=(1, 2, 2), channels=v.latent_channels, head="linear")
   config.text.update(encoder="precomputed", precomputed="minilm", max_len=16)
   # Reference tokens are encoded with the DiT's codec, which a VAE does not do yet:
   # identity through its cross-attention only.
@@ -43,7 +44,8 @@ def get_config(arg=None):
     common.runlocal(config)
     config.data.update(vae.data.to_dict())
     config.data.update(data_dir=arg.cache if arg.source == "cache" else vae.data.data_dir)
-    config.model.update(patch=(1, 2, 2), channels=v.latent_channels)
+    # Latent patches of 1x2x2: the pixel recipe's 2-pixel output margin does not fit them.
+  config.model.update(patch=(1, 2, 2), channels=v.latent_channels, head="linear")
     config.text.update(encoder="precomputed", max_len=16)
     config.total_steps = 10
   if arg.steps:
