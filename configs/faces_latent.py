@@ -44,8 +44,7 @@ def get_config(arg=None):
     common.runlocal(config)
     config.data.update(vae.data.to_dict())
     config.data.update(data_dir=arg.cache if arg.source == "cache" else vae.data.data_dir)
-    # Latent patches of 1x2x2: the pixel recipe's 2-pixel output margin does not fit them.
-  config.model.update(patch=(1, 2, 2), channels=v.latent_channels, head="linear")
+    config.model.update(patch=(1, 2, 2), channels=v.latent_channels, head="linear")
     config.text.update(encoder="precomputed", max_len=16)
     config.total_steps = 10
   if arg.steps:
