@@ -513,8 +513,7 @@ def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
     pads = tuple((before, p - before - (hi - lo)) for (_, lo, hi, before), p
                  in zip(piece, patch))
     q = jnp.pad(x[(slice(None),) * 4 + sl], ((0, 0),) * 4 + pads + ((0, 0),))  # blocks
-    q = q.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(
-        b, *(g * p for g, p in zip(grid, patch)), c)
+    q = unpatchify(q.reshape(b, length, -1), grid, patch)
     w = jnp.tile(jnp.pad(win[sl], pads), grid)
     shift = tuple((p * (1 + n), p * (1 - n)) for (n, *_), p in zip(piece, patch))
     canvas = canvas + jnp.pad(q, ((0, 0),) + shift + ((0, 0),))
