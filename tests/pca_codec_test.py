@@ -142,3 +142,9 @@ def test_pixel_tubelet_scales_the_patch_by_the_codec():
   assert registry.pixel_tubelet(pixels) == tuple(pixels.model.patch)
   latent = synthetic_faces.get_config("runlocal,codec=pca")  # 2x4x4 codec, 1x2x2 patches
   assert registry.pixel_tubelet(latent) == (2, 8, 8)
+  # A causal VAE's first latent frame stands for one pixel frame and the others for
+  # several: no fixed tubelet, even where 9 frames happen to divide into 3.
+  from configs import faces_latent  # pylint: disable=g-import-not-at-top
+  vae = faces_latent.get_config()
+  assert registry.video_shape(vae)[0] == 3 and registry.pixel_shape(vae)[0] == 9
+  assert registry.pixel_tubelet(vae) is None

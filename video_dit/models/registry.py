@@ -94,9 +94,10 @@ def video_shape(config) -> tuple[int, int, int, int]:
 
 def pixel_tubelet(config) -> tuple[int, int, int] | None:
   """The pixels (frames, rows, columns) one DiT token covers: ``model.patch`` scaled by a
-  codec's compression; None where the frames do not map evenly (a causal VAE)."""
+  codec's compression; None where they do not map to a fixed block: a causal VAE (its
+  first latent frame is one pixel frame, the others several) or uneven sizes."""
   pixels, video = pixel_shape(config), video_shape(config)
-  if any(p % v for p, v in zip(pixels[:3], video[:3])):
+  if latent_codec(config) == "vae" or any(p % v for p, v in zip(pixels[:3], video[:3])):
     return None
   return tuple(int(p) * (a // b) for p, a, b in zip(config.model.patch, pixels, video))
 
