@@ -28,11 +28,11 @@ the identity (up to the identity branch, see ``ModelConfig.identity_gate``).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from video_dit.diffusion import schedules
 from video_dit.models import attention, layers
@@ -475,14 +475,14 @@ def head_out_dim(cfg: ModelConfig) -> int:
   return window[0] * window[1] * window[2] * cfg.channels * (2 if cfg.learn_sigma else 1)
 
 
-def _ramp(p: int, m: int) -> jnp.ndarray:
+def _ramp(p: int, m: int) -> np.ndarray:
   """Weights over a window of p + 2m pixels: 1 on the tubelet's inner p - 2m pixels,
   falling linearly to 0 over the 2m pixels at each edge, where the neighbour's rises: two
   neighbouring windows' weights sum to 1 (m = p/2: a triangle over 2p pixels; m = 0: 1)."""
   if not m:
-    return jnp.ones((p,), jnp.float32)
-  u = jnp.arange(p + 2 * m, dtype=jnp.float32) + 0.5
-  return jnp.clip(jnp.minimum(u, p + 2 * m - u) / (2 * m), 0.0, 1.0)
+    return np.ones((p,), np.float32)
+  u = np.arange(p + 2 * m, dtype=np.float32) + 0.5
+  return np.clip(np.minimum(u, p + 2 * m - u) / (2 * m), 0.0, 1.0)
 
 
 def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
@@ -502,24 +502,29 @@ def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
   win = (_ramp(patch[0], margin[0])[:, None, None] * _ramp(patch[1], margin[1])[None, :, None]
          * _ramp(patch[2], margin[2])[None, None, :])                      # (kt, kh, kw)
   x = tokens_bld.reshape(b, *grid, *k, c) * win[..., None]
-  # Along each axis a window has three bands: the m before the tubelet (in block n-1),
-  # its p (block n), the m after (block n+1). Each band is padded to a whole block and
-  # laid out on a canvas one block larger on every side.
-  bands = [[(-1, 0, m, p - m), (0, m, m + p, 0), (1, m + p, m + p + m, 0)] if m else
-           [(0, 0, p, 0)] for p, m in zip(patch, margin)]
-  canvas, norm = 0.0, 0.0
-  for piece in itertools.product(*bands):
-    sl = tuple(slice(lo, hi) for _, lo, hi, _ in piece)
-    pads = tuple((before, p - before - (hi - lo)) for (_, lo, hi, before), p
-                 in zip(piece, patch))
-    q = jnp.pad(x[(slice(None),) * 4 + sl], ((0, 0),) * 4 + pads + ((0, 0),))  # blocks
-    q = unpatchify(q.reshape(b, length, -1), grid, patch)
-    w = jnp.tile(jnp.pad(win[sl], pads), grid)
-    shift = tuple((p * (1 + n), p * (1 - n)) for (n, *_), p in zip(piece, patch))
-    canvas = canvas + jnp.pad(q, ((0, 0),) + shift + ((0, 0),))
-    norm = norm + jnp.pad(w, shift)
-  crop = tuple(slice(p, p + g * p) for g, p in zip(grid, patch))
-  return canvas[(slice(None),) + crop] / norm[crop][..., None]
+  norm = np.broadcast_to(win[..., None], (*grid, *k, 1))
+  for axis, (p, m) in enumerate(zip(patch, margin)):
+    x = _overlap_add(x, 1 + axis, 4 + axis, p, m)
+    norm = _overlap_add(norm, axis, 3 + axis, p, m, np)
+  x = x * (1.0 / norm).astype(np.float32)
+  return unpatchify(x.reshape(b, length, -1), grid, patch)
+
+
+def _overlap_add(x, grid_axis: int, win_axis: int, p: int, m: int, xp=jnp):
+  """Folds a window axis of p + 2m back onto its tubelet's p: block n keeps its middle p
+  and gains block n-1's last m (its band after the tubelet) on its first m positions and
+  block n+1's first m on its last m. Bands past the video's edges are dropped."""
+  if not m:
+    return x
+  def take(arr, axis, lo, hi):
+    return arr[(slice(None),) * axis + (slice(lo, hi),)]
+  def pad(arr, axis, before, after):
+    return xp.pad(arr, [(0, 0)] * axis + [(before, after)] + [(0, 0)] * (arr.ndim - axis - 1))
+  n = x.shape[grid_axis]
+  after = pad(take(take(x, win_axis, m + p, p + 2 * m), grid_axis, 0, n - 1), grid_axis, 1, 0)
+  before = pad(take(take(x, win_axis, 0, m), grid_axis, 1, n), grid_axis, 0, 1)
+  return (take(x, win_axis, m, m + p) + pad(after, win_axis, 0, p - m)
+          + pad(before, win_axis, p - m, 0))
 
 
 def patchify_dim(cfg: ModelConfig) -> int:
