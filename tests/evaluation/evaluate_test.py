@@ -257,7 +257,7 @@ def test_same_seed_same_evaluation(trained, tmp_path):
   assert a == b
 
 
-def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained):
+def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained, tmp_path):
   run = str(trained / "run")
   kw = dict(num_videos=7, probe_dir=str(trained / "probes"), train_probes=False,
             log=lambda *_: None)
@@ -286,6 +286,12 @@ def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained):
   third = evaluate.evaluate(run, metrics=("denoise",), **kw)
   with open(third["path"]) as f:
     assert "temporal" not in json.load(f)
+  # Other probes score the same videos differently: nothing kept either.
+  other = tmp_path / "other_probes"
+  shutil.copytree(trained / "probes", other)
+  fourth = evaluate.evaluate(run, metrics=("temporal",), **{**kw, "probe_dir": str(other)})
+  with open(fourth["path"]) as f:
+    assert "denoise" not in json.load(f)
 
 
 def test_unverified_identity_probe_is_skipped_with_reason(trained):

@@ -291,7 +291,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
-                 params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg))
+                 params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg),
+                 probe_dir=os.path.abspath(probe_dir) if probe_dir else None)
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
   if best_of > 1:  # keep each example's candidate most like its reference
     gen, results["best_of"] = usable_lib.best_of(config, gen, faces, probe_dir, train_probes,
@@ -383,8 +384,8 @@ def scalars(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def _keep_earlier_metrics(results: dict, path: str) -> None:
-  """A re-run of the same evaluation (same parameters, sampler, examples, candidates)
-  that computed fewer metrics keeps the earlier run's other metrics instead of dropping
+  """A re-run of the same evaluation (same parameters, sampler, examples, candidates,
+  probes) that computed fewer metrics keeps the earlier run's other metrics instead of dropping
   them ('usable' is derived again from the merged ones)."""
   try:
     with open(path, encoding="utf-8") as f:
@@ -399,7 +400,7 @@ def _keep_earlier_metrics(results: dict, path: str) -> None:
         results[name] = earlier[name]
 
 
-_SAME = ("step", "params_digest", "sampler", "num_videos", "split")
+_SAME = ("step", "params_digest", "sampler", "num_videos", "split", "probe_dir")
 
 
 def _candidates(results: dict) -> int:
