@@ -82,6 +82,8 @@ def test_identity_bench_and_quickstart_presets():
     # identity through its cross-attention and in-context reference tokens (measured
     # against cross-attention alone in the README)
     assert c.identity.mode == "separate+reference" and c.sample.num_steps == 4
+    # text scale 1, face scale 2: better identity and FVD than text 4, same action (README)
+    assert (c.sample.text_scale, c.sample.face_scale) == (1.0, 2.0)
     # overlapping output windows and a uniform share of times (measured in the README)
     assert (c.model.head, c.model.head_margin, c.diffusion.t_uniform) == ("overlap", 2, 0.2)
     registry.build(c)
