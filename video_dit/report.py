@@ -119,9 +119,13 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
                    f"real clips {text['real_accuracy']:.1%}; n={text['n']}"))
   fvd = results.get("fvd")
   if fvd is not None:
-    rows.append(("FVD (I3D)", "skipped" if "skipped" in fvd else f"{fvd['fvd']:.1f}",
-                 fvd.get("skipped", f"{fvd.get('num_generated')} generated vs "
-                                    f"{fvd.get('num_real')} real clips of the same examples")))
+    context = fvd.get("skipped", f"{fvd.get('num_generated')} generated vs "
+                                 f"{fvd.get('num_real')} real clips of the same examples")
+    if "halves" in fvd:
+      h = fvd["halves"]
+      context += (f"; the floor at {h['n']} vs {h['n']} clips (halves of the examples): real "
+                  f"vs real {h['real_vs_real']:.0f}, generated vs real {h['generated_vs_real']:.0f}")
+    rows.append(("FVD (I3D)", "skipped" if "skipped" in fvd else f"{fvd['fvd']:.1f}", context))
   cost = results.get("cost")
   if cost is not None and "skipped" not in cost:
     rows.append(("cost per generated video-second",

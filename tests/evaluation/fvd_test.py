@@ -27,6 +27,19 @@ def test_fvd_of_a_set_with_itself_is_zero_and_grows_with_difference(i3d):
   assert 0 < to_other < to_noise  # other faces are far closer than noise
   r = fvd.fvd(faces[:2], faces[:2], i3d)  # the API: distance and the clip counts
   assert abs(r["fvd"]) < 1e-6 * to_noise and r["num_real"] == r["num_generated"] == 2
+  assert "halves" not in r  # too few clips to split
+
+
+def test_halves_read_the_floor_of_same_distribution_sets():
+  rng = np.random.default_rng(1)
+  real = rng.standard_normal((64, 5))
+  same = fvd.halves(real, rng.standard_normal((64, 5)))
+  assert same["n"] == 32 and same["splits"] == 5
+  # Two sets from one distribution: both read the same small floor, not zero.
+  assert 0 < same["real_vs_real"] < 1.5 and 0 < same["generated_vs_real"] < 1.5
+  shifted = fvd.halves(real, rng.standard_normal((64, 5)) + 2.0)  # |mu|^2 = 20
+  assert shifted["real_vs_real"] == same["real_vs_real"]  # the same splits
+  assert 17 < shifted["generated_vs_real"] < 24
 
 
 def test_frechet_distance_closed_form():

@@ -166,6 +166,11 @@ def test_loss_plot_and_metric_rows(tmp_path):
       "text": {"skipped": "no action labels"}})
   assert rows[0][1] == "0.300 [95% CI 0.200, 0.400]" and "excludes 0" in rows[0][2]
   assert rows[-1] == ("action accuracy", "skipped", "no action labels")
+  fvd = {"fvd": 1539.2, "num_real": 128, "num_generated": 128,
+         "halves": {"n": 64, "real_vs_real": 312.4, "generated_vs_real": 1690.0}}
+  (row,) = report.metric_rows({"fvd": fvd})
+  assert row[1] == "1539.2" and "at 64 vs 64 clips" in row[2]
+  assert "real vs real 312, generated vs real 1690" in row[2]
 
 
 def test_metric_rows_usable_and_cost_per_usable_second():
