@@ -257,6 +257,21 @@ def test_same_seed_same_evaluation(trained, tmp_path):
   assert a == b
 
 
+def test_videos_do_not_depend_on_how_many_are_sampled_at_once(trained):
+  # The quickstart samples 32 at a time, experiments.evaluate 8: one evaluation name, so
+  # the same videos (each example's starting noise comes from its own index).
+  kw = dict(num_videos=10, metrics=("temporal",), num_gifs=0, log=lambda *_: None)
+  run = str(trained / "run")
+  a = evaluate.evaluate(run, chunk=8, **kw)
+  with np.load(os.path.join(run, "eval", a["name"], "videos.npz")) as f:
+    first = f["generated"]
+  b = evaluate.evaluate(run, chunk=16, **kw)
+  with np.load(os.path.join(run, "eval", b["name"], "videos.npz")) as f:
+    np.testing.assert_array_equal(f["generated"], first)
+  assert a["temporal"] == b["temporal"]
+  assert a["noise"] == "per_example"
+
+
 def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained, tmp_path):
   run = str(trained / "run")
   kw = dict(num_videos=7, probe_dir=str(trained / "probes"), train_probes=False,

@@ -31,6 +31,7 @@ synthetic data ``identity`` also holds the per-frame similarity curve (drift).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -142,7 +143,9 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
                     chunk: int, candidates: int = 1) -> np.ndarray:
   """uint8 videos (candidates, n, T, H, W, C): ``candidates`` per example, sampled
   ``chunk`` at a time over the mesh (every process holds every example and gets every
-  video back). Candidate 0 is the same video for any number of candidates."""
+  video back). Candidate 0 is the same video for any number of candidates, and an
+  example's starting noise depends on its index, not on the chunk (a stochastic
+  sampler's later noise still does)."""
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.replicate(params, mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -161,14 +164,24 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
       pad = chunk - len(jax.tree.leaves(part)[0])
       if pad:  # the last chunk repeats its last example: one compiled shape
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
+      noise = example_noise(key, i, chunk, tuple(shape[1:]))
       video = sharding.to_host(sample(params, sharding.shard_copies(part, mesh),
-                                      jax.random.fold_in(key, i // chunk)))
+                                      jax.random.fold_in(key, i // chunk),
+                                      sharding.shard_copies(noise, mesh)))
       if codec is not None:  # a latent-space DiT: decode with its codec
         video = codec.decode(video)
       out.append(video_io.to_uint8(video)[:chunk - pad])
       progress.update(c * n + min(i + chunk, n), "videos sampled", force=True)
   progress.close()
   return np.concatenate(out).reshape((candidates, n) + out[0].shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("count", "shape"))
+def example_noise(key, first, count: int, shape: tuple[int, ...]) -> jnp.ndarray:
+  """(count, *shape) float32 starting noise of examples first .. first + count - 1, each
+  drawn from ``key`` folded with its own index."""
+  draw = lambda j: jax.random.normal(jax.random.fold_in(key, j), shape, jnp.float32)
+  return jax.vmap(draw)(first + jnp.arange(count))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -292,7 +305,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
                  params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg),
-                 probe_dir=os.path.abspath(probe_dir) if probe_dir else None)
+                 probe_dir=os.path.abspath(probe_dir) if probe_dir else None,
+                 noise=NOISE)
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
   if best_of > 1:  # keep each example's candidate most like its reference
     gen, results["best_of"] = usable_lib.best_of(config, gen, faces, probe_dir, train_probes,
@@ -400,7 +414,10 @@ def _keep_earlier_metrics(results: dict, path: str) -> None:
         results[name] = earlier[name]
 
 
-_SAME = ("step", "params_digest", "sampler", "num_videos", "split", "probe_dir")
+_SAME = ("step", "params_digest", "sampler", "num_videos", "split", "probe_dir", "noise")
+# How starting noise is drawn: evaluations from before it was per example (their noise
+# depended on the chunk) sampled other videos, so their metrics are not merged.
+NOISE = "per_example"
 
 
 def _candidates(results: dict) -> int:
