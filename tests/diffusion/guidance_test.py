@@ -52,6 +52,15 @@ def test_one_batched_model_call(inputs):
 
   guidance.guided(counting, 3.0, 2.0)(x, t, cond)
   assert calls == [12]
+  # Text scale 1: v(null, null) cancels, so two branches (text; text + identity).
+  calls.clear()
+  out = guidance.guided(counting, 1.0, 3.0)(x, t, cond)
+  assert calls == [8] and guidance.passes(1.0, 3.0) == 2
+  uu, tu, ti = guidance.separate_calls(toy_model, x, t, cond)
+  np.testing.assert_allclose(out, tu + 3 * (ti - tu), atol=1e-5)
+  np.testing.assert_allclose(out, guidance.guided(toy_model, jnp.float32(1.0), 3.0)(x, t, cond),
+                             atol=1e-5)  # traced scales: the 3-branch call, same value
+  assert guidance.passes(1.0, 3.0, interval=(0.2, 0.8)) == 3
 
 
 def test_guidance_with_the_video_dit():

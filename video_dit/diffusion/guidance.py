@@ -6,7 +6,8 @@
 (s_text, s_id) = (1, 1) is the fully conditional prediction, (0, 0) the
 unconditional one, s_text = s_id = s plain CFG with scale s. The three branches
 run as one call on a 3x batch whose ``drop_text`` / ``drop_id`` flags
-select the model's learned null tokens.
+select the model's learned null tokens; with s_text = 1 the first term cancels and
+the call is on a 2x batch.
 
 A guidance-distilled model (``model.guidance_embed``, ``tasks/distill.py``) takes the
 scales as an input and gives the guided prediction in one pass (``one_pass``).
@@ -48,8 +49,8 @@ def guided_stateful(model_fn: Callable, text_scale: float = 1.0, id_scale: float
                     channels: int | None = None, one_pass: bool = False) -> Callable:
   """``guided`` for ``model_fn(x, t, cond, state) -> (prediction, state)``, e.g. the
   step cache's residual: -> ``fn(x, t, cond, state) -> (guided prediction, state)``.
-  The state belongs to the network's batch, the 3x tiled one when guiding with three
-  passes (``passes``); it goes through unchanged."""
+  The state belongs to the network's batch, the 2x or 3x tiled one when guiding with
+  two or three passes (``passes``); it goes through unchanged."""
   if one_pass:
     def fn1(x, t, cond, state):
       b = x.shape[0]
@@ -65,17 +66,24 @@ def guided_stateful(model_fn: Callable, text_scale: float = 1.0, id_scale: float
     return lambda x, t, cond, state: model_fn(x, t, _with_drops(cond, x.shape[0], False,
                                                                  False), state)
 
+  # (drop_text, drop_id) per branch; with text scale 1 v(null, null) cancels.
+  branches = ((True, True), (False, True), (False, False))
+  if passes(text_scale, id_scale, interval) == 2:
+    branches = branches[1:]
+
   def fn(x, t, cond, state):
-    b = x.shape[0]
-    tile = lambda v: jnp.concatenate([v, v, v], axis=0)
-    cond3 = {k: jax.tree.map(tile, v) for k, v in cond.items()
-             if k not in ("drop_text", "drop_id")}
-    ones, zeros = jnp.ones((b,), bool), jnp.zeros((b,), bool)
-    cond3["drop_text"] = jnp.concatenate([ones, zeros, zeros])
-    cond3["drop_id"] = jnp.concatenate([ones, ones, zeros])
-    out, state = model_fn(tile(x), tile(t), cond3, state)
-    uu, tu, ti = jnp.split(out, 3, axis=0)
-    g = uu + text_scale * (tu - uu) + id_scale * (ti - tu)
+    b, n = x.shape[0], len(branches)
+    tile = lambda v: jnp.concatenate([v] * n, axis=0)
+    cond_n = {k: jax.tree.map(tile, v) for k, v in cond.items()
+              if k not in ("drop_text", "drop_id")}
+    for i, name in enumerate(("drop_text", "drop_id")):
+      cond_n[name] = jnp.concatenate([jnp.full((b,), br[i]) for br in branches])
+    out, state = model_fn(tile(x), tile(t), cond_n, state)
+    *uu, tu, ti = jnp.split(out, n, axis=0)
+    if uu:
+      g = uu[0] + text_scale * (tu - uu[0]) + id_scale * (ti - tu)
+    else:
+      g = tu + id_scale * (ti - tu)
     if channels is not None:
       g = jnp.concatenate([g[..., :channels], ti[..., channels:]], axis=-1)
     if interval is not None:
@@ -87,13 +95,16 @@ def guided_stateful(model_fn: Callable, text_scale: float = 1.0, id_scale: float
 
 
 def passes(text_scale, id_scale, interval=None, one_pass: bool = False) -> int:
-  """Network passes per guided call: 1 when the scales are (1, 1) with no interval
-  (the fully conditional prediction alone) or the model is guidance-distilled
-  (``one_pass``), else 3 (one call on a 3x batch)."""
+  """Network passes per guided call (one call on a 1x, 2x or 3x batch): 1 when the
+  scales are (1, 1) with no interval (the fully conditional prediction alone) or the
+  model is guidance-distilled (``one_pass``); 2 when only the text scale is 1 (the
+  unconditional branch cancels); else 3. Traced scales always take 3."""
   if one_pass:
     return 1
   static = isinstance(text_scale, (int, float)) and isinstance(id_scale, (int, float))
-  return 1 if interval is None and static and text_scale == 1 and id_scale == 1 else 3
+  if interval is None and static and text_scale == 1:
+    return 1 if id_scale == 1 else 2
+  return 3
 
 
 def _with_drops(cond, b, drop_text, drop_id):

@@ -56,8 +56,8 @@ class SamplerConfig:
 
   @property
   def guidance_batch(self) -> int:
-    """Network passes per guided call: 3 (none, text, text + identity) or 1 when only
-    the fully conditional prediction is used."""
+    """Network passes per guided call: 3 (none, text, text + identity), 2 at text scale
+    1 (text, text + identity) or 1 when only the fully conditional prediction is used."""
     return guidance.passes(self.text_scale, self.id_scale, self.interval, self.one_pass)
 
   @property
