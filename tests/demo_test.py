@@ -88,6 +88,11 @@ def test_result_files_provenance_cost_and_reproducible_seed(demo, tiny_run):
   assert len(demo._samplers) == compiled  # pylint: disable=protected-access
   np.testing.assert_array_equal(a["video"], c["video"])
   assert b["provenance"]["sampler"]["text_scale"] == 3.0
+  # Scales left out are the run's config's, not fixed numbers.
+  d = _gen(demo, tiny_run, text_scale=None, face_scale=None)
+  s = demo.built.sampler
+  assert (d["provenance"]["sampler"]["text_scale"], d["provenance"]["sampler"]["id_scale"]
+          ) == (s.text_scale, s.id_scale)
   # Scales as arguments sample what a sampler compiled for those scales samples.
   cfg = dataclasses.replace(demo.built.sampler, num_steps=3, text_scale=2.0, id_scale=2.0)
   fixed = sampling.make_sampler(demo.built.model, demo.built.diffusion, cfg,

@@ -188,13 +188,17 @@ class Demo:
         raise ValueError(f"{name} scale {value} must be a number >= 0")
     return prompt, sampler, int(steps), int(seed), int(candidates)
 
-  def generate(self, face_path: str, prompt: str, consent: bool, text_scale: float = 4.0,
-               face_scale: float = 2.0, sampler: str | None = None, steps: int | None = None,
+  def generate(self, face_path: str, prompt: str, consent: bool,
+               text_scale: float | None = None, face_scale: float | None = None,
+               sampler: str | None = None, steps: int | None = None,
                seed: int = 0, candidates: int = 1, is_crop: bool = False) -> dict:
     """Samples ``candidates`` videos (seeds seed, seed+1, ...), keeps the most similar to
     the reference face and writes it; returns a dict with ``mp4``, ``png``, ``json``,
     ``plot`` paths, ``seed`` (of the kept video), ``similarity`` (per frame), ``action``,
-    ``cost`` and ``provenance`` (the record embedded in the mp4)."""
+    ``cost`` and ``provenance`` (the record embedded in the mp4). Scales, sampler and
+    steps left out are the run's config's."""
+    text_scale = self.built.sampler.text_scale if text_scale is None else text_scale
+    face_scale = self.built.sampler.id_scale if face_scale is None else face_scale
     sampler = sampler or self.built.sampler.name
     steps = self.built.sampler.num_steps if steps is None else steps
     prompt, sampler, steps, seed, candidates = self.check_request(

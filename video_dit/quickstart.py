@@ -83,7 +83,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
   if os.path.exists(eval_path):
     with open(eval_path, encoding="utf-8") as f:
       results = json.load(f)
-    if (results.get("num_videos") != num_videos or
+    if (not evaluate.reusable(results) or results.get("num_videos") != num_videos or
         not os.path.exists(os.path.join(results.get("media", ""), "videos.npz"))):
       results = None
   # An evaluation that lacks some metrics (e.g. one added since) computes only those;

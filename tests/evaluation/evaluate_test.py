@@ -306,7 +306,17 @@ def test_a_rerun_with_fewer_metrics_keeps_the_earlier_ones(trained, tmp_path):
   shutil.copytree(trained / "probes", other)
   fourth = evaluate.evaluate(run, metrics=("temporal",), **{**kw, "probe_dir": str(other)})
   with open(fourth["path"]) as f:
-    assert "denoise" not in json.load(f)
+    saved = json.load(f)
+  assert "denoise" not in saved
+  # An evaluation from before the per-example noise sampled other videos: not merged.
+  assert evaluate.reusable(saved)
+  del saved["noise"]
+  with open(fourth["path"], "w") as f:
+    json.dump(saved, f)
+  assert not evaluate.reusable(saved)
+  fifth = evaluate.evaluate(run, metrics=("denoise",), **{**kw, "probe_dir": str(other)})
+  with open(fifth["path"]) as f:
+    assert "temporal" not in json.load(f)
 
 
 def test_unverified_identity_probe_is_skipped_with_reason(trained):

@@ -103,7 +103,7 @@ def cost_curve(pts: list[dict], *, num_videos: int = 64, chunk: int = 32,
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         r = json.load(f)
-      if not set(CURVE_METRICS) <= set(r):
+      if not set(CURVE_METRICS) <= set(r) or not evaluate.reusable(r):
         r = None
     if r is None:
       log(f"[{i + 1}/{len(pts)}] {p['label']}: evaluating {num_videos} held-out examples")

@@ -306,7 +306,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
                  params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg),
                  probe_dir=os.path.abspath(probe_dir) if probe_dir else None,
-                 noise=NOISE)
+                 noise=noise_scheme(sampler_cfg, chunk))
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
   if best_of > 1:  # keep each example's candidate most like its reference
     gen, results["best_of"] = usable_lib.best_of(config, gen, faces, probe_dir, train_probes,
@@ -418,6 +418,19 @@ _SAME = ("step", "params_digest", "sampler", "num_videos", "split", "probe_dir",
 # How starting noise is drawn: evaluations from before it was per example (their noise
 # depended on the chunk) sampled other videos, so their metrics are not merged.
 NOISE = "per_example"
+
+
+def noise_scheme(sampler, chunk: int) -> str:
+  """The videos' noise: per example, and for a sampler that draws noise at its steps
+  (ddpm, DDIM with eta > 0) also the chunk, which that noise depends on."""
+  stochastic = sampler.name == "ddpm" or (sampler.name == "ddim" and sampler.eta > 0)
+  return f"{NOISE},chunk={chunk}" if stochastic else NOISE
+
+
+def reusable(results: dict | None) -> bool:
+  """Whether a saved evaluation sampled its videos the way this code does (an older one
+  is evaluated again rather than reused or merged)."""
+  return bool(results) and str(results.get("noise", "")).split(",")[0] == NOISE
 
 
 def _candidates(results: dict) -> int:
