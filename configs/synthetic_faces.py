@@ -7,10 +7,10 @@ Variants: --config=configs/synthetic_faces.py:variant=B,frames=32,res=128,patch=
 Presets:
   :identity_bench  the config that shows the face engine learning (8x32x32 clips,
                    64 video tokens + 16 reference-face tokens, width 128, depth 4; 6000
-                   steps; ~23 min at the 4.4 steps/s measured with 64 tokens on 2 idle
-                   CPU cores, before the reference tokens).
-  :quickstart      the same model and recipe, 3000 steps (28 min measured on a shared
-                   2-core Xeon with the reference tokens)
+                   steps; 57 min measured on a 2-core Xeon shared with evaluations).
+  :quickstart      the same model and recipe, 3000 steps (a 0.30 s train step on an
+                   idle 2-core Xeon, ``tools.benchmark``; 20.5 min measured for 3000
+                   steps with windows overlapping in time too, a 1.2x slower step)
                    (``python -m experiments.quickstart``).
   :runlocal        tests and laptops (DiT-mu, 8x32x32 clips, 64 tokens, seconds).
 ``steps=N`` overrides a preset's number of training steps. ``frame_cond=R`` gives a share R
