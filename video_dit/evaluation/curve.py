@@ -1,7 +1,8 @@
 """Quality against cost: identity gap, action accuracy, FVD and cost per usable second
 over network passes per sample, for every way this codebase makes sampling cheaper.
 
-    plain      the trained DiT, Euler with 3-pass dual guidance, N steps (3N passes)
+    plain      the trained DiT, Euler with the config's dual guidance, N steps (3N
+               passes; 2N at text scale 1)
     cache      the same with step caching (``sample.cache_threshold``): passes measured
     one_pass   a guidance-distilled student (``task='guidance_distill'``): N passes
     shortcut   a few-step student (``task='shortcut'``): N jumps of 1/N, N passes

@@ -148,8 +148,7 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   sampler's later noise still does)."""
   mesh = sharding.make_mesh(config.mesh)
   params = sharding.replicate(params, mesh)
-  data_size = mesh.shape["data"] * mesh.shape["fsdp"]
-  chunk = max(data_size, chunk // data_size * data_size)
+  chunk = chunk_on_mesh(mesh, chunk)
   n = len(batch["video"])
   shape = (chunk,) + registry.video_shape(config)
   sample = sampling.make_sampler(model, diffusion, sampler, shape)
@@ -159,14 +158,15 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
   out = []
   with jax.set_mesh(mesh):
     for c, i in itertools.product(range(candidates), range(0, n, chunk)):
-      key = jax.random.fold_in(jax.random.key(seed), c) if c else jax.random.key(seed)
+      key = jax.random.key(seed)  # candidate 0; others from their own stream
+      key = jax.random.fold_in(jax.random.fold_in(key, _CANDIDATES_STREAM), c) if c else key
       part = jax.tree.map(lambda x: x[i:i + chunk], cond)
       pad = chunk - len(jax.tree.leaves(part)[0])
       if pad:  # the last chunk repeats its last example: one compiled shape
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, 0)]), part)
       noise = example_noise(key, i, chunk, tuple(shape[1:]))
-      video = sharding.to_host(sample(params, sharding.shard_copies(part, mesh),
-                                      jax.random.fold_in(key, i // chunk),
+      steps_key = jax.random.fold_in(jax.random.fold_in(key, _STEPS_STREAM), i // chunk)
+      video = sharding.to_host(sample(params, sharding.shard_copies(part, mesh), steps_key,
                                       sharding.shard_copies(noise, mesh)))
       if codec is not None:  # a latent-space DiT: decode with its codec
         video = codec.decode(video)
@@ -174,6 +174,18 @@ def generate_videos(config, model, params, diffusion, sampler, batch: dict, seed
       progress.update(c * n + min(i + chunk, n), "videos sampled", force=True)
   progress.close()
   return np.concatenate(out).reshape((candidates, n) + out[0].shape[1:])
+
+
+# Keys apart from example_noise's fold_in(key, example index): a stochastic sampler's step
+# noise, and candidates after the first.
+_STEPS_STREAM, _CANDIDATES_STREAM = 2**31 - 1, 2**31 - 2
+
+
+def chunk_on_mesh(mesh, chunk: int) -> int:
+  """Videos per sampler call: ``chunk`` rounded down to whole batches of the mesh's
+  data-parallel size (at least one)."""
+  data_size = mesh.shape["data"] * mesh.shape["fsdp"]
+  return max(data_size, chunk // data_size * data_size)
 
 
 @functools.partial(jax.jit, static_argnames=("count", "shape"))
@@ -306,7 +318,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
                  params_digest=restored.digest, sampler=dataclasses.asdict(sampler_cfg),
                  probe_dir=os.path.abspath(probe_dir) if probe_dir else None,
-                 noise=noise_scheme(sampler_cfg, chunk))
+                 noise=noise_scheme(sampler_cfg,
+                                    chunk_on_mesh(sharding.make_mesh(config.mesh), chunk)))
   path = lambda kind: (os.path.join(probe_dir, kind) if probe_dir else None)
   if best_of > 1:  # keep each example's candidate most like its reference
     gen, results["best_of"] = usable_lib.best_of(config, gen, faces, probe_dir, train_probes,
