@@ -107,6 +107,9 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
     if os.path.exists(sweep_file):
       with open(sweep_file, encoding="utf-8") as f:
         trade_off = json.load(f)
+      if not evaluate.reusable(trade_off):  # sampled before the per-example noise
+        trade_off = None
+    if trade_off is not None:
       _log(f"4/5 guidance sweep of step {step} found: {sweep_file}")
     else:
       _log(f"4/5 guidance sweep: text scales {list(text_scales)} x face scales "

@@ -228,6 +228,8 @@ def test_guidance_sweep_and_report_plots(trained, tmp_path):
                              probe_dir=str(trained / "probes"), log=lambda *_: None)
   assert one["path"].endswith("guidance_step_2_test5_euler1.json")
   assert one["sampler"]["num_steps"] == 1 and one["sampler"]["name"] == "euler"
+  # The quickstart reuses a sweep only if it was sampled with this noise scheme.
+  assert evaluate.reusable(one) and not evaluate.reusable(dict(one, noise=None))
   assert os.path.exists(os.path.join(run, "eval", "step_2_test5_ema_euler1_text4_face2.json"))
   # Each point is an ordinary evaluation, kept under its own settings' name.
   for ts in (1, 4):

@@ -65,7 +65,7 @@ def guidance_sweep(workdir: str, text_scales, face_scales, *, step: int | None =
       log(f"text scale {ts:g}, face scale {fs:g}: identity gap {g['gap']:.3f}, "
           f"action accuracy {text['accuracy']:.1%}")
   out = dict(step=result_step, split=split, num_videos=num_videos, points=points,
-             sampler=used)
+             sampler=used, noise=evaluate.NOISE)
   out["path"] = sweep_path(workdir, result_step, split, num_videos, _sampler(used))
   tmp = f"{out['path']}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
