@@ -411,9 +411,9 @@ def scalars(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def _keep_earlier_metrics(results: dict, path: str) -> None:
-  """A re-run of the same evaluation (same parameters, sampler, examples, candidates,
-  probes) that computed fewer metrics keeps the earlier run's other metrics instead of dropping
-  them ('usable' is derived again from the merged ones)."""
+  """A re-run of the same evaluation (``_SAME``: parameters, sampler, examples, probes,
+  noise scheme; and candidates) that computed fewer metrics keeps the earlier run's other
+  metrics instead of dropping them ('usable' is derived again from the merged ones)."""
   try:
     with open(path, encoding="utf-8") as f:
       earlier = json.load(f)
