@@ -12,10 +12,14 @@ import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
 
-# Tests compile the same small programs many times (and in subprocesses): share them.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "video_dit_test_jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Tests compile the same small programs many times (and in subprocesses, which read
+# the environment): share them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "video_dit_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
