@@ -28,6 +28,7 @@ the identity (up to the identity branch, see ``ModelConfig.identity_gate``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -491,7 +492,11 @@ def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
   (centred on its tubelet), weighted by a separable ramp. Every voxel is the weighted mean
   of the windows that cover it, so the output is continuous across token borders; where
   the video's edges cut windows the weights are renormalised. Needs 0 <= m <= p/2 on
-  each axis (0: no overlap on that axis)."""
+  each axis (0: no overlap on that axis).
+
+  The weights and their normalisation are separable, so each axis is one small matmul
+  with a fixed (pixels, tokens, window) map (``overlap_axis_map``): height, width, and
+  time where mt > 0. Counted in ``flops.forward_flops`` (``overlap_head_flops``)."""
   b, length, d = tokens_bld.shape
   k = [p + 2 * m for p, m in zip(patch, margin)]
   c = d // (k[0] * k[1] * k[2])
@@ -499,32 +504,35 @@ def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
       or any(not 0 <= m <= p // 2 for p, m in zip(patch, margin))):
     raise ValueError(f"tokens of shape {tokens_bld.shape} do not fit grid {tuple(grid)} "
                      f"with tubelet {tuple(patch)} and margins {tuple(margin)}")
-  win = (_ramp(patch[0], margin[0])[:, None, None] * _ramp(patch[1], margin[1])[None, :, None]
-         * _ramp(patch[2], margin[2])[None, None, :])                      # (kt, kh, kw)
-  x = tokens_bld.reshape(b, *grid, *k, c) * win[..., None]
-  norm = np.broadcast_to(win[..., None], (*grid, *k, 1))
-  for axis, (p, m) in enumerate(zip(patch, margin)):
-    x = _overlap_add(x, 1 + axis, 4 + axis, p, m)
-    norm = _overlap_add(norm, axis, 3 + axis, p, m, np)
-  x = x * (1.0 / norm).astype(np.float32)
-  return unpatchify(x.reshape(b, length, -1), grid, patch)
+  maps = [jnp.asarray(overlap_axis_map(*a)) for a in zip(grid, patch, margin)]
+  mm = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
+  x = tokens_bld.reshape(b, *grid, *k, c)       # (B, s, i, j, t, a, e, C)
+  x = mm("bsijtaec,yia->bsjtyec", x, maps[1])   # height
+  x = mm("bsjtyec,xje->bstyxc", x, maps[2])     # width
+  if margin[0]:
+    return mm("bstyxc,zst->bzyxc", x, maps[0])  # time
+  return x.reshape(b, grid[0] * patch[0], *x.shape[3:])
 
 
-def _overlap_add(x, grid_axis: int, win_axis: int, p: int, m: int, xp=jnp):
-  """Folds a window axis of p + 2m back onto its tubelet's p: block n keeps its middle p
-  and gains block n-1's last m (its band after the tubelet) on its first m positions and
-  block n+1's first m on its last m. Bands past the video's edges are dropped."""
-  if not m:
-    return x
-  def take(arr, axis, lo, hi):
-    return arr[(slice(None),) * axis + (slice(lo, hi),)]
-  def pad(arr, axis, before, after):
-    return xp.pad(arr, [(0, 0)] * axis + [(before, after)] + [(0, 0)] * (arr.ndim - axis - 1))
-  n = x.shape[grid_axis]
-  after = pad(take(take(x, win_axis, m + p, p + 2 * m), grid_axis, 0, n - 1), grid_axis, 1, 0)
-  before = pad(take(take(x, win_axis, 0, m), grid_axis, 1, n), grid_axis, 0, 1)
-  return (take(x, win_axis, m, m + p) + pad(after, win_axis, 0, p - m)
-          + pad(before, win_axis, p - m, 0))
+def overlap_axis_map(n: int, p: int, m: int) -> np.ndarray:
+  """(n p, n, p + 2m) float32: pixel y of an axis of n tubelets of p takes position a of
+  token i's window with the window's ramp weight (``_ramp``), normalised over the windows
+  that cover y (a window's part beyond the video's edge is dropped)."""
+  pix = np.arange(n)[:, None] * p - m + np.arange(p + 2 * m)[None, :]   # (n, p + 2m)
+  i, a = np.nonzero((pix >= 0) & (pix < n * p))
+  out = np.zeros((n * p, n, p + 2 * m), np.float32)
+  out[pix[i, a], i, a] = _ramp(p, m)[a]
+  return out / out.sum((1, 2), keepdims=True)
+
+
+def overlap_head_flops(grid, patch, margin, channels: int) -> int:
+  """The matmul FLOPs of ``overlap_unpatchify`` for one example."""
+  (gt, gh, gw), (pt, ph, pw) = grid, patch
+  kt, kh, kw = (p + 2 * m for p, m in zip(patch, margin))
+  height = gt * gw * kt * gh * ph * kw * channels * gh * kh
+  width = gt * kt * gh * ph * gw * pw * channels * gw * kw
+  time = gt * pt * gh * ph * gw * pw * channels * gt * kt if margin[0] else 0
+  return 2 * (height + width + time)
 
 
 def patchify_dim(cfg: ModelConfig) -> int:

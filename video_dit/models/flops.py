@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from video_dit.models.dit import ModelConfig, block_layout, head_out_dim, patchify_dim
+from video_dit.models.dit import (ModelConfig, block_layout, head_margin, head_out_dim,
+                                  overlap_head_flops, patchify_dim)
 
 
 def _encoder_layer(n, d, r):
@@ -83,6 +84,10 @@ def forward_flops(cfg: ModelConfig, video_shape, text_len: int) -> int:
     total += 4 * n * d * int(r * d)                              # MLP
   out = head_out_dim(cfg)
   total += 2 * d * 2 * d + 2 * n * d * out                       # final layer
+  if cfg.head == "overlap":                                      # its windows -> pixels
+    grid = (t // pt, h // ph, w // pw)
+    total += overlap_head_flops(grid, cfg.patch, head_margin(cfg),
+                                cfg.channels * (2 if cfg.learn_sigma else 1))
   return int(total)
 
 
