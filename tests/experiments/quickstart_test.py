@@ -76,9 +76,10 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     assert phase in log, log
   phases = _phases(workdir)
   assert set(phases) == {"dataset", "train", "evaluate", "sweep", "report"}
-  # Phase times are measured: training and evaluation compile and run (seconds), and
-  # together they fit inside the command's own wall time.
-  assert phases["train"] > 1 and phases["evaluate"] > 1 and phases["report"] > 0
+  # Phase times are measured (compiled programs may come from the suite's shared
+  # compilation cache, so no lower bound), and together they fit inside the command's
+  # own wall time.
+  assert phases["train"] > 0 and phases["evaluate"] > 0 and phases["report"] > 0
   assert sum(phases.values()) < wall
 
   with open(os.path.join(workdir, "report.html"), encoding="utf-8") as f:
