@@ -1,25 +1,20 @@
 """Test setup: 8 fake CPU devices, set before jax is imported anywhere."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-import tempfile  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
-
-# Tests compile the same small programs many times (and in subprocesses, which read
-# the environment): share them.
+# Tests compile the same small programs many times, also in subprocesses (which inherit
+# the environment): share them through one persistent compilation cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "video_dit_test_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
 
 
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position

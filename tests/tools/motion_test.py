@@ -59,7 +59,8 @@ def test_per_action_and_the_command_compare_generated_with_real(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
     return bad.stderr.strip()
 
-  assert "videos.npz" in error(tmp_path / "nope") and "does not exist" in error(tmp_path / "nope")
+  missing = error(tmp_path / "nope")
+  assert "videos.npz" in missing and "does not exist" in missing
   for content, says in [("{not json", "is not a results json"), ("[1]", "names no actions"),
                         ('{"text": {"skipped": "no probe"}}', "--metrics=text")]:
     with open(str(folder) + ".json", "w") as f:

@@ -504,13 +504,13 @@ def overlap_unpatchify(tokens_bld, grid, patch, margin) -> jnp.ndarray:
       or any(not 0 <= m <= p // 2 for p, m in zip(patch, margin))):
     raise ValueError(f"tokens of shape {tokens_bld.shape} do not fit grid {tuple(grid)} "
                      f"with tubelet {tuple(patch)} and margins {tuple(margin)}")
-  maps = [jnp.asarray(overlap_axis_map(*a)) for a in zip(grid, patch, margin)]
+  axis_map = lambda i: jnp.asarray(overlap_axis_map(grid[i], patch[i], margin[i]))
   mm = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
-  x = tokens_bld.reshape(b, *grid, *k, c)       # (B, s, i, j, t, a, e, C)
-  x = mm("bsijtaec,yia->bsjtyec", x, maps[1])   # height
-  x = mm("bsjtyec,xje->bstyxc", x, maps[2])     # width
+  x = tokens_bld.reshape(b, *grid, *k, c)          # (B, s, i, j, t, a, e, C)
+  x = mm("bsijtaec,yia->bsjtyec", x, axis_map(1))  # height
+  x = mm("bsjtyec,xje->bstyxc", x, axis_map(2))    # width
   if margin[0]:
-    return mm("bstyxc,zst->bzyxc", x, maps[0])  # time
+    return mm("bstyxc,zst->bzyxc", x, axis_map(0))  # time
   return x.reshape(b, grid[0] * patch[0], *x.shape[3:])
 
 
