@@ -37,8 +37,9 @@ SWEEP = ((1.0, 4.0), (1.0, 2.0, 4.0), 24)  # text scales, face scales, videos pe
 
 
 def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
-        metrics=evaluate.METRICS, sweep=SWEEP) -> str:
-  """Runs (or resumes) every phase; returns the report's path. ``sweep`` = (text
+        metrics=evaluate.METRICS, sweep=SWEEP) -> str | None:
+  """Runs (or resumes) every phase; returns the report's path (None when training was
+  interrupted: its checkpoint is saved and a re-run resumes). ``sweep`` = (text
   scales, face scales, videos per point) of the guidance trade-off, or None to skip."""
   os.makedirs(workdir, exist_ok=True)
   phases_path = os.path.join(workdir, "quickstart_phases.json")
@@ -75,6 +76,11 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
          "blocks); progress below, Ctrl-C saves and a re-run resumes")
     timed("train", lambda: train.train_and_evaluate(config, workdir))
   step = workdir_lib.latest_step(workdir)
+  if (step or 0) < config.total_steps:  # Ctrl-C / SIGTERM: training saved and returned
+    _log(f"training stopped at step {step} of {config.total_steps} and its checkpoint is "
+         "saved; re-run the same command to resume (nothing is evaluated before the last "
+         "step)")
+    return None
 
   # The config's sampler, also for a checkpoint trained when its default was another.
   sampler = config.sample.to_dict()

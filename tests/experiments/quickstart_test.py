@@ -35,7 +35,7 @@ class _Sources(html.parser.HTMLParser):
 
 def _quickstart(workdir, data_dir, steps, sampler_steps=2):
   cmd = [sys.executable, "-m", "experiments.quickstart",
-         f"--config=configs/synthetic_faces.py:runlocal,steps={steps}",
+         f"--config=configs/synthetic_faces.py:runlocal,codec=pca,steps={steps}",
          f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
          "--config.data.clips_per_identity=2", f"--config.sample.num_steps={sampler_steps}",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
@@ -74,6 +74,11 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   for phase in ("1/5 dataset", "2/5 training", "3/5 sampling", "4/5 guidance sweep",
                 "5/5 report"):
     assert phase in log, log
+  # The quickstart's path: the DiT learns the latents of the linear codec, fitted once
+  # with the data.
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["latent"]["codec"] == "pca"
+  assert [p for p in os.listdir(os.path.join(data_dir, "codecs")) if p.endswith(".npz")]
   phases = _phases(workdir)
   assert set(phases) == {"dataset", "train", "evaluate", "sweep", "report"}
   # Phase times are measured (compiled programs may come from the suite's shared
@@ -200,3 +205,31 @@ def test_metric_rows_usable_and_cost_per_usable_second():
   assert row[1] == "unbounded" and row[2] == "no usable sample"
   skipped = report.metric_rows({"usable": {"skipped": "identity probe AUC 0.8"}})
   assert skipped == [("usable samples", "skipped", "identity probe AUC 0.8")]
+
+
+def test_an_interrupted_training_ends_the_quickstart_without_evaluating(tmp_path, monkeypatch,
+                                                                        capsys):
+  """Ctrl-C / SIGTERM make training save and return early; the quickstart then stops
+  (a re-run resumes) instead of evaluating and reporting the unfinished checkpoint."""
+  from video_dit import quickstart, train  # pylint: disable=g-import-not-at-top
+  from video_dit import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from video_dit.data import pipeline  # pylint: disable=g-import-not-at-top
+  from video_dit.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  config = helpers.runlocal_config(**{"data.data_dir": str(tmp_path / "data")})
+  config.total_steps = 40
+  saved = {"step": 10}
+  monkeypatch.setattr(pipeline, "ensure_dataset", lambda c: None)
+  monkeypatch.setattr(workdir_lib, "latest_step", lambda w: saved["step"])
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda c, w: saved.update(step=25))  # interrupted at step 25
+
+  def never(*a, **k):
+    raise AssertionError("evaluated an unfinished run")
+  monkeypatch.setattr(evaluate, "evaluate", never)
+  workdir = tmp_path / "run"
+  assert quickstart.run(config, str(workdir), sweep=None) is None
+  out = capsys.readouterr().out
+  assert "training stopped at step 25 of 40" in out and "re-run" in out, out
+  assert not (workdir / "report.html").exists()
+  with open(workdir / "quickstart_phases.json") as f:
+    assert set(json.load(f)) == {"dataset", "train"}  # the time it trained is kept
