@@ -1,17 +1,16 @@
-"""Identity-consistent video DiT on the built-in synthetic faces, in pixel space.
+"""Identity-consistent video DiT on the built-in synthetic faces.
 
 Launch (full size, 16x64x64 clips, DiT-S, tubelet 2x4x4 = 2048 tokens):
   python -m experiments.train --config=configs/synthetic_faces.py --workdir=runs/faces
 Variants: --config=configs/synthetic_faces.py:variant=B,frames=32,res=128,patch=2x8x8
 
 Presets:
-  :identity_bench  the config that shows the face engine learning (8x32x32 clips,
-                   64 video tokens + 16 reference-face tokens, width 128, depth 4; 6000
-                   steps; 57 min measured on a 2-core Xeon shared with evaluations).
-  :quickstart      the same model and recipe, 3000 steps (a 0.30 s train step on an
-                   idle 2-core Xeon, ``tools.benchmark``; 20.5 min measured for 3000
-                   steps with windows overlapping in time too, a 1.2x slower step)
+  :identity_bench  the config that shows the face engine learning (8x32x32 clips in
+                   the linear codec's 4x8x8x24 latents, 64 video tokens + 16
+                   reference-face tokens, width 128, depth 4; 6000 steps).
+  :quickstart      the same model and recipe, 3000 steps
                    (``python -m experiments.quickstart``).
+                   ``codec=pixels`` trains either on 2x8x8 pixel tubelets instead.
   :runlocal        tests and laptops (DiT-mu, 8x32x32 clips, 64 tokens, seconds).
 ``steps=N`` overrides a preset's number of training steps. ``frame_cond=R`` gives a share R
 of the training examples some of their frames (``train.context_rate``): the model then
@@ -30,8 +29,8 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, variant="S", frames=16, res=64, patch="2x4x4", runlocal=False,
-                         identity_bench=False, quickstart=False, steps=0, codec="pixels",
-                         channels=24, whiten=True, distill="", teacher="", frame_cond=0.0)
+                         identity_bench=False, quickstart=False, steps=0, codec="",
+                         channels=24, whiten=False, distill="", teacher="", frame_cond=0.0)
   if arg.identity_bench + arg.quickstart + arg.runlocal > 1:
     raise ValueError("choose one of the presets identity_bench, quickstart, runlocal")
   config = common.base_config()
@@ -44,10 +43,17 @@ def get_config(arg=None):
     config.ckpt.every_steps = 250
   if arg.runlocal:
     common.runlocal(config)
-  if arg.codec == "pca":
+  # The presets learn on the linear codec's latents, other configs on pixels. At step
+  # 3000 the latents beat the pixel recipe on identity, action, FVD and cost (README
+  # "What the quickstart shows"); each token paints a window of 4x4 latent cells (16x16
+  # pixels) over its 2x2, so the samples show no token grid.
+  codec = arg.codec or ("pca" if arg.identity_bench or arg.quickstart else "pixels")
+  if codec == "pca":
     pca_latents(config, arg.channels, arg.whiten)
-  elif arg.codec != "pixels":
-    raise ValueError(f"codec={arg.codec} is unknown; use pixels or pca")
+    if arg.identity_bench or arg.quickstart:
+      config.model.update(head="overlap", head_margin=1)
+  elif codec != "pixels":
+    raise ValueError(f"codec={codec} is unknown; use pixels or pca")
   if arg.frame_cond:  # frame conditioning: image-to-video, extension, long videos
     config.train.context_rate = arg.frame_cond
   if arg.distill:
@@ -63,16 +69,18 @@ def get_config(arg=None):
 def identity_bench(c, steps: int) -> None:
   """The recipe that makes identity transfer on a CPU budget (measured in the README).
 
-  * Tubelets of 2x8x8 on 8x32x32 clips: 64 tokens, so steps are cheap.
-  * A patch holds 384 values, more than the width of 128: the model predicts x0
-    (a velocity target would ask it to reproduce the noise through a bottleneck).
+  * Tokens of 2x8x8 pixels on 8x32x32 clips: 64 tokens, so steps are cheap. get_config
+    puts the presets on the linear codec's latents (a token holds 96 values; 384 with
+    ``codec=pixels``, more than the width of 128).
+  * The model predicts x0 (a velocity target would ask it to reproduce the noise).
   * Training times are logit-normal with mean 1.5 (mostly high noise), where the
     coarse layout that carries identity (hair, skin, face shape) is decided; the
     token-count shift is off (with 64 tokens it would shift toward low noise).
   * The reference face enters twice: cross-attention to its identity tokens, and its
     patches as in-context tokens the video attends to.
-  * Each token paints a 12x12 window over its 8x8 tubelet and neighbouring windows blend
-    (model.head='overlap', head_margin=2): no token grid in the samples.
+  * Each token paints a window beyond its tubelet and neighbouring windows blend
+    (model.head='overlap'; 12x12 pixels over 8x8 here, 4x4 latent cells over 2x2 in
+    get_config's latents): no token grid in the samples.
   * A fifth of the training times are uniform (diffusion.t_uniform=0.2), so the low-noise
     end the logit-normal hardly reaches is trained too.
   """
@@ -107,8 +115,11 @@ def pca_latents(c, channels: int = 24, whiten: bool = True) -> None:
   """The DiT on the latents of the fitted linear codec (``video_dit/pca_codec.py``).
 
   2x4x4 pixel tubelets -> ``channels`` principal components (24: 4x compression,
-  32.2 dB held-out PSNR on the 8x32x32 synthetic clips), whitened; the DiT's 1x2x2
-  latent patches then cover 2x8x8 pixels, so the token count is that of pixel 2x8x8.
+  32.2 dB held-out PSNR on the 8x32x32 synthetic clips), scaled by one global factor
+  (``whiten=true``: each component to unit variance, which the README measured to give
+  saturated noise at the quickstart's budget). The DiT's 1x2x2 latent patches cover
+  2x8x8 pixels, so the token count is that of pixel 2x8x8, and a token holds 96 values,
+  fewer than the width of 128.
   """
   c.latent = dict(source="encode", codec="pca", tubelet=(2, 4, 4), channels=channels,
                   whiten=whiten, fit_clips=2048)

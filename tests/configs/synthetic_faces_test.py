@@ -78,15 +78,31 @@ def test_identity_bench_and_quickstart_presets():
     # x0 prediction, high-noise times and no token shift: the recipe the README measures.
     assert (c.diffusion.prediction, c.diffusion.t_mean, c.diffusion.shift_base_tokens) == (
         "x0", 1.5, 0)
-    assert registry.video_shape(c) == (8, 32, 32, 3) and tuple(c.model.patch) == (2, 8, 8)
+    # The DiT learns the linear codec's latents (one global scale): 1x2x2 latent patches,
+    # each 2x8x8 pixels (README "What the quickstart shows").
+    assert (c.latent.codec, c.latent.whiten, tuple(c.latent.tubelet)) == ("pca", False,
+                                                                          (2, 4, 4))
+    assert registry.pixel_shape(c) == (8, 32, 32, 3) and registry.video_shape(c) == (4, 8, 8, 24)
+    assert tuple(c.model.patch) == (1, 2, 2) and registry.pixel_tubelet(c) == (2, 8, 8)
     # identity through its cross-attention and in-context reference tokens (measured
     # against cross-attention alone in the README)
     assert c.identity.mode == "separate+reference" and c.sample.num_steps == 4
     # text scale 1, face scale 2: better identity and FVD than text 4, same action (README)
     assert (c.sample.text_scale, c.sample.face_scale) == (1.0, 2.0)
-    # overlapping output windows and a uniform share of times (measured in the README)
-    assert (c.model.head, c.model.head_margin, c.diffusion.t_uniform) == ("overlap", 2, 0.2)
+    # overlapping output windows (4x4 latent cells over each token's 2x2) and a uniform
+    # share of times (measured in the README)
+    assert (c.model.head, c.model.head_margin, c.diffusion.t_uniform) == ("overlap", 1, 0.2)
     registry.build(c)
+  # codec=pixels: the same recipe on 2x8x8 pixel tubelets, 12x12-pixel windows.
+  pixels = synthetic_faces.get_config("quickstart,codec=pixels")
+  assert registry.latent_source(pixels) == "pixels"
+  assert registry.video_shape(pixels) == (8, 32, 32, 3) and tuple(pixels.model.patch) == (2, 8, 8)
+  assert (pixels.model.head, pixels.model.head_margin) == ("overlap", 2)
+  # Other configs stay on pixels; codec=pca there keeps the linear head.
+  assert registry.video_shape(synthetic_faces.get_config("runlocal")) == (8, 32, 32, 3)
+  assert synthetic_faces.get_config("runlocal,codec=pca").model.head == "linear"
+  with pytest.raises(ValueError, match="codec=jpeg is unknown; use pixels or pca"):
+    synthetic_faces.get_config("quickstart,codec=jpeg")
   assert synthetic_faces.get_config("quickstart,steps=7").total_steps == 7
   with pytest.raises(ValueError, match="choose one of the presets"):
     synthetic_faces.get_config("quickstart,runlocal")
