@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
       scan_layers=False,  # remat: none|full|dots_saveable; attention: einsum|xla|cudnn
       attention_layout="full",  # or "factorised": Latte-style spatial/temporal blocks
       head="linear",  # or "overlap": tapered output windows that overlap their neighbours
-      head_margin=0,  # overlap: pixels a window reaches beyond its tubelet (0 = half)
+      # overlap: input cells (pixels, or latent cells) a window reaches beyond its tubelet
+      head_margin=0,  # (0 = half of it)
       head_margin_t=0,  # overlap: frames a window reaches beyond its tubelet (0 = none)
       matmul_dtype="",    # "bfloat16": dense layers take bf16 inputs, accumulate in f32
       guidance_embed=False, step_embed=False)  # distilled inputs (common.distill)

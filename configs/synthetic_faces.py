@@ -44,8 +44,8 @@ def get_config(arg=None):
   if arg.runlocal:
     common.runlocal(config)
   # The presets learn on the linear codec's latents, other configs on pixels. At step
-  # 3000 the latents beat the pixel recipe on identity, action, FVD and cost (README
-  # "What the quickstart shows"); each token paints a window of 4x4 latent cells (16x16
+  # 3000 the latents beat the pixel recipe on action, FVD, frame-to-frame flicker and
+  # cost, and match it on identity (README "What the quickstart shows"); each token paints a window of 4x4 latent cells (16x16
   # pixels) over its 2x2, so the samples show no token grid.
   codec = arg.codec or ("pca" if arg.identity_bench or arg.quickstart else "pixels")
   if codec == "pca":
@@ -88,8 +88,8 @@ def identity_bench(c, steps: int) -> None:
   c.model.update(width=128, depth=4, num_heads=4, patch=(2, 8, 8), dtype="float32",
                  head="overlap", head_margin=2)
   c.text.update(vocab_size=1024, max_len=16, width=128, depth=2, num_heads=4)
-  # Identity through its own cross-attention and as in-context reference tokens: at step
-  # 3000 with 4 Euler steps, identity gap 0.241 [0.208, 0.274] against 0.124 [0.095, 0.154]
+  # Identity through its own cross-attention and as in-context reference tokens: on
+  # pixels at step 3000 with 4 Euler steps, identity gap 0.241 [0.208, 0.274] against 0.124 [0.095, 0.154]
   # with the cross-attention alone (README "What the quickstart shows").
   c.identity.update(mode="separate+reference", face_size=32, face_patch=8, width=128,
                     depth=2, num_heads=4, num_tokens=8, resampler_depth=1)
@@ -102,16 +102,16 @@ def identity_bench(c, steps: int) -> None:
   c.train.log_every = 50
   # 4 Euler steps: this recipe trains mostly at high noise, and its x0 predictions below
   # t ~ 0.1 are worse than a linear denoiser's (evaluation 'denoise'), so more steps spend
-  # more time where the model is weak: at step 3000, 4 steps beat 32 on FVD and action and
-  # match it on identity (README "What the quickstart shows"), at an eighth of the cost.
-  # Text guidance 1 (face 2): at step 3000, identity gap 0.324 vs 0.298 and FVD 1539 vs
+  # more time where the model is weak: on pixels at step 3000, 4 steps beat 32 on FVD and
+  # action and match it on identity (README "What the quickstart shows"), at an eighth of
+  # the cost. Text guidance 1 (face 2): on pixels at step 3000, identity gap 0.324 vs 0.298 and FVD 1539 vs
   # 1680 against text 4, the same action accuracy (32.0% vs 32.8%; README).
   c.sample.update(num_steps=4, text_scale=1.0, face_scale=2.0)
   c.total_steps = steps
   c.ckpt.update(every_steps=1000, keep=2)
 
 
-def pca_latents(c, channels: int = 24, whiten: bool = True) -> None:
+def pca_latents(c, channels: int = 24, whiten: bool = False) -> None:
   """The DiT on the latents of the fitted linear codec (``video_dit/pca_codec.py``).
 
   2x4x4 pixel tubelets -> ``channels`` principal components (24: 4x compression,
@@ -123,5 +123,5 @@ def pca_latents(c, channels: int = 24, whiten: bool = True) -> None:
   """
   c.latent = dict(source="encode", codec="pca", tubelet=(2, 4, 4), channels=channels,
                   whiten=whiten, fit_clips=2048)
-  c.model.update(patch=(1, 2, 2), channels=channels, head="linear")  # measured so
+  c.model.update(patch=(1, 2, 2), channels=channels, head="linear")  # the presets: overlap
 

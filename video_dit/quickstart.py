@@ -77,7 +77,7 @@ def run(config, workdir: str, num_videos: int = 128, num_samples: int = 12,
     timed("train", lambda: train.train_and_evaluate(config, workdir))
   step = workdir_lib.latest_step(workdir)
   if (step or 0) < config.total_steps:  # Ctrl-C / SIGTERM: training saved and returned
-    _log(f"training stopped at step {step} of {config.total_steps} and its checkpoint is "
+    _log(f"training stopped at step {step or 0} of {config.total_steps} and its checkpoint is "
          "saved; re-run the same command to resume (nothing is evaluated before the last "
          "step)")
     return None

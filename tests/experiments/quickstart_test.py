@@ -36,6 +36,7 @@ class _Sources(html.parser.HTMLParser):
 def _quickstart(workdir, data_dir, steps, sampler_steps=2):
   cmd = [sys.executable, "-m", "experiments.quickstart",
          f"--config=configs/synthetic_faces.py:runlocal,codec=pca,steps={steps}",
+         "--config.model.head=overlap", "--config.model.head_margin=1",  # the presets' head
          f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
          "--config.data.clips_per_identity=2", f"--config.sample.num_steps={sampler_steps}",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
@@ -77,7 +78,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   # The quickstart's path: the DiT learns the latents of the linear codec, fitted once
   # with the data.
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["latent"]["codec"] == "pca"
+    saved = json.load(f)
+  assert saved["latent"]["codec"] == "pca" and saved["model"]["head"] == "overlap"
   assert [p for p in os.listdir(os.path.join(data_dir, "codecs")) if p.endswith(".npz")]
   phases = _phases(workdir)
   assert set(phases) == {"dataset", "train", "evaluate", "sweep", "report"}

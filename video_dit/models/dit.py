@@ -16,7 +16,7 @@
                    x += gate_id * IdCrossAttn(LN(x), identity)        every n-th block
                    x += gate_mlp * MLP(adaLN(x))
     FinalLayer: adaLN + linear to pt*ph*pw*C (x2 with learned sigma) --unpatchify--> video
-      (model.head='overlap': each token paints a window model.head_margin pixels beyond
+      (model.head='overlap': each token paints a window model.head_margin input cells beyond
        its tubelet on each side (default half the tubelet), tapered to 0 at its edges;
        neighbouring windows blend, so there are no borders between tokens)
 
@@ -93,7 +93,7 @@ class ModelConfig:
   # (diffusion.precondition='skip'): out = c_skip(t) x_t + c_out(t) F
   skip_sigma_data: float = 0.0
   head: str = "linear"             # or "overlap": tapered overlapping output windows
-  head_margin: int = 0             # overlap: pixels beyond the tubelet; 0 = half of it
+  head_margin: int = 0             # overlap: input cells beyond the tubelet; 0 = half
   head_margin_t: int = 0           # overlap: frames beyond the tubelet (0 = none)
 
 
