@@ -100,11 +100,33 @@ def _train_two_steps_and_sample(config, tmp_path):
   assert out[0]["video_shape"] == [8, 32, 32, 3]  # decoded pixels, not latents
 
 
-def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path):
+def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path, monkeypatch):
   config = _pca_config(tmp_path / "data", **{"sample.num_steps": 2})
   config.total_steps = 2
   assert registry.video_shape(config) == (4, 8, 8, 24)
   _train_two_steps_and_sample(config, tmp_path)
+  # The run records the fit it learned; another fit in its place (e.g. refitted after
+  # tools.forget removed the old one) would decode its latents wrong: sampling and
+  # resuming stop with one error naming both fits, before anything is written.
+  run = tmp_path / "run"
+  with open(run / "latent_codec.json") as f:
+    recorded = json.load(f)
+  path = pca_codec.path_for(config)
+  assert recorded["digest"] == pca_codec.load(path).digest
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  arrays["mean"] = arrays["mean"] + 0.1
+  np.savez(path, **arrays)
+  monkeypatch.setattr(pca_codec, "_LOADED", {})
+  with pytest.raises(ValueError, match="learned the latents of the codec fit .* now holds"):
+    sampling.generate(str(run), [dict(face=str(tmp_path / "face.png"), prompt="a person")],
+                      str(tmp_path / "samples2"), face_is_crop=True)
+  assert not (tmp_path / "samples2").exists()
+  config_json = (run / "config.json").read_text()
+  config.total_steps = 3
+  with pytest.raises(ValueError, match="learned the latents of the codec fit"):
+    train.train_and_evaluate(config, str(run), jax.devices()[:1])
+  assert (run / "config.json").read_text() == config_json
 
 
 def test_reference_tokens_in_latent_space(tmp_path):

@@ -287,6 +287,8 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   os.makedirs(workdir, exist_ok=True)
 
   pipeline.ensure_dataset(config)
+  # The codec fit the run learns (recorded once; another fit stops it, before compiling).
+  workdir_lib.check_codec(workdir, config, record=jax.process_index() == 0)
   data_iter = pipeline.make_iterator(config, "train")
 
   tx = optimizer(config)

@@ -79,10 +79,45 @@ def load(workdir: str, step: int | None = None, ema: bool = True) -> Restored:
   """A workdir's checkpoint (the latest by default), EMA parameters unless ``ema=False``."""
   step = resolve_step(workdir, step)
   config = load_config(workdir, step)
+  check_codec(workdir, config)
   model = registry.build_model(config)
   _, state = checkpoint.load_host(checkpoint_dir(workdir), step)
   params = state["ema_params" if ema else "params"]
   return Restored(config, model, params, step, checkpoint.digest(params), ema)
+
+
+CODEC_RECORD = "latent_codec.json"
+
+
+def check_codec(workdir: str, config, record: bool = False) -> None:
+  """A run on a fitted codec's latents learns one fit (``<data_dir>/codecs/``).
+
+  ``record`` (the trainer) writes which, by digest, the first time; afterwards the fit at
+  that path must be the same one. A fit made again (e.g. after ``tools.forget`` removed
+  the old one) would decode the run's latents wrong, so it raises, naming both.
+  """
+  if registry.latent_source(config) == "pixels" or registry.latent_codec(config) != "pca":
+    return
+  from video_dit import pca_codec  # pylint: disable=g-import-not-at-top
+  path = pca_codec.path_for(config)
+  if not os.path.exists(path):
+    return  # loading it names the problem
+  digest = pca_codec.load(path).digest
+  rec = os.path.join(workdir, CODEC_RECORD)
+  if os.path.exists(rec):
+    with open(rec, encoding="utf-8") as f:
+      learned = json.load(f)
+    if learned["digest"] != digest:
+      raise ValueError(
+          f"{workdir} learned the latents of the codec fit {learned['digest'][:12]} "
+          f"({learned['path']}), but {path} now holds the fit {digest[:12]} (fitted again, "
+          "e.g. after tools.forget removed the old one), which would decode them wrong. "
+          "Train in a fresh --workdir, or put back the fit the run learned.")
+  elif record:
+    tmp = f"{rec}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(dict(path=os.path.abspath(path), digest=digest), f, indent=1)
+    os.replace(tmp, rec)
 
 
 # ----------------------------------------------------------------------------- lock
