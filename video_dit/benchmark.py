@@ -109,7 +109,16 @@ class TrainBench:
     tx = train.optimizer(config)
     self.cfg, self.shape = task.cfg, task.shape
     host = registry.random_inputs(config, batch, config.seed)
-    host_batch = {"video": host.pop("x"), **{k: v for k, v in host.items() if k != "t"}}
+    video = host.pop("x")
+    if registry.latent_source(config) == "encode":
+      # What the pipeline gives: pixels, which the task encodes (a VAE on the host, the
+      # linear codec inside the step, fitted with the data first).
+      if registry.latent_codec(config) == "pca":
+        pipeline.ensure_dataset(config)
+      video = np.random.default_rng(config.seed).uniform(
+          -1, 1, (batch,) + tuple(registry.pixel_shape(config))).astype(np.float32)
+    host_batch = task.host_batch({"video": video,
+                                  **{k: v for k, v in host.items() if k != "t"}})
     step_fn = train.make_train_step(task, tx, config)
     state, state_sh = train.init_train_state(config, task, tx, self.mesh, compile_only)
     data = sharding.shard_batch(host_batch, self.mesh)

@@ -160,3 +160,15 @@ def test_profile_counts_a_loop_by_its_body_once():
                  if o["op"] in instrs), prof["top_ops"]
   assert prof["categories"]["attention"] > 0
   assert prof["op_s"] <= 1.25 * (os.cpu_count() or 1) * prof["wall_s"], prof
+
+
+def test_train_bench_feeds_pixels_to_a_step_that_encodes_them(tmp_path):
+  """The latent presets encode pixels inside the step: the bench's random batch is what
+  the pipeline would give (pixels), and the codec is fitted with the data first."""
+  from configs import synthetic_faces  # pylint: disable=g-import-not-at-top
+  config = synthetic_faces.get_config("runlocal,codec=pca")
+  with config.unlocked():
+    config.data.data_dir = str(tmp_path / "data")
+  bench = benchmark.TrainBench(config)
+  assert bench.host_batch["video"].shape[1:] == registry.pixel_shape(config)
+  assert bench.time(1) > 0 and np.isfinite(float(bench.state.step))
