@@ -106,7 +106,7 @@ def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path, monkeypa
   assert registry.video_shape(config) == (4, 8, 8, 24)
   _train_two_steps_and_sample(config, tmp_path)
   # The run records the fit it learned; another fit in its place (e.g. refitted after
-  # tools.forget removed the old one) would decode its latents wrong: sampling and
+  # tools.forget_identity removed the old one) would decode its latents wrong: sampling and
   # resuming stop with one error naming both fits, before anything is written.
   run = tmp_path / "run"
   with open(run / "latent_codec.json") as f:
@@ -118,7 +118,7 @@ def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path, monkeypa
   arrays["mean"] = arrays["mean"] + 0.1
   np.savez(path, **arrays)
   monkeypatch.setattr(pca_codec, "_LOADED", {})
-  with pytest.raises(ValueError, match="learned the latents of the codec fit .* now holds"):
+  with pytest.raises(ValueError, match="learned the latents of the codec fit .* is the fit"):
     sampling.generate(str(run), [dict(face=str(tmp_path / "face.png"), prompt="a person")],
                       str(tmp_path / "samples2"), face_is_crop=True)
   assert not (tmp_path / "samples2").exists()
@@ -127,6 +127,11 @@ def test_dit_trains_on_pca_latents_and_samples_decoded_pixels(tmp_path, monkeypa
   with pytest.raises(ValueError, match="learned the latents of the codec fit"):
     train.train_and_evaluate(config, str(run), jax.devices()[:1])
   assert (run / "config.json").read_text() == config_json
+  with config.unlocked():  # a new run started from it
+    config.ckpt.init_from = str(run)
+  with pytest.raises(ValueError, match="learned the latents of the codec fit"):
+    train.train_and_evaluate(config, str(tmp_path / "finetune"), jax.devices()[:1])
+  assert not (tmp_path / "finetune" / "config.json").exists()
 
 
 def test_reference_tokens_in_latent_space(tmp_path):

@@ -287,8 +287,11 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
   os.makedirs(workdir, exist_ok=True)
 
   pipeline.ensure_dataset(config)
-  # The codec fit the run learns (recorded once; another fit stops it, before compiling).
-  workdir_lib.check_codec(workdir, config, record=jax.process_index() == 0)
+  # The codec fit the run learns: another fit in its place stops it before compiling, and
+  # so does one that the run it starts from (ckpt.init_from) did not learn.
+  workdir_lib.check_codec(workdir, config)
+  if config.ckpt.init_from and workdir_lib.latest_step(workdir) is None:
+    workdir_lib.check_codec(config.ckpt.init_from, config)
   data_iter = pipeline.make_iterator(config, "train")
 
   tx = optimizer(config)
@@ -301,6 +304,7 @@ def _train(config, task: tasks.Task, mesh, workdir: str) -> TrainState:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_json)
     forget.record_datasets(workdir, config.data.data_dir, start)
+    workdir_lib.check_codec(workdir, config, record=True)  # once the restore has worked
 
   step_fn = make_train_step(task, tx, config)
   frozen = task.frozen(mesh)

@@ -5,6 +5,7 @@
                              data-iterator position, config
     W/latent_stats.json      a VAE's per-channel latent shift (mean) and scale (std) over
                              training clips, with the checkpoint step they belong to
+    W/latent_codec.json      the PCA codec fit a run learns (its path and digest)
 
 Sampling, evaluation, the latent cache and the trainer's ``ckpt.init_from`` all load a
 workdir through this module. ``LatentCodec`` is a trained VAE workdir (EMA parameters
@@ -92,9 +93,10 @@ CODEC_RECORD = "latent_codec.json"
 def check_codec(workdir: str, config, record: bool = False) -> None:
   """A run on a fitted codec's latents learns one fit (``<data_dir>/codecs/``).
 
-  ``record`` (the trainer) writes which, by digest, the first time; afterwards the fit at
-  that path must be the same one. A fit made again (e.g. after ``tools.forget`` removed
-  the old one) would decode the run's latents wrong, so it raises, naming both.
+  ``record`` (the trainer) writes which, by digest, the first time; afterwards the fit
+  the config names must be the same one. A fit made again (e.g. after
+  ``tools.forget_identity`` removed the old one) would decode the run's latents wrong,
+  so it raises, naming both.
   """
   if registry.latent_source(config) == "pixels" or registry.latent_codec(config) != "pca":
     return
@@ -110,9 +112,9 @@ def check_codec(workdir: str, config, record: bool = False) -> None:
     if learned["digest"] != digest:
       raise ValueError(
           f"{workdir} learned the latents of the codec fit {learned['digest'][:12]} "
-          f"({learned['path']}), but {path} now holds the fit {digest[:12]} (fitted again, "
-          "e.g. after tools.forget removed the old one), which would decode them wrong. "
-          "Train in a fresh --workdir, or put back the fit the run learned.")
+          f"({learned['path']}), but the config's codec {path} is the fit {digest[:12]} "
+          "(fitted again, e.g. after tools.forget_identity removed the old one), which "
+          "would decode them wrong. Train again in a fresh --workdir.")
   elif record:
     tmp = f"{rec}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
