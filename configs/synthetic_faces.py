@@ -45,8 +45,9 @@ def get_config(arg=None):
     common.runlocal(config)
   # The presets learn on the linear codec's latents, other configs on pixels. At step
   # 3000 the latents beat the pixel recipe on action, FVD, frame-to-frame flicker and
-  # cost, and match it on identity (README "What the quickstart shows"); each token paints a window of 4x4 latent cells (16x16
-  # pixels) over its 2x2, so the samples show no token grid.
+  # cost, and match it on identity (README "What the quickstart shows"); each token
+  # paints a window of 4x4 latent cells (16x16 pixels) over its 2x2, so the samples show
+  # no token grid.
   codec = arg.codec or ("pca" if arg.identity_bench or arg.quickstart else "pixels")
   if codec == "pca":
     pca_latents(config, arg.channels, arg.whiten)
@@ -89,8 +90,9 @@ def identity_bench(c, steps: int) -> None:
                  head="overlap", head_margin=2)
   c.text.update(vocab_size=1024, max_len=16, width=128, depth=2, num_heads=4)
   # Identity through its own cross-attention and as in-context reference tokens: on
-  # pixels at step 3000 with 4 Euler steps, identity gap 0.241 [0.208, 0.274] against 0.124 [0.095, 0.154]
-  # with the cross-attention alone (README "What the quickstart shows").
+  # pixels at step 3000 with 4 Euler steps, identity gap 0.241 [0.208, 0.274] against
+  # 0.124 [0.095, 0.154] with the cross-attention alone (README "What the quickstart
+  # shows").
   c.identity.update(mode="separate+reference", face_size=32, face_patch=8, width=128,
                     depth=2, num_heads=4, num_tokens=8, resampler_depth=1)
   c.diffusion.update(prediction="x0", t_mean=1.5, t_std=1.0, shift=1.0, shift_base_tokens=0,
@@ -104,8 +106,9 @@ def identity_bench(c, steps: int) -> None:
   # t ~ 0.1 are worse than a linear denoiser's (evaluation 'denoise'), so more steps spend
   # more time where the model is weak: on pixels at step 3000, 4 steps beat 32 on FVD and
   # action and match it on identity (README "What the quickstart shows"), at an eighth of
-  # the cost. Text guidance 1 (face 2): on pixels at step 3000, identity gap 0.324 vs 0.298 and FVD 1539 vs
-  # 1680 against text 4, the same action accuracy (32.0% vs 32.8%; README).
+  # the cost. Text guidance 1 (face 2): on pixels at step 3000, identity gap 0.324 vs
+  # 0.298 and FVD 1539 vs 1680 against text 4, the same action accuracy (32.0% vs 32.8%;
+  # README).
   c.sample.update(num_steps=4, text_scale=1.0, face_scale=2.0)
   c.total_steps = steps
   c.ckpt.update(every_steps=1000, keep=2)
