@@ -52,6 +52,10 @@ _SIZE = flags.DEFINE_integer("input_size", 32, "Latent height and width.")
 _CHANNELS = flags.DEFINE_integer("channels", 4, "Latent channels.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after two warm-up steps.")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: torch's default).")
+_AUTOCAST = flags.DEFINE_enum("autocast", "", ["", "bfloat16"], "Run the forward pass "
+                              "under torch.autocast (CPU, this dtype), as mixed-precision "
+                              "training does; '' (default): float32, as the reference's "
+                              "train.py.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also profile 3 steps with torch.profiler.")
 
 
@@ -127,11 +131,20 @@ def load_reference(source_dir: str, torch, family: str = "dit"):
   return module, which
 
 
-def matmul_peak(torch, n: int = 2048) -> float:
-  a, b = torch.randn(n, n), torch.randn(n, n)
-  a @ b
-  best = min(_timed(lambda: a @ b) for _ in range(5))
-  return 2 * n ** 3 / best / 1e12
+def matmul_peak(torch, n: int = 2048, dtype: str = "") -> float:
+  """TFLOP/s of an n^3 matmul, float32 or ``dtype`` operands (the step's policy). The
+  size doubles from 256 up to ``n`` while one product takes under 0.1 s, so a dtype
+  without fast kernels (bf16 on a CPU without bf16 instructions: 100x slower) is
+  measured in seconds, not minutes."""
+  dt = getattr(torch, dtype or "float32")
+  size = 256
+  while True:
+    a, b = torch.randn(size, size).to(dt), torch.randn(size, size).to(dt)
+    if _timed(lambda: a @ b) >= 0.1 or size >= n:
+      break
+    size *= 2
+  best = min(_timed(lambda: a @ b) for _ in range(3))
+  return 2 * size ** 3 / best / 1e12
 
 
 def _timed(fn) -> float:
@@ -141,8 +154,10 @@ def _timed(fn) -> float:
 
 
 def make_step(torch, table, name: str, batch: int, size: int, channels: int,
-              frames: int = 0):
-  """The train step of ``table[name]``; ``frames`` > 0: a Latte video model."""
+              frames: int = 0, autocast: str = ""):
+  """The train step of ``table[name]``; ``frames`` > 0: a Latte video model;
+  ``autocast`` 'bfloat16': the forward pass under ``torch.autocast`` (bf16 matmuls;
+  parameters, gradients and the optimizer stay float32)."""
   kw = dict(input_size=size, in_channels=channels, learn_sigma=False)
   if frames:
     kw.update(num_frames=frames, extras=1)
@@ -158,8 +173,8 @@ def make_step(torch, table, name: str, batch: int, size: int, channels: int,
   rf = torch.profiler.record_function
 
   def step():
-    with rf("forward"):
-      loss = torch.nn.functional.mse_loss(model(x + noise, t, y), noise)
+    with rf("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+      loss = torch.nn.functional.mse_loss(model(x + noise, t, y).float(), noise)
     with rf("backward"):
       loss.backward()
     with rf("optimizer"):
@@ -245,17 +260,18 @@ def main(argv):
     raise app.UsageError(f"--model={name} is not one of {sorted(table)}")
   batch = _BATCH.value or (2 if family == "latte" else 8)
   step = make_step(torch, table, name, batch, _SIZE.value, _CHANNELS.value,
-                   _FRAMES.value if family == "latte" else 0)
+                   _FRAMES.value if family == "latte" else 0, _AUTOCAST.value)
   step(), step()  # warm-up
   flops = count_flops(torch, step)
   times = [_timed(step) for _ in range(_STEPS.value)]
   step_s = statistics.median(times)
-  peak = matmul_peak(torch)
+  peak = matmul_peak(torch, dtype=_AUTOCAST.value)
   frames = f" x {_FRAMES.value} frames" if family == "latte" else ""
   out = dict(config=f"reference {name} batch {batch}{frames}", what="train",
              step_s=step_s, flops_per_step=flops, tflops_per_s=flops / step_s / 1e12,
              peak_tflops_per_s=peak, mfu=flops / step_s / 1e12 / peak,
-             threads=torch.get_num_threads(), torch=torch.__version__, timm=which)
+             threads=torch.get_num_threads(), torch=torch.__version__, timm=which,
+             autocast=_AUTOCAST.value or "float32")
   if _PROFILE.value:
     out["profile"] = profile(torch, step)
     for r in out["profile"]:

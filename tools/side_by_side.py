@@ -28,6 +28,10 @@ _OURS = flags.DEFINE_string("ours", "", "More configs/bench.py args for ours, e.
                             "'layout=factorised' or 'attention=einsum'.")
 _DIT_DIR = flags.DEFINE_string("dit_dir", None, "Source folder of facebookresearch/DiT.")
 _LATTE_DIR = flags.DEFINE_string("latte_dir", None, "Source folder of maxin-cn/Latte.")
+_REF_AUTOCAST = flags.DEFINE_enum("reference_autocast", "", ["", "bfloat16"],
+                                  "tools.reference_dit --autocast: the reference's forward "
+                                  "under torch.autocast, to compare with ours in "
+                                  "matmul=bfloat16 (default: float32, as its train.py).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Alternations.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per run.")
 
@@ -55,7 +59,8 @@ def check_ours(ours: str) -> None:
                            f"{FIXED} are fixed here: use tools.benchmark for other sizes.")
 
 
-def commands(workload: str, ours: str, source_dir: str, steps: int) -> tuple[list, list]:
+def commands(workload: str, ours: str, source_dir: str, steps: int,
+             reference_autocast: str = "") -> tuple[list, list]:
   arg = ",".join(filter(None, [f"workload={workload}", ours]))
   mine = [sys.executable, "-m", "tools.benchmark", f"--config=configs/bench.py:{arg}",
           "--what=train", f"--steps={steps}"]
@@ -64,6 +69,8 @@ def commands(workload: str, ours: str, source_dir: str, steps: int) -> tuple[lis
          f"--steps={steps}"]
   if workload == "video":
     ref.append("--frames=16")
+  if reference_autocast:
+    ref.append(f"--autocast={reference_autocast}")
   return mine, ref
 
 
@@ -77,7 +84,8 @@ def main(argv):
   if _ROUNDS.value < 1 or _STEPS.value < 1:
     raise app.UsageError("--rounds and --steps must be >= 1")
   check_ours(_OURS.value)
-  mine, ref = commands(_WORKLOAD.value, _OURS.value, source, _STEPS.value)
+  mine, ref = commands(_WORKLOAD.value, _OURS.value, source, _STEPS.value,
+                       _REF_AUTOCAST.value)
   runs = {"ours": [], "reference": []}
   for _ in range(_ROUNDS.value):
     for side, cmd in (("ours", mine), ("reference", ref)):

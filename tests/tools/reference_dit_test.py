@@ -67,6 +67,11 @@ def test_times_counts_and_profiles_the_reference_step(tmp_path):
   assert all(v > 0 for v in phases.values())
   assert out["timm"] in ("timm", "stand-in")
   assert "matmul" in r.stderr  # the table
+  assert out["autocast"] == "float32"
+  r = _run(f"--dit_dir={tmp_path}", "--model=tiny", "--batch=2", "--input_size=8",
+           "--steps=1", "--threads=1", "--autocast=bfloat16")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout.strip().splitlines()[-1])["autocast"] == "bfloat16"
 
 
 def test_bad_folder_and_model_are_one_line_errors(tmp_path):

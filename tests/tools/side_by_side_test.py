@@ -12,6 +12,9 @@ def test_commands_run_the_same_workload_on_both_sides():
   assert "--latte_dir=/src/Latte" in ref and "--frames=16" in ref
   mine, ref = side_by_side.commands("image", "", "/src/DiT", 5)
   assert "--config=configs/bench.py:workload=image" in mine and "--dit_dir=/src/DiT" in ref
+  assert not any(a.startswith("--autocast") for a in ref)  # float32, as its train.py
+  _, ref = side_by_side.commands("image", "matmul=bfloat16", "/src/DiT", 5, "bfloat16")
+  assert "--autocast=bfloat16" in ref
 
 
 def test_summary_of_two_fake_sides(monkeypatch, capsys):
