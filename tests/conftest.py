@@ -5,7 +5,7 @@ import tempfile
 
 # The tests' programs are tiny and many: compiling them is most of the suite's time on a
 # fresh machine, running them little. LLVM's optimisation level 0 compiles them faster
-# (README "Tests"); an XLA_FLAGS that sets a level keeps its own.
+# (README "Three commands"); an XLA_FLAGS that sets a level keeps its own.
 _FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _FLAGS:
   _FLAGS += " --xla_backend_optimization_level=0"
