@@ -12,6 +12,7 @@ from PIL import Image, ImageSequence
 import pytest
 
 from tests import helpers
+from video_dit import cli
 from video_dit.data import builders, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +26,8 @@ def _free_port() -> int:
 
 def _run(args, processes: int = 2, devices: int = 2):
   """Runs ``python -m args...`` as ``processes`` processes of one distributed job."""
+  # No collective timeouts here: --distributed sets them (cli.CPU_COLLECTIVE_TIMEOUTS),
+  # and on a loaded machine one process reaches a collective long after the other.
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   port = _free_port()
@@ -39,8 +42,10 @@ def _run(args, processes: int = 2, devices: int = 2):
     lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
     first = next((k for k, line in enumerate(lines)
                   if "Traceback" in line or "error" in line.lower()), len(lines))
-    assert p.returncode == 0, (args[0], i, p.returncode, "\n".join(lines[first:first + 40]),
-                               out[-1000:])
+    if p.returncode != 0:  # the whole traceback: an assert's repr would truncate it
+      pytest.fail(f"{args[0]} process {i} exited with {p.returncode}:\n"
+                  + "\n".join(lines[first:first + 60]) + f"\n--- stdout tail:\n{out[-1000:]}",
+                  pytrace=False)
   return outs
 
 
@@ -84,3 +89,17 @@ def test_train_periodic_samples_evaluate_and_sample_across_two_processes(tmp_pat
       Image.open(tmp_path / d / "sample_000_seed0.gif"))])
   assert frames("two").shape == (8, 32, 32, 3)
   assert np.abs(frames("two") - frames("one")).max() <= 2
+
+
+def test_distributed_runs_wait_for_a_process_that_is_still_compiling():
+  # XLA:CPU's collectives give up after 30 s by default: a two-process run failed in CI
+  # when one process was still compiling (the test above, on a loaded machine).
+  flags_ = cli.with_collective_timeouts("--xla_force_host_platform_device_count=2")
+  assert flags_.startswith("--xla_force_host_platform_device_count=2 ")
+  assert "--xla_cpu_collective_timeout_seconds=1800" in flags_
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=2400" in flags_
+  # A timeout the user set stays theirs.
+  own = cli.with_collective_timeouts("--xla_cpu_collective_timeout_seconds=5")
+  assert own.count("xla_cpu_collective_timeout_seconds") == 1 and "=5" in own
+  assert cli.with_collective_timeouts("") == " ".join(
+      f"--{k}={v}" for k, v in cli.CPU_COLLECTIVE_TIMEOUTS.items())

@@ -56,12 +56,29 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed.")
 
 
+# XLA:CPU's cross-process collectives (Gloo) give up after 30 s by default. One process
+# can reach a program's first collective minutes after another when it is still
+# compiling (a loaded machine, a slower host), and the run then fails with "Gloo context
+# initialization failed: DEADLINE_EXCEEDED" or aborts. A process that dies is still
+# found by the coordination service's heartbeat, so long waits hide no hang.
+CPU_COLLECTIVE_TIMEOUTS = {"xla_cpu_collective_timeout_seconds": 1800,
+                           "xla_cpu_collective_call_terminate_timeout_seconds": 2400}
+
+
+def with_collective_timeouts(xla_flags: str) -> str:
+  """``XLA_FLAGS`` plus the CPU collective timeouts it does not set itself."""
+  extra = [f"--{k}={v}" for k, v in CPU_COLLECTIVE_TIMEOUTS.items() if k not in xla_flags]
+  return " ".join([xla_flags.strip(), *extra]).strip()
+
+
 def setup(argv) -> None:
   """For ``main(argv)``: no positional arguments; quiet logs; ``--distributed``."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_logs()
   if _DISTRIBUTED.value:
+    # Read by XLA when the backend starts, which is after this.
+    os.environ["XLA_FLAGS"] = with_collective_timeouts(os.environ.get("XLA_FLAGS", ""))
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
