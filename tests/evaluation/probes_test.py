@@ -70,3 +70,18 @@ def test_roc_auc_matches_pair_counting():
   assert probes.roc_auc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
   with pytest.raises(ValueError):
     probes.roc_auc([1, 2], [1, 1])
+
+
+def test_the_identity_stream_renders_one_frame_per_clip_and_the_same_pixels():
+  # The identity probe trains on one frame of each clip: rendering only that frame (8x
+  # fewer faces drawn) must give the batches that rendering whole clips gave.
+  spec = probes.ProbeSpec(SPEC.data, frames=4, stride=2, size=24)  # resized, strided
+  a, b = np.random.default_rng(3), np.random.default_rng(3)
+  whole = next(probes._train_stream(spec, a, 6))  # pylint: disable=protected-access
+  t = a.integers(0, spec.frames, 6)  # what train_probe drew after each batch
+  one = next(probes._train_stream(spec, b, 6, one_frame=True))  # pylint: disable=protected-access
+  assert one["video"].shape == (6, 24, 24, 3)
+  np.testing.assert_array_equal(one["video"], whole["video"][np.arange(6), t])
+  for key in ("face", "identity", "action", "attributes"):
+    np.testing.assert_array_equal(one[key], whole[key])
+  assert a.integers(1 << 30) == b.integers(1 << 30)  # the generator's state moved alike

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -301,16 +301,20 @@ def caption(action: int, rng: np.random.Generator) -> str:
   return templates[int(rng.integers(len(templates)))].format(who=WHO[int(rng.integers(len(WHO)))])
 
 
-def make_example(spec: SyntheticSpec, identity: int, clip: int) -> dict:
-  """One triad; deterministic in (spec.seed, identity, clip)."""
+def make_example(spec: SyntheticSpec, identity: int, clip: int,
+                 frames: Sequence[int] | None = None) -> dict:
+  """One triad; deterministic in (spec.seed, identity, clip). ``frames``: render only
+  these frame indices of the clip (the same pixels as the whole clip's frames)."""
   attrs = identity_attributes(spec.seed, identity)
   rng_action = np.random.default_rng([spec.seed, identity, clip, 1])
   rng_bg = np.random.default_rng([spec.seed, identity, clip, 2])
   rng_ref = np.random.default_rng([spec.seed, identity, clip, 3])
   action = int(rng_action.integers(len(ACTIONS)))
   amplitude = float(rng_action.uniform(0.7, 1.0))
-  video = render_frames(attrs, action_poses(action, spec.frames, amplitude),
-                        _background(rng_bg, spec.height, spec.width))
+  poses = action_poses(action, spec.frames, amplitude)
+  if frames is not None:
+    poses = [poses[f] for f in frames]
+  video = render_frames(attrs, poses, _background(rng_bg, spec.height, spec.width))
   return dict(
       video=video,
       face=render_reference(attrs, spec.face_size, rng_ref),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from video_dit import evaluation
 from video_dit import metrics as metrics_lib
 
 MIN_FRAMES = 16
@@ -38,7 +39,8 @@ class I3D:
     model = InceptionI3d()
     self.batch = batch
     self._features = jax.jit(
-        lambda v: model.apply(variables, _preprocess(v), is_training=False)[0])
+        lambda v: model.apply(variables, _preprocess(v), is_training=False)[0],
+        compiler_options=evaluation.FULL_OPTIMISATION)
 
   def __call__(self, videos, label: str = "clips through I3D") -> np.ndarray:
     videos = np.asarray(videos)

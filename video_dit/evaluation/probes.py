@@ -22,6 +22,7 @@ both written atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -35,6 +36,7 @@ import numpy as np
 import optax
 from PIL import Image
 
+from video_dit import evaluation
 from video_dit.data import synthetic
 
 MIN_AUC = 0.95
@@ -74,13 +76,21 @@ def resize(images_nhwc: np.ndarray, size: int) -> np.ndarray:
   return out.reshape(images.shape[:-3] + (size, size, 3))
 
 
-def render_clips(spec: ProbeSpec, identities, clips) -> dict[str, np.ndarray]:
-  """Ground-truth clips as the eval pipeline cuts them (first frames, stride)."""
+def render_clips(spec: ProbeSpec, identities, clips, frame=None) -> dict[str, np.ndarray]:
+  """Ground-truth clips as the eval pipeline cuts them (first frames, stride).
+
+  ``frame``: one index per clip into those frames; only that frame is rendered and
+  ``video`` is (N, S, S, 3), the same pixels as the whole clips' ``video[n, frame[n]]``.
+  """
   videos, refs, ids, actions, attrs = [], [], [], [], []
-  for i, c in zip(identities, clips):
-    ex = synthetic.make_example(spec.data, int(i), int(c))
-    index = np.minimum(spec.stride * np.arange(spec.frames), len(ex["video"]) - 1)
-    videos.append(resize(ex["video"][index], spec.size))
+  index = np.minimum(spec.stride * np.arange(spec.frames), spec.data.frames - 1)
+  for n, (i, c) in enumerate(zip(identities, clips)):
+    if frame is None:
+      ex = synthetic.make_example(spec.data, int(i), int(c))
+      videos.append(resize(ex["video"][index], spec.size))
+    else:
+      ex = synthetic.make_example(spec.data, int(i), int(c), frames=[int(index[frame[n]])])
+      videos.append(resize(ex["video"][0], spec.size))
     refs.append(resize(ex["face"], spec.size))
     ids.append(i)
     actions.append(ex["action"])
@@ -172,7 +182,7 @@ class Probe:
       raise ValueError(f"probe kind '{kind}' is unknown; use 'identity' or 'action'")
     self.kind, self.spec, self.params, self.scores = kind, spec, params, dict(scores or {})
     self.net = IdentityNet() if kind == "identity" else ActionNet()
-    self._apply = jax.jit(self.net.apply)
+    self._apply = jax.jit(self.net.apply, compiler_options=evaluation.FULL_OPTIMISATION)
 
   # -- inference
   def _batched(self, x: np.ndarray, batch: int = 64) -> list:
@@ -277,8 +287,10 @@ def default_path(data_dir: str, kind: str, spec: ProbeSpec) -> str:
 # ----------------------------------------------------------------------------- training
 
 
-def _train_stream(spec: ProbeSpec, rng: np.random.Generator, clips: int) -> Iterator[dict]:
-  """Endless batches of ``clips`` fresh ground-truth clips of training identities.
+def _train_stream(spec: ProbeSpec, rng: np.random.Generator, clips: int,
+                  one_frame: bool = False) -> Iterator[dict]:
+  """Endless batches of ``clips`` fresh ground-truth clips of training identities
+  (``one_frame``: one random frame of each, (N, S, S, 3)).
 
   Clip numbers start above the dataset's own, so the probes see other renders of
   the training identities than the DiT did (identities stay train-only).
@@ -287,7 +299,8 @@ def _train_stream(spec: ProbeSpec, rng: np.random.Generator, clips: int) -> Iter
   while True:
     ids = rng.choice(train_ids, clips)
     clip_ids = spec.data.clips_per_identity + rng.integers(0, 1 << 30, clips)
-    yield render_clips(spec, ids, clip_ids)
+    frame = rng.integers(0, spec.frames, clips) if one_frame else None
+    yield render_clips(spec, ids, clip_ids, frame)
 
 
 def _held_out(spec: ProbeSpec, clips_per_identity: int) -> dict:
@@ -330,21 +343,22 @@ def train_probe(kind: str, spec: ProbeSpec, steps: int | None = None, batch: int
                  for k, o in enumerate(out)) / len(out)
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=evaluation.FULL_OPTIMISATION)
   def step(params, opt, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, loss
 
   rng = np.random.default_rng([seed, 17])
-  # Identity: half reference crops, half single frames of clips; action: whole clips.
-  stream = _train_stream(spec, rng, batch // 2 if kind == "identity" else batch)
+  # Identity: half reference crops, half single frames of clips (only that frame is
+  # rendered); action: whole clips.
+  stream = _train_stream(spec, rng, batch // 2 if kind == "identity" else batch,
+                         one_frame=kind == "identity")
   t0, loss = time.time(), float("nan")
   for i in range(steps):
     b = next(stream)
     if kind == "identity":
-      t = rng.integers(0, spec.frames, len(b["video"]))
-      x = np.concatenate([b["face"], b["video"][np.arange(len(t)), t]])
+      x = np.concatenate([b["face"], b["video"]])
       y = np.concatenate([b["attributes"], b["attributes"]])
     else:
       x, y = b["video"], b["action"]
