@@ -98,9 +98,12 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
       if "gap" in g:
         lo, hi = g["gap_ci95"]
         verdict = "excludes 0" if lo > 0 or hi < 0 else "includes 0"
+        coded = ("" if "gap" not in ident.get("codec", {}) else
+                 f"; real clips through the codec: {ident['codec']['gap']:.3f}")
         rows.append(("identity gap (matched - mismatched reference)",
                      f"{g['gap']:.3f} [95% CI {lo:.3f}, {hi:.3f}]",
-                     f"CI {verdict}; n={g['n']}; real clips: {r.get('gap', float('nan')):.3f}"))
+                     f"CI {verdict}; n={g['n']}; real clips: {r.get('gap', float('nan')):.3f}"
+                     + coded))
         rows.append(("identity similarity matched / mismatched",
                      f"{g['matched']:.3f} / {g['mismatched']:.3f}",
                      f"real clips {r.get('matched', float('nan')):.3f} / "
@@ -114,9 +117,11 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
     if "skipped" in text:
       rows.append(("action accuracy", "skipped", text["skipped"]))
     else:
+      coded = ("" if "codec_accuracy" not in text else
+               f", real clips through the codec {text['codec_accuracy']:.1%}")
       rows.append(("action accuracy (prompted action, probe)", f"{text['accuracy']:.1%}",
                    f"chance {text['chance']:.1%}, majority {text['majority_baseline']:.1%}, "
-                   f"real clips {text['real_accuracy']:.1%}; n={text['n']}"))
+                   f"real clips {text['real_accuracy']:.1%}{coded}; n={text['n']}"))
   fvd = results.get("fvd")
   if fvd is not None:
     context = fvd.get("skipped", f"{fvd.get('num_generated')} generated vs "
@@ -138,7 +143,7 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
   rows += usable_rows(results)
   temp = results.get("temporal")
   if temp is not None and "skipped" not in temp:
-    g, r = temp.get("generated", {}), temp.get("real", {})
+    g, r, c = temp.get("generated", {}), temp.get("real", {}), temp.get("codec", {})
     rows.append(("frame change (mean |x_t - x_{t-1}|)",
                  _fmt(g.get("frame_change", float("nan"))),
                  f"real clips {_fmt(r.get('frame_change', float('nan')))}"))
@@ -147,7 +152,9 @@ def metric_rows(results: dict) -> list[tuple[str, str, str]]:
       if axis in g.get("seams", {}):
         rows.append((f"token-grid seams, {axis} (change across token borders / elsewhere, "
                      f"{what})", _fmt(g["seams"][axis]),
-                     f"real clips {_fmt(r.get('seams', {}).get(axis, float('nan')))}"))
+                     f"real clips {_fmt(r.get('seams', {}).get(axis, float('nan')))}" + (
+                         f", through the codec {_fmt(c['seams'][axis])}"
+                         if axis in c.get("seams", {}) else "")))
   return rows
 
 

@@ -82,6 +82,9 @@ def test_dit_trains_on_the_cache_samples_decode_and_evaluation_runs(chain, tmp_p
   assert out[0]["video_shape"] == [5, 32, 32, 3]  # decoded pixels, not latents
   results = evaluate.evaluate(str(tmp_path / "dit"), num_videos=4, metrics=("temporal", "cost"))
   assert results["num_videos"] == 4
+  # The ceiling of a latent model: the real clips through its VAE, scored beside them.
+  temp = results["temporal"]
+  assert set(temp["codec"]) == set(temp["real"]) and temp["codec"] != temp["real"]
   # Cost per video-second in latent space: the seconds are the decoded pixel frames
   # (5 at sample.fps, not 3 latent frames), and the VAE decode is part of the cost.
   cost = results["cost"]

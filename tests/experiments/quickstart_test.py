@@ -115,6 +115,11 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
   with open(os.path.join(workdir, "eval", "guidance_step_4_test4_euler2.json")) as f:
     assert [(p["text_scale"], p["face_scale"]) for p in json.load(f)["points"]] == [(1, 2), (4, 2)]
   assert results["num_videos"] == 12 and results["step"] == 4
+  # The latent model's ceiling: the real clips through the codec, read by the same probes.
+  assert 0 <= results["text"]["codec_accuracy"] <= 1
+  assert len(results["text"]["codec_predicted"]) == 12
+  assert "gap" in results["identity"]["codec"] and "seams" in results["temporal"]["codec"]
+  assert "real clips through the codec" in text, text
   steps, loss = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert list(steps) == [4] and np.isfinite(loss).all()  # runlocal logs every 5 steps + last
 

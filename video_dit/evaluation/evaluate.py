@@ -11,7 +11,9 @@
   Synthetic data: the identity probe (``probes``), reported only when it
   verified held-out identities with ROC AUC >= ``probes.MIN_AUC``. Real data:
   dlib's face recognizer, frames without a face counted (``[eval]``).
-  The same numbers on the real clips are given as the ceiling.
+  The same numbers on the real clips are given as the ceiling. For a DiT on a codec's
+  latents, the real clips through that codec (encoded, decoded) are scored too
+  (``codec``): the most a perfect latent model could show.
 * ``text``: accuracy of the prompted action by the action probe (synthetic
   data), beside chance and the probe's accuracy on the real clips.
 * ``temporal``: embedding variance, frame change and drift (generated and real).
@@ -199,16 +201,26 @@ def example_noise(key, first, count: int, shape: tuple[int, ...]) -> jnp.ndarray
 # ----------------------------------------------------------------------------- metrics
 
 
-def identity_metrics(config, gen, real, faces, identities, probe_path, train_probes, log):
-  """(metrics, per-frame embeddings of gen and real or None)."""
+def through_codec(codec, videos) -> np.ndarray:
+  """Clips in [-1, 1] encoded and decoded by a latent DiT's codec, as uint8."""
+  return video_io.to_uint8(codec.decode(codec.encode(videos)))
+
+
+def identity_metrics(config, gen, real, faces, identities, probe_path, train_probes, log,
+                     coded=None):
+  """(metrics, per-frame embeddings of gen and real or None); ``coded``: the real clips
+  through the DiT's codec, scored as ``codec``."""
   other = mismatched_index(identities)
-  out, embeds = _identity_metrics(config, gen, real, faces, identities, other, probe_path,
+  clips = [("generated", gen), ("real", real)] + ([("codec", coded)] if coded is not None
+                                                   else [])
+  out, embeds = _identity_metrics(config, clips, real, faces, identities, other, probe_path,
                                   train_probes, log)
   return dict(out, identities=int(len(np.unique(identities)))), embeds
 
 
-def _identity_metrics(config, gen, real, faces, identities, other, probe_path, train_probes,
+def _identity_metrics(config, clips, real, faces, identities, other, probe_path, train_probes,
                       log):
+  gen = clips[0][1]
   if config.data.dataset == "synthetic_faces":
     probe = probes_lib.load_or_train(config, "identity", probe_path, train=train_probes, log=log)
     verification = dict(probe.scores)
@@ -222,7 +234,7 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
                probe=verification,
                per_attribute=per_attribute(probe, gen, real, identities, config.seed))
     embeds = {}
-    for name, videos in (("generated", gen), ("real", real)):
+    for name, videos in clips:
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
@@ -237,7 +249,7 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
   out = dict(embedding="dlib 128-d face recognizer (mean cosine over frames with a face)")
   embeds = {}
   refs = [face_id.embed_face(f) for f in faces]
-  for name, videos in (("generated", gen), ("real", real)):
+  for name, videos in clips:
     matched, mismatched, missing, kept = [], [], 0, []
     per_video = [None] * len(videos)  # None: no face in the video or its reference
     per_video_other = [None] * len(videos)
@@ -262,7 +274,7 @@ def _identity_metrics(config, gen, real, faces, identities, other, probe_path, t
   return out, embeds
 
 
-def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
+def text_metrics(config, gen, real, actions, probe_path, train_probes, log, coded=None):
   if config.data.dataset != "synthetic_faces":
     return dict(skipped="text alignment needs action labels: only the synthetic dataset has "
                         "an action probe")
@@ -270,7 +282,12 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log):
   gen_pred = probe.action_logits(gen).argmax(-1)
   real_pred = probe.action_logits(real).argmax(-1)
   counts = np.bincount(actions, minlength=probes_lib.NUM_ACTIONS)
-  return dict(accuracy=float(np.mean(gen_pred == actions)),
+  codec = {}
+  if coded is not None:  # the real clips through the DiT's codec
+    codec_pred = probe.action_logits(coded).argmax(-1)
+    codec = dict(codec_accuracy=float(np.mean(codec_pred == actions)),
+                 codec_predicted=codec_pred.tolist())
+  return dict(**codec, accuracy=float(np.mean(gen_pred == actions)),
               real_accuracy=float(np.mean(real_pred == actions)),
               chance=1.0 / probes_lib.NUM_ACTIONS,
               majority_baseline=float(counts.max() / counts.sum()),
@@ -313,6 +330,9 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
   gen = generate_videos(config, model, params, diffusion, sampler_cfg, batch, config.seed,
                         chunk, best_of)
   timings["sample_s"] = time.time() - t0
+  codec = workdir_lib.codec(config)
+  # A latent DiT's ceiling: what its codec keeps of the real clips.
+  coded = None if codec is None else through_codec(codec, batch["video"])
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),
@@ -357,11 +377,14 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
 
   run("fvd", fvd_fn)
   run("identity", lambda: identity_metrics(config, gen, real, faces, identities, path("identity"),
-                                           train_probes, log))
-  run("text", lambda: text_metrics(config, gen, real, actions, path("action"), train_probes, log))
+                                           train_probes, log, coded))
+  run("text", lambda: text_metrics(config, gen, real, actions, path("action"), train_probes, log,
+                                   coded))
   tubelet = registry.pixel_tubelet(config)
+  clips = (("generated", gen), ("real", real)) + ((("codec", coded),) if coded is not None
+                                                  else ())
   run("temporal", lambda: {name: temporal.summary(v, (embeds or {}).get(name), tubelet)
-                           for name, v in (("generated", gen), ("real", real))})
+                           for name, v in clips})
   run("cost", lambda: usable_lib.count_candidates(cost_fn(), best_of))
   run("denoise", lambda: denoise_fn(config, model, params, diffusion, batch))
   results["name"] = run_name(step, sampler_cfg, split, len(gen), ema, best_of)
