@@ -42,7 +42,7 @@ def _run(args, processes: int = 2, devices: int = 2):
     lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
     first = next((k for k, line in enumerate(lines)
                   if "Traceback" in line or "error" in line.lower()), len(lines))
-    if p.returncode != 0:  # the whole traceback: an assert's repr would truncate it
+    if p.returncode != 0:  # 60 lines from the first error (an assert's repr cut them)
       pytest.fail(f"{args[0]} process {i} exited with {p.returncode}:\n"
                   + "\n".join(lines[first:first + 60]) + f"\n--- stdout tail:\n{out[-1000:]}",
                   pytrace=False)
@@ -91,7 +91,7 @@ def test_train_periodic_samples_evaluate_and_sample_across_two_processes(tmp_pat
   assert np.abs(frames("two") - frames("one")).max() <= 2
 
 
-def test_distributed_runs_wait_for_a_process_that_is_still_compiling():
+def test_distributed_adds_collective_timeouts_unless_set():
   # XLA:CPU's collectives give up after 30 s by default: a two-process run failed in CI
   # when one process was still compiling (the test above, on a loaded machine).
   flags_ = cli.with_collective_timeouts("--xla_force_host_platform_device_count=2")

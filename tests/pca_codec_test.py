@@ -34,6 +34,25 @@ def test_tubelets_round_trip_and_full_rank_codec_is_exact():
   np.testing.assert_allclose(rec, tub, atol=1e-5)
 
 
+def test_evaluation_scores_the_real_clips_through_the_codec(tmp_path):
+  # evaluate.through_codec: the ceiling of a latent DiT (what its codec keeps), chunked.
+  from video_dit.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  x = _clips(96, n=5)
+  through = {}
+  for c in (4, 96):
+    path = str(tmp_path / f"c{c}.npz")
+    np.savez(path, **pca_codec.fit(x, (2, 4, 4), c, whiten=False))
+    with open(path[:-4] + ".json", "w") as f:
+      json.dump(dict(tubelet=[2, 4, 4]), f)
+    codec = pca_codec.PCACodec(path)
+    through[c] = evaluate.through_codec(codec, x, chunk=3)
+    assert through[c].dtype == np.uint8 and through[c].shape == x.shape
+    np.testing.assert_array_equal(through[c], evaluate.through_codec(codec, x, chunk=8))
+  real = np.round((x + 1) * 127.5)
+  assert np.abs(through[96] - real).max() <= 1  # every component: the clips, rounded
+  assert np.abs(through[4] - real).mean() > 2   # 4 of 96: visibly less
+
+
 def test_psnr_grows_with_components_and_latents_are_whitened(tmp_path):
   x = _clips(96)
   values = []

@@ -15,8 +15,9 @@
   latents, the real clips through that codec (encoded, decoded) are scored too
   (``codec``): the most a perfect latent model could show.
 * ``text``: accuracy of the prompted action by the action probe (synthetic
-  data), beside chance and the probe's accuracy on the real clips.
-* ``temporal``: embedding variance, frame change and drift (generated and real).
+  data), beside chance and the probe's accuracy on the real clips (and through the codec).
+* ``temporal``: embedding variance, frame change, drift and token-grid seams (generated,
+  real, and real through the codec).
 * ``cost``: FLOPs and seconds per sample and per generated video-second.
 * ``denoise``: the one-step x0 error on the real clips per noise level, against the best
   linear denoiser's (``denoise.py``): above 1x the network is worse than that there.
@@ -201,26 +202,27 @@ def example_noise(key, first, count: int, shape: tuple[int, ...]) -> jnp.ndarray
 # ----------------------------------------------------------------------------- metrics
 
 
-def through_codec(codec, videos) -> np.ndarray:
-  """Clips in [-1, 1] encoded and decoded by a latent DiT's codec, as uint8."""
-  return video_io.to_uint8(codec.decode(codec.encode(videos)))
+def through_codec(codec, videos, chunk: int) -> np.ndarray:
+  """Clips in [-1, 1] encoded and decoded by a latent DiT's codec, ``chunk`` at a time,
+  as uint8: what its latents keep of them."""
+  return np.concatenate([video_io.to_uint8(codec.decode(codec.encode(videos[i:i + chunk])))
+                         for i in range(0, len(videos), chunk)])
 
 
 def identity_metrics(config, gen, real, faces, identities, probe_path, train_probes, log,
                      coded=None):
-  """(metrics, per-frame embeddings of gen and real or None); ``coded``: the real clips
-  through the DiT's codec, scored as ``codec``."""
+  """(metrics, per-frame embeddings by name or None): ``generated``, ``real`` and, given
+  ``coded`` (the real clips through the DiT's codec), ``codec``."""
   other = mismatched_index(identities)
-  clips = [("generated", gen), ("real", real)] + ([("codec", coded)] if coded is not None
-                                                   else [])
-  out, embeds = _identity_metrics(config, clips, real, faces, identities, other, probe_path,
+  clips = {"generated": gen, "real": real}
+  if coded is not None:
+    clips["codec"] = coded
+  out, embeds = _identity_metrics(config, clips, faces, identities, other, probe_path,
                                   train_probes, log)
   return dict(out, identities=int(len(np.unique(identities)))), embeds
 
 
-def _identity_metrics(config, clips, real, faces, identities, other, probe_path, train_probes,
-                      log):
-  gen = clips[0][1]
+def _identity_metrics(config, clips, faces, identities, other, probe_path, train_probes, log):
   if config.data.dataset == "synthetic_faces":
     probe = probes_lib.load_or_train(config, "identity", probe_path, train=train_probes, log=log)
     verification = dict(probe.scores)
@@ -232,9 +234,10 @@ def _identity_metrics(config, clips, real, faces, identities, other, probe_path,
     ref = probe.embed_images(faces)
     out = dict(embedding="identity probe (cosine of attribute probabilities)",
                probe=verification,
-               per_attribute=per_attribute(probe, gen, real, identities, config.seed))
+               per_attribute=per_attribute(probe, clips["generated"], clips["real"], identities,
+                                           config.seed))
     embeds = {}
-    for name, videos in clips:
+    for name, videos in clips.items():
       frames = probe.embed_frames(videos)
       clip = frames.mean(1)
       clip /= np.linalg.norm(clip, axis=-1, keepdims=True)
@@ -249,7 +252,7 @@ def _identity_metrics(config, clips, real, faces, identities, other, probe_path,
   out = dict(embedding="dlib 128-d face recognizer (mean cosine over frames with a face)")
   embeds = {}
   refs = [face_id.embed_face(f) for f in faces]
-  for name, videos in clips:
+  for name, videos in clips.items():
     matched, mismatched, missing, kept = [], [], 0, []
     per_video = [None] * len(videos)  # None: no face in the video or its reference
     per_video_other = [None] * len(videos)
@@ -287,14 +290,14 @@ def text_metrics(config, gen, real, actions, probe_path, train_probes, log, code
     codec_pred = probe.action_logits(coded).argmax(-1)
     codec = dict(codec_accuracy=float(np.mean(codec_pred == actions)),
                  codec_predicted=codec_pred.tolist())
-  return dict(**codec, accuracy=float(np.mean(gen_pred == actions)),
+  return dict(accuracy=float(np.mean(gen_pred == actions)),
               real_accuracy=float(np.mean(real_pred == actions)),
               chance=1.0 / probes_lib.NUM_ACTIONS,
               majority_baseline=float(counts.max() / counts.sum()),
               probe=dict(probe.scores), n=int(len(actions)),
               predicted_counts=np.bincount(gen_pred, minlength=probes_lib.NUM_ACTIONS).tolist(),
               actions=list(synthetic.ACTION_NAMES), predicted=gen_pred.tolist(),
-              real_predicted=real_pred.tolist())
+              real_predicted=real_pred.tolist(), **codec)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -331,8 +334,11 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = "test",
                         chunk, best_of)
   timings["sample_s"] = time.time() - t0
   codec = workdir_lib.codec(config)
-  # A latent DiT's ceiling: what its codec keeps of the real clips.
-  coded = None if codec is None else through_codec(codec, batch["video"])
+  coded = None
+  if codec is not None and {"identity", "text", "temporal"} & set(metrics):
+    t0 = time.time()  # a latent DiT's ceiling: what its codec keeps of the real clips
+    coded = through_codec(codec, batch["video"], chunk)
+    timings["codec_s"] = time.time() - t0
 
   results = dict(step=step, workdir=os.path.abspath(workdir), split=split,
                  num_videos=int(gen.shape[1]), params=("ema" if ema else "raw"),

@@ -76,7 +76,8 @@ def resize(images_nhwc: np.ndarray, size: int) -> np.ndarray:
   return out.reshape(images.shape[:-3] + (size, size, 3))
 
 
-def render_clips(spec: ProbeSpec, identities, clips, frame=None) -> dict[str, np.ndarray]:
+def render_clips(spec: ProbeSpec, identities, clips,
+                 frame: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Ground-truth clips as the eval pipeline cuts them (first frames, stride).
 
   ``frame``: one index per clip into those frames; only that frame is rendered and
