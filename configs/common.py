@@ -89,7 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
       t_std=1.0, shift=1.0, shift_base_tokens=256, schedule="linear", num_timesteps=1000,
       weighting="none", min_snr_gamma=5.0, learn_sigma=False, vlb_weight=1.0,
       precondition="none", sigma_data=0.5,
-      t_uniform=0.0)  # share of training times drawn uniformly (the rest logit-normal)
+      t_uniform=0.0,  # share of training times drawn uniformly (the rest logit-normal)
+      motion_weight=0.0)  # + this x the error of the frame-to-frame change
   c.sample = dict(sampler="euler", num_steps=50, shift=0.0, eta=0.0, text_scale=4.0,
                   face_scale=2.0, interval=(0.0, 1.0),
                   cache_threshold=0.0,  # step cache: skip the blocks while little changes

@@ -178,3 +178,24 @@ def test_skip_weighting_is_the_networks_own_error():
   var = (1 - t[1:-1]) ** 2 * 0.25 + t[1:-1] ** 2
   np.testing.assert_allclose(c_skip[1:-1], (1 - t[1:-1]) * 0.25 / var, rtol=1e-6)
   np.testing.assert_allclose(0.25 - c_skip[1:-1] ** 2 * var, c_out[1:-1] ** 2, rtol=1e-5)
+
+
+def test_motion_weight_adds_the_error_of_the_frame_to_frame_change():
+  """``motion_weight`` adds the squared error of the change between consecutive frames
+  (axis 1): an error that is the same in every frame adds nothing, flicker adds."""
+  cfg = DiffusionConfig("flow", "x0", motion_weight=2.0)
+  x0 = jax.random.normal(jax.random.key(0), (4, 4, 6, 6, 3))
+  key = jax.random.key(1)
+  static = jnp.zeros((1, 1, 6, 6, 3)).at[..., 0].set(0.5)  # the same error in every frame
+  flicker = static * jnp.asarray([1.0, -1.0, 1.0, -1.0]).reshape(1, 4, 1, 1, 1)
+  loss = lambda cfg, err: Diffusion(cfg).loss(lambda x, t, c: x0 + err, x0, {}, key)
+  plain = DiffusionConfig("flow", "x0")
+  (got, aux), (want, _) = loss(cfg, static), loss(plain, static)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  np.testing.assert_allclose(aux["motion"], 0.0, atol=1e-12)
+  (got, aux), (want, _) = loss(cfg, flicker), loss(plain, flicker)
+  # (+0.5 -> -0.5) between each of the 3 frame pairs, in a third of the channels
+  np.testing.assert_allclose(aux["motion"], 1.0 / 3, rtol=1e-5)
+  np.testing.assert_allclose(float(got), float(want) + 2.0 / 3, rtol=1e-5)
+  with pytest.raises(ValueError, match="motion_weight=-1"):
+    DiffusionConfig("flow", "x0", motion_weight=-1.0)

@@ -40,6 +40,10 @@ class DiffusionConfig:
   min_snr_gamma: float = 5.0
   learn_sigma: bool = False        # ddpm: the model also outputs its log-variance,
   vlb_weight: float = 1.0          # trained by the variational bound (x num_timesteps/1000)
+  # > 0: adds this times the squared error of the change between consecutive frames (axis
+  # 1 of the video or latent): flicker and missing motion cost more, an error shared by
+  # every frame nothing more
+  motion_weight: float = 0.0
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -78,6 +82,9 @@ class DiffusionConfig:
     if self.learn_sigma and self.objective != "ddpm":
       raise ValueError("diffusion.learn_sigma=True needs objective='ddpm' (a flow has no "
                        "variance to learn); set learn_sigma=False.")
+    if not self.motion_weight >= 0:
+      raise ValueError(f"diffusion.motion_weight={self.motion_weight} must be >= 0 (0 = "
+                       "no frame-to-frame term).")
     if self.objective == "ddpm":
       schedules.ddpm_alphas_cumprod(self.schedule, 2)  # raises on an unknown schedule
       if self.num_timesteps < 2:
@@ -158,13 +165,27 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
                    / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
   else:
     per_example = jnp.mean(jnp.square(pred - target), axis=dims)
+  if cfg.motion_weight and x0.shape[1] > 1:
+    aux["motion"] = _motion_error(pred - target, keep)
+    per_example = per_example + cfg.motion_weight * aux["motion"]
   weight = jnp.ones_like(per_example)
   if cfg.weighting == "min_snr":
     weight = jnp.minimum(snr, cfg.min_snr_gamma) / x0_error_scale2(cfg, model_t, abar)
   elif cfg.weighting == "skip":
     weight = 1.0 / jnp.square(schedules.flow_precondition(model_t, cfg.sigma_data)[1])
-  loss = jnp.mean(weight * per_example) + (jnp.mean(aux["vlb"]) if aux else 0.0)
+  loss = jnp.mean(weight * per_example) + (jnp.mean(aux["vlb"]) if "vlb" in aux else 0.0)
   return loss, dict(aux, t=model_t, per_example=per_example)
+
+
+def _motion_error(err, keep=None):
+  """Per-example mean squared change of ``err`` between consecutive frames (axis 1),
+  over the frame pairs whose frames both count (``keep``)."""
+  change = jnp.square(jnp.diff(err, axis=1))
+  dims = tuple(range(1, err.ndim))
+  if keep is None:
+    return jnp.mean(change, axis=dims)
+  both = keep[:, 1:] * keep[:, :-1] * jnp.ones_like(change)
+  return jnp.sum(change * both, axis=dims) / jnp.maximum(jnp.sum(both, axis=dims), 1.0)
 
 
 def _with_context(x_t, eps, cond):
