@@ -92,6 +92,8 @@ def test_identity_bench_and_quickstart_presets():
     # overlapping output windows (4x4 latent cells over each token's 2x2) and a uniform
     # share of times (measured in the README)
     assert (c.model.head, c.model.head_margin, c.diffusion.t_uniform) == ("overlap", 1, 0.2)
+    # the frame-to-frame change's error counts once more (measured in the README)
+    assert c.diffusion.motion_weight == 1.0
     registry.build(c)
   # codec=pixels: the same recipe on 2x8x8 pixel tubelets, 12x12-pixel windows.
   pixels = synthetic_faces.get_config("quickstart,codec=pixels")

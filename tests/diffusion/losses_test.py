@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.diffusion import gaussian
-from video_dit.diffusion import Diffusion, DiffusionConfig, schedules
+from video_dit.diffusion import Diffusion, DiffusionConfig, losses, schedules
 
 MU, SIGMA = 0.3, 0.8
 
@@ -197,5 +197,11 @@ def test_motion_weight_adds_the_error_of_the_frame_to_frame_change():
   # (+0.5 -> -0.5) between each of the 3 frame pairs, in a third of the channels
   np.testing.assert_allclose(aux["motion"], 1.0 / 3, rtol=1e-5)
   np.testing.assert_allclose(float(got), float(want) + 2.0 / 3, rtol=1e-5)
+  # With given frames (frame conditioning) only pairs of generated frames count: frame 0
+  # given, the jump between frames 0 and 1 is not charged.
+  err = jnp.zeros((1, 3, 2, 2, 1)).at[:, 0].set(1.0)
+  keep = jnp.broadcast_to(jnp.asarray([0.0, 1.0, 1.0]).reshape(1, 3, 1, 1, 1), err.shape)
+  np.testing.assert_allclose(losses._motion_error(err, keep), [0.0])  # pylint: disable=protected-access
+  np.testing.assert_allclose(losses._motion_error(err), [0.5])  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="motion_weight=-1"):
     DiffusionConfig("flow", "x0", motion_weight=-1.0)

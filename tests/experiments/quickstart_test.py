@@ -37,6 +37,7 @@ def _quickstart(workdir, data_dir, steps, sampler_steps=2):
   cmd = [sys.executable, "-m", "experiments.quickstart",
          f"--config=configs/synthetic_faces.py:runlocal,codec=pca,steps={steps}",
          "--config.model.head=overlap", "--config.model.head_margin=1",  # the presets' head
+         "--config.diffusion.motion_weight=1",  # and their frame-change term
          f"--config.data.data_dir={data_dir}", "--config.data.num_identities=60",
          "--config.data.clips_per_identity=2", f"--config.sample.num_steps={sampler_steps}",
          f"--workdir={workdir}", "--num_videos=12", "--num_samples=4",
