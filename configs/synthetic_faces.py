@@ -84,9 +84,10 @@ def identity_bench(c, steps: int) -> None:
     get_config's latents): no token grid in the samples.
   * A fifth of the training times are uniform (diffusion.t_uniform=0.2), so the low-noise
     end the logit-normal hardly reaches is trained too.
-  * The loss also counts the error of the change between consecutive latent frames
-    (diffusion.motion_weight=1): the model is charged for flicker and for motion it
-    leaves out, not only for each frame's look.
+  * The loss also counts the error of the change between consecutive frames
+    (diffusion.motion_weight=1; measured on the latents, not with codec=pixels): the
+    model is charged for flicker and for motion it leaves out, not only for each
+    frame's look.
   """
   common.set_size(c, "mu")
   c.model.update(width=128, depth=4, num_heads=4, patch=(2, 8, 8), dtype="float32",

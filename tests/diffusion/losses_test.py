@@ -198,10 +198,21 @@ def test_motion_weight_adds_the_error_of_the_frame_to_frame_change():
   np.testing.assert_allclose(aux["motion"], 1.0 / 3, rtol=1e-5)
   np.testing.assert_allclose(float(got), float(want) + 2.0 / 3, rtol=1e-5)
   # With given frames (frame conditioning) only pairs of generated frames count: frame 0
-  # given, the jump between frames 0 and 1 is not charged.
-  err = jnp.zeros((1, 3, 2, 2, 1)).at[:, 0].set(1.0)
-  keep = jnp.broadcast_to(jnp.asarray([0.0, 1.0, 1.0]).reshape(1, 3, 1, 1, 1), err.shape)
-  np.testing.assert_allclose(losses._motion_error(err, keep), [0.0])  # pylint: disable=protected-access
-  np.testing.assert_allclose(losses._motion_error(err), [0.5])  # pylint: disable=protected-access
+  # given, the jump between frames 0 and 1 is not charged, the one between 1 and 2 is.
+  motion_error = losses._motion_error  # pylint: disable=protected-access
+  keep = jnp.broadcast_to(jnp.asarray([0.0, 1.0, 1.0]).reshape(1, 3, 1, 1, 1), (1, 3, 2, 2, 1))
+  for frame, want, want_all in ((0, 0.0, 0.5), (2, 1.0, 0.5)):
+    err = jnp.zeros((1, 3, 2, 2, 1)).at[:, frame].set(1.0)
+    np.testing.assert_allclose(motion_error(err, keep), [want])
+    np.testing.assert_allclose(motion_error(err), [want_all])
+  last = jnp.broadcast_to(jnp.asarray([1.0, 1.0, 0.0]).reshape(1, 3, 1, 1, 1), keep.shape)
+  np.testing.assert_allclose(motion_error(err, last), [0.0])
+  # ... and the loss passes its given frames on: frame 0 given and wrong alone, no charge.
+  jump = static * jnp.asarray([1.0, -1.0, -1.0, -1.0]).reshape(1, 4, 1, 1, 1)
+  given = dict(context=x0, context_mask=jnp.zeros((4, 4), bool).at[:, 0].set(True))
+  _, aux = Diffusion(cfg).loss(lambda x, t, c: x0 + jump, x0, given, key)
+  np.testing.assert_allclose(aux["motion"], 0.0, atol=1e-12)
+  _, aux = loss(cfg, jump)
+  np.testing.assert_allclose(aux["motion"], 1.0 / 9, rtol=1e-5)  # 1 of 3 pairs, 1 of 3 channels
   with pytest.raises(ValueError, match="motion_weight=-1"):
     DiffusionConfig("flow", "x0", motion_weight=-1.0)

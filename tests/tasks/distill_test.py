@@ -167,6 +167,15 @@ def test_bad_shortcut_configs_name_the_fix(teacher, overrides, msg):
     train.validate(config)
 
 
+def test_a_training_only_loss_term_does_not_bar_the_teacher(teacher):
+  """The frame-change term shapes training, not what a model predicts: a student whose
+  config has it (the presets') distils a teacher trained without it; another time
+  distribution still bars the teacher."""
+  train.validate(student_config(teacher, **{"diffusion.motion_weight": 1.0}))
+  with pytest.raises(ValueError, match="another diffusion config"):
+    train.validate(student_config(teacher, **{"diffusion.t_mean": 0.7}))
+
+
 def test_the_shortcut_sampler_needs_a_shortcut_model(teacher):
   config = workdir_lib.load_config(teacher)
   config.sample.sampler = "shortcut"

@@ -118,8 +118,13 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
   (``diffusion/context.py``): the given frames enter x_t noised to their own level
   ``context_t`` (flow only), and the error counts the other frames alone.
 
-  Returns (scalar loss, aux) where aux has the per-example model time ``t`` and
-  unweighted ``per_example`` errors.
+  ``cfg.motion_weight`` adds the error of the change between consecutive frames; with
+  given frames only pairs of generated frames count, so the step from the last given
+  frame to the first generated one is not charged.
+
+  Returns (scalar loss, aux) where aux has the per-example model time ``t``, the
+  per-example errors ``per_example`` before the time weighting (with the frame-change
+  term, which is also ``motion``).
   """
   b = x0.shape[0]
   # One key per example: an example's noise and time do not depend on what else

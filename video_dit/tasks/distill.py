@@ -93,7 +93,9 @@ class _DistillTask(DiTTask):
       raise ValueError(f"the teacher in {path} sees clips of {tuple(t_shape)}, this config "
                        f"{tuple(self.shape)}; use the teacher's data/latent shape.")
     t_diff = DiffusionConfig.from_config(self.teacher_config.diffusion)
-    if t_diff != self.diffusion.config:
+    # The frame-change term shapes training, not what the teacher predicts.
+    if (dataclasses.replace(t_diff, motion_weight=0.0)
+        != dataclasses.replace(self.diffusion.config, motion_weight=0.0)):
       raise ValueError(f"the teacher in {path} was trained with another diffusion config "
                        f"({t_diff}); use its config.diffusion.")
     if self.teacher_cfg.step_embed:
