@@ -164,12 +164,7 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
   if cfg.learn_sigma:
     pred, var_out = jnp.split(pred, 2, axis=-1)
     aux["vlb"] = cfg.vlb_weight * _vlb(cfg, i, x0, x_t, abar, pred, var_out, keep)
-  dims = tuple(range(1, x0.ndim))
-  if keep is not None:
-    per_example = (jnp.sum(jnp.square(pred - target) * keep, axis=dims)
-                   / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
-  else:
-    per_example = jnp.mean(jnp.square(pred - target), axis=dims)
+  per_example = _per_example_mean(jnp.square(pred - target), keep)
   if cfg.motion_weight and x0.shape[1] > 1:
     aux["motion"] = _motion_error(pred - target, keep)
     per_example = per_example + cfg.motion_weight * aux["motion"]
@@ -182,15 +177,20 @@ def diffusion_loss(cfg: DiffusionConfig, shift: float, model_fn: Callable, x0, c
   return loss, dict(aux, t=model_t, per_example=per_example)
 
 
+def _per_example_mean(x, keep=None):
+  """Mean of ``x`` over all but the batch axis, over the entries ``keep`` (same shape as
+  ``x``) counts when given."""
+  dims = tuple(range(1, x.ndim))
+  if keep is None:
+    return jnp.mean(x, axis=dims)
+  return jnp.sum(x * keep, axis=dims) / jnp.maximum(jnp.sum(keep, axis=dims), 1.0)
+
+
 def _motion_error(err, keep=None):
   """Per-example mean squared change of ``err`` between consecutive frames (axis 1),
   over the frame pairs whose frames both count (``keep``)."""
-  change = jnp.square(jnp.diff(err, axis=1))
-  dims = tuple(range(1, err.ndim))
-  if keep is None:
-    return jnp.mean(change, axis=dims)
-  both = keep[:, 1:] * keep[:, :-1] * jnp.ones_like(change)
-  return jnp.sum(change * both, axis=dims) / jnp.maximum(jnp.sum(both, axis=dims), 1.0)
+  both = None if keep is None else keep[:, 1:] * keep[:, :-1]
+  return _per_example_mean(jnp.square(jnp.diff(err, axis=1)), both)
 
 
 def _with_context(x_t, eps, cond):
@@ -223,8 +223,6 @@ def _vlb(cfg: DiffusionConfig, i, x0, x_t, abar, pred, var_out, keep=None):
   frac = (var_out + 1.0) / 2.0
   log_var_p = frac * b(jnp.log(tables["beta"])) + (1.0 - frac) * b(tables["log_var"])
   kl = schedules.gaussian_kl(mean_q, b(tables["log_var"]), mean_p, log_var_p)
-  dims = tuple(range(1, x0.ndim))
-  mean = (jnp.mean(kl, axis=dims) if keep is None else  # the generated frames only
-          jnp.sum(kl * keep, axis=dims) / jnp.maximum(jnp.sum(keep, axis=dims), 1.0))
+  mean = _per_example_mean(kl, keep)  # with given frames, the generated frames only
   return mean / jnp.log(2.0) * (
       cfg.num_timesteps / 1000.0)
