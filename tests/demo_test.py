@@ -25,7 +25,8 @@ def demo(tiny_run, tmp_path_factory):
   spec = probes.ProbeSpec.from_config(config)
   probe_dir = tmp_path_factory.mktemp("probes")
   for kind, net in (("identity", probes.IdentityNet()), ("action", probes.ActionNet())):
-    params = net.init(jax.random.key(0), probes._dummy(kind, spec))  # pylint: disable=protected-access
+    dummy = probes._dummy(kind, spec)  # pylint: disable=protected-access
+    params = jax.jit(net.init)(jax.random.key(0), dummy)
     probes.Probe(kind, spec, jax.device_get(params)).save(str(probe_dir / kind))
   out = tmp_path_factory.mktemp("demo_out")
   return demo_lib.Demo(str(tiny_run / "run"), out_dir=str(out), probe_dir=str(probe_dir),

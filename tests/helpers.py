@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,16 @@ def jit_apply(model):
 
 def apply(model, params, inputs, **extra):
   return np.asarray(jit_apply(model)(params, dict(inputs, **extra)))
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """The tests' XLA_FLAGS (tests/conftest.py: fast compiles) for a subprocess, with
+  ``devices`` fake CPU devices (None: XLA's default, one)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  if devices:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return " ".join(flags)
 
 
 def save_reference_face(path, size: int) -> str:

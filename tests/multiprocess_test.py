@@ -28,8 +28,7 @@ def _run(args, processes: int = 2, devices: int = 2):
   """Runs ``python -m args...`` as ``processes`` processes of one distributed job."""
   # No collective timeouts here: --distributed sets them (cli.CPU_COLLECTIVE_TIMEOUTS),
   # and on a loaded machine one process reaches a collective long after the other.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=helpers.xla_flags(devices))
   port = _free_port()
   extra = (lambda i: [] if processes == 1 else [
       "--distributed", f"--coordinator=localhost:{port}", f"--num_processes={processes}",

@@ -52,7 +52,7 @@ def _digest(workdir, step=None):
 
 
 def test_loss_falls_on_a_tiny_run(data_dir, tmp_path):
-  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3})
+  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3, "ckpt.every_steps": 30})
   task = train.validate(config)
   model, diffusion = task.model, task.diffusion
   batch = next(pipeline.make_iterator(config, "test", train=False))
@@ -134,7 +134,8 @@ def test_init_from_a_model_this_one_extends_grafts_its_parameters(data_dir, tmp_
 
 
 def test_frame_conditioned_training_learns_the_frames_after_given_ones(data_dir, tmp_path):
-  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3, "train.context_rate": 1.0})
+  config = _config(data_dir, total_steps=30, **{"optim.lr": 2e-3, "train.context_rate": 1.0,
+                                                 "ckpt.every_steps": 30})
   task = train.validate(config)
   batch = next(pipeline.make_iterator(config, "test", train=False))
   x0, cond = conditions.split_batch(batch)
@@ -236,8 +237,7 @@ def _train_cmd(workdir, data_dir, total_steps):
 
 def _env():
   # One CPU device (fast to compile); the three runs share compiled programs.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return dict(env, JAX_PLATFORMS="cpu",
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=helpers.xla_flags(),
               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 

@@ -41,7 +41,8 @@ def server(tiny_run, tmp_path_factory):
   config = workdir_lib.load_config(str(tiny_run / "run"))
   spec = probes.ProbeSpec.from_config(config)
   for kind, net in (("identity", probes.IdentityNet()), ("action", probes.ActionNet())):
-    params = net.init(jax.random.key(0), probes._dummy(kind, spec))  # pylint: disable=protected-access
+    dummy = probes._dummy(kind, spec)  # pylint: disable=protected-access
+    params = jax.jit(net.init)(jax.random.key(0), dummy)
     probes.Probe(kind, spec, jax.device_get(params)).save(str(root / "probes" / kind))
   port = _free_port()
   log = open(root / "server.log", "w")  # pylint: disable=consider-using-with

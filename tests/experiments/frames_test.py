@@ -100,9 +100,11 @@ def test_long_evaluation_measures_five_variants_and_image_to_video(framed):
   from video_dit import workdir as workdir_lib
   config = workdir_lib.load_config(str(framed / "run"))
   spec = probes.ProbeSpec.from_config(config)
-  probes.train_probe("identity", spec, steps=150, log=None).save(str(framed / "probes" /
-                                                                     "identity"))
-  probes.train_probe("action", spec, steps=30, batch=16, log=None).save(
+  # Barely trained probes: this test checks what is measured, not how well (an
+  # unverified identity probe only adds a warning).
+  probes.train_probe("identity", spec, steps=10, batch=16, log=None).save(
+      str(framed / "probes" / "identity"))
+  probes.train_probe("action", spec, steps=5, batch=8, log=None).save(
       str(framed / "probes" / "action"))
   r = long.evaluate_long(str(framed / "run"), factor=4, num_videos=4,
                          probe_dir=str(framed / "probes"), train_probes=False,

@@ -22,7 +22,8 @@ ONE = jax.devices()[:1]
 def teacher(tmp_path_factory):
   """A runlocal DiT trained 30 steps (non-trivial outputs) on a tiny synthetic set."""
   root = tmp_path_factory.mktemp("teacher")
-  return helpers.train_tiny_run(root, steps=30, **{"optim.lr": 3e-3, "optim.warmup_steps": 2})
+  return helpers.train_tiny_run(root, steps=30, **{"optim.lr": 3e-3, "optim.warmup_steps": 2,
+                                                   "ckpt.every_steps": 30})
 
 
 def student_config(teacher_dir, kind="guidance", **overrides):
@@ -92,7 +93,7 @@ def _train_and_compare(config, workdir):
 
 def test_guidance_distillation_trains_toward_the_guided_teacher(teacher, tmp_path):
   config = student_config(teacher)
-  config.total_steps = 40
+  config.total_steps = config.ckpt.every_steps = 40  # one checkpoint, at the end
   task, before, after = _train_and_compare(config, str(tmp_path / "student"))
   assert before > 0 and after < 0.7 * before, (before, after)
   # The student's target is the 3-pass guided teacher: at the drawn scales it differs
@@ -110,7 +111,7 @@ def test_guidance_distillation_trains_toward_the_guided_teacher(teacher, tmp_pat
 
 def test_shortcut_trains_and_samples_in_few_steps(teacher, tmp_path):
   config = student_config(teacher, "shortcut")
-  config.total_steps = 40
+  config.total_steps = config.ckpt.every_steps = 40  # one checkpoint, at the end
   task, before, after = _train_and_compare(config, str(tmp_path / "shortcut"))
   assert before > 0 and after < 0.7 * before, (before, after)
   restored = workdir_lib.load(str(tmp_path / "shortcut"))

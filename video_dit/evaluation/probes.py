@@ -142,10 +142,18 @@ class ActionNet(nn.Module):
     return nn.Dense(NUM_ACTIONS)(h)
 
 
-def identity_embedding(logits) -> jax.Array:
+def _softmax(logits) -> np.ndarray:
+  """On the host: the probes' outputs are small, and eager jax ops would compile one
+  program per shape."""
+  z = np.asarray(logits, np.float32)
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+def identity_embedding(logits) -> np.ndarray:
   """Concatenated attribute probabilities, L2-normalised."""
-  e = jnp.concatenate([jax.nn.softmax(l, -1) for l in logits], -1)
-  return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+  e = np.concatenate([_softmax(l) for l in logits], -1)
+  return e / np.linalg.norm(e, axis=-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -201,7 +209,7 @@ class Probe:
     """(N, H, W, 3) uint8 -> (N, D) unit identity embeddings."""
     self._need("identity")
     outs = self._batched(resize(images_nhwc, self.spec.size))
-    return np.concatenate([np.asarray(identity_embedding(o)) for o in outs])
+    return np.concatenate([identity_embedding(o) for o in outs])
 
   def embed_frames(self, videos_nthwc: np.ndarray) -> np.ndarray:
     """(N, T, H, W, 3) uint8 -> (N, T, D) per-frame identity embeddings."""
@@ -215,7 +223,7 @@ class Probe:
     self._need("identity")
     v = np.asarray(videos_nthwc)
     outs = self._batched(resize(v.reshape((-1,) + v.shape[2:]), self.spec.size))
-    per_attr = [np.concatenate([np.asarray(jax.nn.softmax(o[k], -1)) for o in outs])
+    per_attr = [np.concatenate([_softmax(o[k]) for o in outs])
                 for k in range(len(ATTRIBUTE_SIZES))]
     return np.stack([p.reshape(v.shape[:2] + (-1,)).mean(1).argmax(-1) for p in per_attr], -1)
 
@@ -332,7 +340,7 @@ def train_probe(kind: str, spec: ProbeSpec, steps: int | None = None, batch: int
   steps, batch = steps or DEFAULT_STEPS[kind], batch or DEFAULT_BATCH[kind]
   net = IdentityNet() if kind == "identity" else ActionNet()
   key = jax.random.key(seed)
-  params = net.init(key, _dummy(kind, spec))
+  params = jax.jit(net.init)(key, _dummy(kind, spec))  # one program, not one per op
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps),
                    weight_decay=1e-4)
   opt = tx.init(params)
