@@ -183,6 +183,13 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- probes
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_apply(net: nn.Module):
+  """One jitted apply per network (flax modules compare by their fields), so a probe
+  loaded again, or a second probe of the same kind, reuses the compiled programs."""
+  return jax.jit(net.apply, compiler_options=evaluation.FULL_OPTIMISATION)
+
+
 class Probe:
   """A trained identity or action probe with its spec and held-out scores."""
 
@@ -191,14 +198,18 @@ class Probe:
       raise ValueError(f"probe kind '{kind}' is unknown; use 'identity' or 'action'")
     self.kind, self.spec, self.params, self.scores = kind, spec, params, dict(scores or {})
     self.net = IdentityNet() if kind == "identity" else ActionNet()
-    self._apply = jax.jit(self.net.apply, compiler_options=evaluation.FULL_OPTIMISATION)
+    self._apply = _compiled_apply(self.net)
 
   # -- inference
   def _batched(self, x: np.ndarray, batch: int = 64) -> list:
+    """The network over ``x`` in chunks of ``batch``. A shorter input is padded to the
+    next power of two, so any input compiles at most log2(batch) + 1 shapes, shared by
+    every probe of this kind in the process."""
     out = []
     for i in range(0, len(x), batch):
       chunk = x[i:i + batch]
-      pad = batch - len(chunk) if len(x) > batch else 0  # one shape per call
+      size = min(batch, 1 << (len(chunk) - 1).bit_length())
+      pad = size - len(chunk)
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
       res = self._apply(self.params, chunk)
