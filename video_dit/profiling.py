@@ -35,7 +35,9 @@ import numpy as np
 
 CATEGORIES = ("matmul", "attention", "norm/modulate", "transpose/copy", "other",
               "optimizer", "ema")
-_SKIP = re.compile(r"^(ThunkExecutor|ThreadpoolListener|SlinkyThreadPool|end: |"
+# Runtime and thread-pool events, not ops; "Wait: pending_threads=..." is a thread
+# waiting for the ops of others (counting it would count their time twice).
+_SKIP = re.compile(r"^(ThunkExecutor|ThreadpoolListener|SlinkyThreadPool|end: |Wait: |"
                    r"\$|PjitFunction|TfrtCpu|PjRt)")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+.*?\s([\w\-]+)\((.*)$")
 _COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")

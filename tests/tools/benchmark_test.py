@@ -106,10 +106,16 @@ def test_profile_charges_the_step_time_to_its_categories():
   # Every named part of the step ran and was found by its scope or opcode.
   for name in ("matmul", "attention", "norm/modulate", "optimizer", "ema"):
     assert cats[name] > 0, cats
-  # The op times are the step's: positive, and at most one op per core at once.
-  assert 0 < prof["op_s"] <= 1.25 * (os.cpu_count() or 1) * prof["wall_s"], prof
+  # The op times are the step's: positive, and at most one op per thread at once. Each
+  # fake CPU device runs its ops on its own thread, and while the OS switches 8 of them
+  # on 2 cores their ops' spans overlap, so the bound counts devices or cores, the more.
+  threads = max(os.cpu_count() or 1, jax.device_count())
+  assert 0 < prof["op_s"] <= 1.25 * threads * prof["wall_s"], prof
   assert abs(sum(cats.values()) - prof["op_s"]) < 1e-6
   assert prof["transfer_s"] > 0 and "| matmul |" in prof["table"]
+  # A thread waiting for others is no op (it overlaps theirs; seen with XLA:CPU's older
+  # fusion emitters).
+  assert not any(o["op"].startswith("Wait:") for o in prof["top_ops"]), prof["top_ops"]
   assert [o["seconds"] for o in prof["top_ops"]] == sorted(
       (o["seconds"] for o in prof["top_ops"]), reverse=True)
 
