@@ -24,9 +24,8 @@ def demo(tiny_run, tmp_path_factory):
   config = workdir.load_config(str(tiny_run / "run"))
   spec = probes.ProbeSpec.from_config(config)
   probe_dir = tmp_path_factory.mktemp("probes")
-  for kind, net in (("identity", probes.IdentityNet()), ("action", probes.ActionNet())):
-    dummy = probes._dummy(kind, spec)  # pylint: disable=protected-access
-    params = jax.jit(net.init)(jax.random.key(0), dummy)
+  for kind in ("identity", "action"):
+    params = probes.init_params(kind, spec)
     probes.Probe(kind, spec, jax.device_get(params)).save(str(probe_dir / kind))
   out = tmp_path_factory.mktemp("demo_out")
   return demo_lib.Demo(str(tiny_run / "run"), out_dir=str(out), probe_dir=str(probe_dir),

@@ -40,9 +40,8 @@ def server(tiny_run, tmp_path_factory):
   root = tmp_path_factory.mktemp("demo_server")
   config = workdir_lib.load_config(str(tiny_run / "run"))
   spec = probes.ProbeSpec.from_config(config)
-  for kind, net in (("identity", probes.IdentityNet()), ("action", probes.ActionNet())):
-    dummy = probes._dummy(kind, spec)  # pylint: disable=protected-access
-    params = jax.jit(net.init)(jax.random.key(0), dummy)
+  for kind in ("identity", "action"):
+    params = probes.init_params(kind, spec)
     probes.Probe(kind, spec, jax.device_get(params)).save(str(root / "probes" / kind))
   port = _free_port()
   log = open(root / "server.log", "w")  # pylint: disable=consider-using-with

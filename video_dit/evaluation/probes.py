@@ -190,6 +190,16 @@ def _compiled_apply(net: nn.Module):
   return jax.jit(net.apply, compiler_options=evaluation.FULL_OPTIMISATION)
 
 
+def _net(kind: str) -> nn.Module:
+  return IdentityNet() if kind == "identity" else ActionNet()
+
+
+def init_params(kind: str, spec: ProbeSpec, seed: int = 0):
+  """A probe network's fresh parameters for ``spec``'s inputs (under jit: one program,
+  not one per op)."""
+  return jax.jit(_net(kind).init)(jax.random.key(seed), _dummy(kind, spec))
+
+
 class Probe:
   """A trained identity or action probe with its spec and held-out scores."""
 
@@ -197,7 +207,7 @@ class Probe:
     if kind not in ("identity", "action"):
       raise ValueError(f"probe kind '{kind}' is unknown; use 'identity' or 'action'")
     self.kind, self.spec, self.params, self.scores = kind, spec, params, dict(scores or {})
-    self.net = IdentityNet() if kind == "identity" else ActionNet()
+    self.net = _net(kind)
     self._apply = _compiled_apply(self.net)
 
   # -- inference
@@ -349,9 +359,8 @@ def train_probe(kind: str, spec: ProbeSpec, steps: int | None = None, batch: int
                 log=print) -> Probe:
   """Trains a probe on training identities and scores it on held-out ones."""
   steps, batch = steps or DEFAULT_STEPS[kind], batch or DEFAULT_BATCH[kind]
-  net = IdentityNet() if kind == "identity" else ActionNet()
-  key = jax.random.key(seed)
-  params = jax.jit(net.init)(key, _dummy(kind, spec))  # one program, not one per op
+  net = _net(kind)
+  params = init_params(kind, spec, seed)
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps),
                    weight_decay=1e-4)
   opt = tx.init(params)
